@@ -1,0 +1,29 @@
+//! # zonebench-agent
+//!
+//! The data plane of zonebench: every measurement passes through it, so it is built to cost
+//! far less than the network it measures, and to be usable on its own like iperf3.
+//!
+//! One binary, two roles:
+//! - `serve`: the echo/sink servers ([`servers`]: TCP, UDP, HTTP) that stamp the agent's
+//!   identity on every answer, and the authenticated control API ([`control`]) through which
+//!   the coordinator starts tests on this agent;
+//! - `client <test>`: one load generator ([`tests`]) run from the command line.
+//!
+//! # Layout
+//! - [`spec`]: the contract: `TestSpec` in, `TestResult` out (JSON, schema-checked).
+//! - [`wire`]: data-plane framing (TCP preamble and hello, UDP header).
+//! - [`histogram`]: HDR recording and the V2+DEFLATE+base64 form results carry.
+//! - [`servers`], [`tests`], [`control`]: as above.
+//! - [`report`]: the readable table; [`units`]: parsing `10s`, `1G`, `64K`.
+//! - [`sys`]: the only unsafe code (TCP_INFO).
+#![deny(unsafe_code)]
+
+pub mod control;
+pub mod histogram;
+pub mod report;
+pub mod servers;
+pub mod spec;
+pub mod sys;
+pub mod tests;
+pub mod units;
+pub mod wire;

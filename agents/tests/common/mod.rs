@@ -1,6 +1,7 @@
 //! Helpers for the agent's integration tests: servers on `127.0.0.1:0` in a background
 //! runtime, and validation of results against the checked-in JSON schema.
 #![allow(dead_code)] // each test file uses a different subset
+#![allow(clippy::unwrap_used)] // test support: a failure here is a failed test
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;

@@ -1,0 +1,1 @@
+//! PLACEHOLDER: agents as processes on loopback.

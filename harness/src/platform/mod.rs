@@ -1,0 +1,115 @@
+//! Where agents run. The orchestrator (`run.rs`) is written only against [`Platform`]:
+//! discover the cluster, deploy agents on chosen nodes, reach their control APIs, tear down.
+//!
+//! - [`lab`]: a multi-zone cluster emulated with network namespaces on one Linux host (root);
+//! - [`local`]: agents as processes on loopback, zones by label only.
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+pub mod lab;
+pub mod local;
+
+/// A node as discovered: the unit agents are placed on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Node {
+    pub name: String,
+    pub zone: String,
+    /// Allocatable CPU in millicores (used by topology hints).
+    pub cpu_millis: u64,
+    pub ready: bool,
+}
+
+/// What a run records about where it ran; compared across runs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Fingerprint {
+    /// `lab`, `local` or `kube`.
+    pub platform: String,
+    pub kernel: String,
+    /// Lab pod routing (`native`, `vxlan`, `vxlan-crosssubnet`); absent elsewhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing: Option<String>,
+    /// Pod interface MTU, where known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    pub zones: Vec<String>,
+    pub nodes: usize,
+    pub zonebench_version: String,
+    /// Platform-specific facts (inter-zone delay and rate in the lab, CNI on a cluster…).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub extra: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClusterTopology {
+    pub nodes: Vec<Node>,
+    pub fingerprint: Fingerprint,
+}
+
+impl ClusterTopology {
+    /// Zones in first-seen order.
+    pub fn zones(&self) -> Vec<String> {
+        let mut zones: Vec<String> = Vec::new();
+        for n in &self.nodes {
+            if !zones.contains(&n.zone) {
+                zones.push(n.zone.clone());
+            }
+        }
+        zones
+    }
+}
+
+/// An agent the run wants, on a named node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentRequest {
+    /// Unique agent id (also the identity it stamps on answers), e.g. `srv-a-0`.
+    pub id: String,
+    pub node: String,
+}
+
+/// How the coordinator reaches an agent's control API.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ControlEndpoint {
+    Unix(PathBuf),
+    Tcp(SocketAddr),
+}
+
+/// A running agent.
+#[derive(Debug, Clone)]
+pub struct DeployedAgent {
+    pub id: String,
+    pub node: String,
+    pub zone: String,
+    /// The address other agents target (the pod IP in the lab, 127.0.0.1 locally).
+    pub ip: IpAddr,
+    pub tcp_port: u16,
+    pub udp_port: u16,
+    pub http_port: u16,
+    pub control: ControlEndpoint,
+    /// Bearer token of its control API.
+    pub token: String,
+}
+
+/// The agent program a platform launches: a path and the arguments that precede `serve`
+/// (the coordinator binary embeds the agent as `zonebench agent …`).
+#[derive(Debug, Clone)]
+pub struct AgentProgram {
+    pub path: PathBuf,
+    pub args: Vec<String>,
+}
+
+/// A place to run agents. Implementations must make `teardown` safe to call more than once
+/// and after a partial `deploy`, since it runs on every exit path.
+pub trait Platform {
+    fn name(&self) -> &'static str;
+    /// Brings the platform up if it needs it (the lab builds its namespaces here) and lists
+    /// the nodes and the fingerprint.
+    fn discover(&mut self) -> impl Future<Output = anyhow::Result<ClusterTopology>>;
+    /// Starts the agents and waits until each answers its health check.
+    fn deploy(&mut self, agents: &[AgentRequest]) -> impl Future<Output = anyhow::Result<Vec<DeployedAgent>>>;
+    /// Removes everything the platform created.
+    fn teardown(&mut self) -> impl Future<Output = anyhow::Result<()>>;
+}

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The project's test command (the README's second command, and what .ci/run calls):
+# formatting, lints, then every test in the workspace.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo fmt --all --check
+cargo clippy --workspace --all-targets -q -- -D warnings
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast "$@"
+  # nextest does not run doctests
+  cargo test --workspace --doc -q
+else
+  echo "test.sh: cargo-nextest not found, using cargo test" >&2
+  cargo test --workspace --no-fail-fast "$@"
+fi

@@ -4,7 +4,9 @@
 //! test matrix and writes results. See `DESIGN.md` for the flow of one run.
 //!
 //! # Layout
+//! - [`control_client`]: the agent control API client.
 //! - [`platform`]: where agents run (`lab` network namespaces, `local` loopback processes).
 #![forbid(unsafe_code)]
 
+pub mod control_client;
 pub mod platform;

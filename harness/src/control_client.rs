@@ -111,6 +111,12 @@ impl ControlClient {
     /// Starts a test and polls until it finishes; the result, or the agent's error.
     pub async fn run_test(&self, spec: &TestSpec) -> anyhow::Result<TestResult> {
         let id = self.start_test(spec).await?;
+        self.wait_for(&id, spec).await
+    }
+
+    /// Polls test `id` (started with `spec`) until it finishes.
+    pub async fn wait_for(&self, id: &str, spec: &TestSpec) -> anyhow::Result<TestResult> {
+        let id = id.to_string();
         let expected = Duration::from_millis(spec.warmup_ms + spec.duration_ms);
         // Nothing can be done before the test's own time is up; then poll briskly.
         tokio::time::sleep(expected.saturating_sub(Duration::from_millis(50))).await;

@@ -5,8 +5,18 @@
 //!
 //! # Layout
 //! - [`control_client`]: the agent control API client.
+//! - [`scenario`]: scenario files, validation with file/line errors, `--set` overrides.
+//! - [`plan`]: a scenario expanded into agent placements and ordered steps.
 //! - [`platform`]: where agents run (`lab` network namespaces, `local` loopback processes).
-#![forbid(unsafe_code)]
+//! - [`run`]: the orchestrator; [`results`]: results.json/csv; [`summary`]: the zone matrix.
+//! - `sys`: the only unsafe code (child processes die with the coordinator).
+#![deny(unsafe_code)]
 
 pub mod control_client;
+pub mod plan;
 pub mod platform;
+pub mod results;
+pub mod run;
+pub mod scenario;
+pub mod summary;
+mod sys;

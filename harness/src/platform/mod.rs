@@ -113,3 +113,68 @@ pub trait Platform {
     /// Removes everything the platform created.
     fn teardown(&mut self) -> impl Future<Output = anyhow::Result<()>>;
 }
+
+/// The running kernel's release, for fingerprints.
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// A fresh control token: 32 hex digits from the kernel's random source.
+pub fn random_token() -> String {
+    use std::io::Read as _;
+    let mut b = [0u8; 16];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = f.read_exact(&mut b);
+    }
+    if b == [0u8; 16] {
+        // No /dev/urandom: fall back to the hasher's per-process random keys.
+        use std::hash::{BuildHasher as _, Hasher as _};
+        for chunk in b.chunks_mut(8) {
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u64(std::process::id().into());
+            chunk.copy_from_slice(&h.finish().to_le_bytes());
+        }
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Writes a token file readable by its owner only.
+pub fn write_token(path: &std::path::Path, token: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| anyhow::anyhow!("writing the token file {}: {e}", path.display()))?;
+    f.write_all(token.as_bytes())?;
+    Ok(())
+}
+
+/// SIGTERM, a short grace period, then SIGKILL; always reaps.
+pub fn stop_child(child: &mut std::process::Child) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    crate::sys::terminate(child);
+    for _ in 0..50 {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A data port from an agent's `/v1/info` (`ports.tcp`, or `tcp_port` at the top level).
+pub fn info_port(info: &serde_json::Value, name: &str) -> Option<u16> {
+    info.pointer(&format!("/ports/{name}"))
+        .or_else(|| info.get(format!("{name}_port")))
+        .and_then(|v| v.as_u64())
+        .and_then(|v| u16::try_from(v).ok())
+}

@@ -1,0 +1,272 @@
+//! A scenario expanded into what a run does: the agents to place and the ordered steps
+//! (one measurement each). Pure: no platform, no I/O, so expansion is tested on its own.
+
+use zonebench_agent::spec::{TestKind, TestSpec};
+
+use crate::platform::{AgentRequest, ClusterTopology};
+use crate::scenario::{Pairs, Scenario, TestEntry, Via};
+
+/// The role of a placed agent; ids are `srv-<zone>-<n>` and `cli-<zone>-<n>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Server,
+    Client,
+}
+
+/// An agent to place, with the zone it is for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Placement {
+    pub id: String,
+    pub node: String,
+    pub zone: String,
+    pub role: Role,
+}
+
+/// One measurement: `client` runs `spec` against `server`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    /// Index of the scenario's `[[tests]]` entry.
+    pub test_index: usize,
+    /// The entry's label (`name`, or the kind).
+    pub name: String,
+    pub kind: TestKind,
+    pub via: Via,
+    /// Routing variant; empty for pod tests (variants come with Services).
+    pub variant: String,
+    /// 0-based repetition.
+    pub repeat: u32,
+    pub client: String,
+    pub server: String,
+    /// The spec with a placeholder target; the run fills in the server's address.
+    pub spec: TestSpec,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub placements: Vec<Placement>,
+    pub steps: Vec<Step>,
+}
+
+impl Plan {
+    pub fn agent_requests(&self) -> Vec<AgentRequest> {
+        self.placements.iter().map(|p| AgentRequest { id: p.id.clone(), node: p.node.clone() }).collect()
+    }
+
+    pub fn placement(&self, id: &str) -> Option<&Placement> {
+        self.placements.iter().find(|p| p.id == id)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("zone {0:?} has no ready node to place agents on")]
+    EmptyZone(String),
+    #[error("the cluster has no zones")]
+    NoZones,
+}
+
+/// The TestSpec an entry asks for, defaults filled from the scenario.
+pub fn spec_for(s: &Scenario, t: &TestEntry, target: &str) -> TestSpec {
+    let d = &s.defaults;
+    let mut spec = TestSpec::new(t.kind, target);
+    spec.duration_ms = t.duration.unwrap_or(d.duration).as_millis();
+    spec.warmup_ms = t.warmup.unwrap_or(d.warmup).as_millis();
+    spec.timeout_ms = t.timeout.unwrap_or(d.timeout).as_millis();
+    if let Some(v) = t.parallel {
+        spec.parallel = v;
+    }
+    if let Some(v) = t.reverse {
+        spec.reverse = v;
+    }
+    spec.size = t.size.map(|s| s.0);
+    spec.rate_bps = t.rate.map(|r| r.0);
+    if let Some(v) = t.request_size {
+        spec.request_size = v.0;
+    }
+    if let Some(v) = t.response_size {
+        spec.response_size = v.0;
+    }
+    if let Some(v) = t.connections {
+        spec.connections = v;
+    }
+    spec.qps = t.qps;
+    if let Some(v) = t.connection_close {
+        spec.connection_close = v;
+    }
+    if let Some(v) = &t.path {
+        spec.path = v.clone();
+    }
+    spec.threads = t.threads;
+    spec
+}
+
+/// Places agents and orders the steps. Servers go on each zone's first node and clients on
+/// its second (when there is one), so even a same-zone pair crosses nodes, as pods of a
+/// Deployment usually do.
+pub fn expand(s: &Scenario, cluster: &ClusterTopology) -> Result<Plan, PlanError> {
+    let zones = cluster.zones();
+    if zones.is_empty() {
+        return Err(PlanError::NoZones);
+    }
+    let mut placements = Vec::new();
+    for zone in &zones {
+        let nodes: Vec<&str> =
+            cluster.nodes.iter().filter(|n| &n.zone == zone && n.ready).map(|n| n.name.as_str()).collect();
+        let (Some(first), second) = (nodes.first(), nodes.get(1)) else {
+            return Err(PlanError::EmptyZone(zone.clone()));
+        };
+        for i in 0..s.agents.servers_per_zone {
+            placements.push(Placement {
+                id: format!("srv-{zone}-{i}"),
+                node: first.to_string(),
+                zone: zone.clone(),
+                role: Role::Server,
+            });
+        }
+        for i in 0..s.agents.clients_per_zone {
+            placements.push(Placement {
+                id: format!("cli-{zone}-{i}"),
+                node: second.unwrap_or(first).to_string(),
+                zone: zone.clone(),
+                role: Role::Client,
+            });
+        }
+    }
+
+    // Repeats are the outer loop, so a slow drift in the machine spreads over every test
+    // and pair instead of landing on one of them.
+    let max_repeat = s.tests.iter().map(|t| t.repeat.unwrap_or(s.defaults.repeat)).max().unwrap_or(1);
+    let mut steps = Vec::new();
+    for repeat in 0..max_repeat {
+        for (test_index, t) in s.tests.iter().enumerate() {
+            if repeat >= t.repeat.unwrap_or(s.defaults.repeat) {
+                continue;
+            }
+            let pairs = t.pairs.unwrap_or(s.defaults.pairs);
+            for cz in &zones {
+                for sz in &zones {
+                    let keep = match pairs {
+                        Pairs::ZoneMatrix => true,
+                        Pairs::SameZone => cz == sz,
+                        Pairs::CrossZone => cz != sz,
+                    };
+                    if !keep {
+                        continue;
+                    }
+                    steps.push(Step {
+                        test_index,
+                        name: t.label(),
+                        kind: t.kind,
+                        via: t.via.unwrap_or(s.defaults.via),
+                        variant: String::new(),
+                        repeat,
+                        client: format!("cli-{cz}-0"),
+                        server: format!("srv-{sz}-0"),
+                        spec: spec_for(s, t, "0.0.0.0:0"),
+                    });
+                }
+            }
+        }
+    }
+    Ok(Plan { placements, steps })
+}
+
+/// The server port a test kind targets.
+pub fn port_for(kind: TestKind, agent: &crate::platform::DeployedAgent) -> u16 {
+    match kind {
+        TestKind::TcpStream | TestKind::TcpRr | TestKind::TcpCrr => agent.tcp_port,
+        TestKind::UdpStream | TestKind::UdpRr => agent.udp_port,
+        TestKind::Http => agent.http_port,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::platform::{Fingerprint, Node};
+
+    fn cluster(zones: &[&str], per_zone: usize) -> ClusterTopology {
+        let mut nodes = Vec::new();
+        for z in zones {
+            for i in 1..=per_zone {
+                nodes.push(Node { name: format!("{z}-{i}"), zone: z.to_string(), cpu_millis: 2000, ready: true });
+            }
+        }
+        ClusterTopology { nodes, fingerprint: Fingerprint::default() }
+    }
+
+    fn scenario(text: &str) -> Scenario {
+        Scenario::parse(text, "t.toml", "t", &[]).unwrap()
+    }
+
+    #[test]
+    fn a_zone_matrix_measures_every_ordered_pair() {
+        let s = scenario("[[tests]]\nkind = \"tcp-rr\"\n[[tests]]\nkind = \"http\"\n");
+        let plan = expand(&s, &cluster(&["a", "b", "c"], 2)).unwrap();
+        assert_eq!(plan.steps.len(), 18);
+        let pairs: Vec<_> = plan
+            .steps
+            .iter()
+            .filter(|s| s.kind == TestKind::TcpRr)
+            .map(|s| (s.client.clone(), s.server.clone()))
+            .collect();
+        assert_eq!(pairs.len(), 9);
+        assert!(pairs.contains(&("cli-c-0".into(), "srv-a-0".into())));
+        assert!(pairs.contains(&("cli-b-0".into(), "srv-b-0".into())));
+    }
+
+    #[test]
+    fn clients_and_servers_sit_on_different_nodes_of_a_zone() {
+        let s = scenario("[[tests]]\nkind = \"tcp-rr\"\n");
+        let plan = expand(&s, &cluster(&["a", "b"], 2)).unwrap();
+        assert_eq!(plan.placement("srv-a-0").unwrap().node, "a-1");
+        assert_eq!(plan.placement("cli-a-0").unwrap().node, "a-2");
+        let single = expand(&s, &cluster(&["a"], 1)).unwrap();
+        assert_eq!(single.placement("cli-a-0").unwrap().node, "a-1");
+    }
+
+    #[test]
+    fn same_and_cross_zone_pick_their_pairs() {
+        let s = scenario(
+            "[[tests]]\nkind = \"tcp-rr\"\npairs = \"same-zone\"\n[[tests]]\nkind = \"tcp-crr\"\npairs = \"cross-zone\"\n",
+        );
+        let plan = expand(&s, &cluster(&["a", "b", "c"], 1)).unwrap();
+        let same: Vec<_> = plan.steps.iter().filter(|s| s.kind == TestKind::TcpRr).collect();
+        let cross: Vec<_> = plan.steps.iter().filter(|s| s.kind == TestKind::TcpCrr).collect();
+        assert_eq!(same.len(), 3);
+        assert!(same.iter().all(|s| s.client[4..5] == s.server[4..5]));
+        assert_eq!(cross.len(), 6);
+        assert!(cross.iter().all(|s| s.client[4..5] != s.server[4..5]));
+    }
+
+    #[test]
+    fn repeats_interleave_tests_rather_than_bunching_them() {
+        let s = scenario(
+            "[defaults]\nrepeat = 2\npairs = \"same-zone\"\n[[tests]]\nkind = \"tcp-rr\"\n[[tests]]\nkind = \"http\"\n",
+        );
+        let plan = expand(&s, &cluster(&["a"], 1)).unwrap();
+        let order: Vec<_> = plan.steps.iter().map(|s| (s.kind, s.repeat)).collect();
+        assert_eq!(order, vec![(TestKind::TcpRr, 0), (TestKind::Http, 0), (TestKind::TcpRr, 1), (TestKind::Http, 1)]);
+    }
+
+    #[test]
+    fn test_parameters_reach_the_spec() {
+        let s = scenario(
+            "[defaults]\nduration = \"3s\"\nwarmup = \"250ms\"\n[[tests]]\nkind = \"udp-stream\"\nrate = \"50M\"\nsize = 1200\n",
+        );
+        let plan = expand(&s, &cluster(&["a"], 1)).unwrap();
+        let spec = &plan.steps[0].spec;
+        assert_eq!(spec.duration_ms, 3000);
+        assert_eq!(spec.warmup_ms, 250);
+        assert_eq!(spec.rate_bps, Some(50_000_000));
+        assert_eq!(spec.size, Some(1200));
+    }
+
+    #[test]
+    fn a_zone_without_ready_nodes_is_an_error() {
+        let s = scenario("[[tests]]\nkind = \"tcp-rr\"\n");
+        let mut c = cluster(&["a", "b"], 1);
+        c.nodes[1].ready = false;
+        assert!(matches!(expand(&s, &c), Err(PlanError::EmptyZone(z)) if z == "b"));
+    }
+}

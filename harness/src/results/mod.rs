@@ -1,0 +1,95 @@
+//! What a run produces: `results.json` (schema in `results/schema/results.schema.json`) and
+//! `results.csv` (one row per measurement), written by [`store::RunStore`] after every
+//! measurement so an interrupted run keeps what it measured.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use zonebench_agent::spec::{LatencySummary, Metrics, TestKind};
+
+use crate::platform::Fingerprint;
+
+pub mod store;
+
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// How a run ended (`running` while it is in progress).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunStatus {
+    Running,
+    Complete,
+    /// Stopped by SIGINT/SIGTERM; the measurements are those finished before.
+    Interrupted,
+    /// Stopped by an error; the measurements are those finished before.
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunResults {
+    pub schema_version: u32,
+    pub scenario: String,
+    /// RFC 3339, UTC.
+    pub started_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    pub status: RunStatus,
+    pub fingerprint: Fingerprint,
+    pub measurements: Vec<Measurement>,
+    /// Steps that did not produce a measurement, and why.
+    #[serde(default)]
+    pub failures: Vec<Failure>,
+    /// Why the run stopped early, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// An agent's place: `{agent, node, zone}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    pub agent: String,
+    pub node: String,
+    pub zone: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Measurement {
+    pub test: TestKind,
+    /// The scenario entry's label (its `name`, or the kind).
+    pub name: String,
+    pub via: String,
+    pub variant: String,
+    pub repeat: u32,
+    pub client: Endpoint,
+    /// Who actually answered (the identity in the answers), not who was targeted.
+    pub server: Endpoint,
+    /// The test's parameters as run (the TestSpec without its target).
+    pub params: BTreeMap<String, serde_json::Value>,
+    pub target: String,
+    pub duration_ns: u64,
+    pub metrics: Metrics,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency: Option<LatencySummary>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect: Option<LatencySummary>,
+    pub servers: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Failure {
+    pub test: TestKind,
+    pub name: String,
+    pub repeat: u32,
+    pub client: String,
+    pub server: String,
+    pub error: String,
+}
+
+/// Now as RFC 3339 UTC with seconds.
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}

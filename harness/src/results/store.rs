@@ -1,0 +1,125 @@
+//! The run directory: `results.json` and `results.csv` rewritten atomically (temp file +
+//! rename) after each measurement, so a crash, an error or Ctrl-C never leaves a torn or
+//! missing file, and what was measured survives.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+
+use super::{Measurement, RunResults};
+
+pub struct RunStore {
+    dir: PathBuf,
+    pub results: RunResults,
+}
+
+impl RunStore {
+    /// Creates the run directory (and its parents) and writes the initial, empty results.
+    pub fn create(dir: &Path, results: RunResults) -> anyhow::Result<RunStore> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating the run directory {}", dir.display()))?;
+        let store = RunStore { dir: dir.to_path_buf(), results };
+        store.flush()?;
+        Ok(store)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn push(&mut self, m: Measurement) -> anyhow::Result<()> {
+        self.results.measurements.push(m);
+        self.flush()
+    }
+
+    /// Writes both files atomically.
+    pub fn flush(&self) -> anyhow::Result<()> {
+        let json = serde_json::to_vec_pretty(&self.results)?;
+        write_atomic(&self.dir.join("results.json"), &json)?;
+        write_atomic(&self.dir.join("results.csv"), &to_csv(&self.results.measurements)?)?;
+        Ok(())
+    }
+
+    /// Writes another file of the run (the scenario as run, a report) atomically.
+    pub fn write_file(&self, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
+        write_atomic(&self.dir.join(name), bytes)
+    }
+}
+
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension(format!(
+        "{}.tmp",
+        path.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default()
+    ));
+    let mut f = std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    Ok(())
+}
+
+/// The CSV columns: one row per measurement, latency in ns, empty where a figure does not apply.
+pub const CSV_HEADER: [&str; 24] = [
+    "test",
+    "name",
+    "via",
+    "variant",
+    "repeat",
+    "client_agent",
+    "client_node",
+    "client_zone",
+    "server_agent",
+    "server_node",
+    "server_zone",
+    "duration_ns",
+    "throughput_bps",
+    "transactions_per_sec",
+    "requests_per_sec",
+    "latency_p50_ns",
+    "latency_p90_ns",
+    "latency_p99_ns",
+    "latency_p999_ns",
+    "latency_mean_ns",
+    "connect_p50_ns",
+    "connect_p99_ns",
+    "loss_pct",
+    "errors",
+];
+
+pub fn to_csv(ms: &[Measurement]) -> anyhow::Result<Vec<u8>> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(CSV_HEADER)?;
+    let opt = |v: Option<String>| v.unwrap_or_default();
+    for m in ms {
+        let l = m.latency.as_ref();
+        let c = m.connect.as_ref();
+        w.write_record([
+            m.test.to_string(),
+            m.name.clone(),
+            m.via.clone(),
+            m.variant.clone(),
+            m.repeat.to_string(),
+            m.client.agent.clone(),
+            m.client.node.clone(),
+            m.client.zone.clone(),
+            m.server.agent.clone(),
+            m.server.node.clone(),
+            m.server.zone.clone(),
+            m.duration_ns.to_string(),
+            opt(m.metrics.throughput_bps.map(|v| format!("{v:.0}"))),
+            opt(m.metrics.transactions_per_sec.map(|v| format!("{v:.2}"))),
+            opt(m.metrics.requests_per_sec.map(|v| format!("{v:.2}"))),
+            opt(l.map(|l| l.p50_ns.to_string())),
+            opt(l.map(|l| l.p90_ns.to_string())),
+            opt(l.map(|l| l.p99_ns.to_string())),
+            opt(l.map(|l| l.p999_ns.to_string())),
+            opt(l.map(|l| format!("{:.0}", l.mean_ns))),
+            opt(c.map(|c| c.p50_ns.to_string())),
+            opt(c.map(|c| c.p99_ns.to_string())),
+            opt(m.metrics.loss_pct.map(|v| format!("{v:.4}"))),
+            opt(m.metrics.errors.map(|v| v.to_string())),
+        ])?;
+    }
+    w.into_inner().map_err(|e| anyhow::anyhow!("finishing the CSV: {e}"))
+}

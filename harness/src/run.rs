@@ -1,0 +1,217 @@
+//! Executes a scenario on a platform: discover, expand the plan, deploy agents, run each
+//! step through the client agent's control API, record measurements as they complete, and
+//! tear down on every path (success, error, SIGINT/SIGTERM). Written only against
+//! [`Platform`]; it never knows which platform it drives.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio_util::sync::CancellationToken;
+use zonebench_agent::spec::{TestResult, TestSpec};
+
+use crate::control_client::ControlClient;
+use crate::plan::{self, Plan, Step};
+use crate::platform::{DeployedAgent, Platform};
+use crate::results::store::RunStore;
+use crate::results::{now_rfc3339, Endpoint, Failure, Measurement, RunResults, RunStatus, SCHEMA_VERSION};
+use crate::scenario::Scenario;
+
+pub struct RunOptions {
+    /// The run directory (`results/runs/<time>-<scenario>` unless `--out`).
+    pub out_dir: PathBuf,
+    /// Show a progress bar on stderr.
+    pub progress: bool,
+}
+
+/// How a run ended, for the exit code and the summary.
+pub struct RunOutcome {
+    pub status: RunStatus,
+    pub results: RunResults,
+    pub dir: PathBuf,
+}
+
+/// Runs `scenario` on `platform`. Teardown always happens; results written so far stay.
+pub async fn run<P: Platform>(
+    platform: &mut P,
+    scenario: &Scenario,
+    opts: &RunOptions,
+    cancel: &CancellationToken,
+) -> anyhow::Result<RunOutcome> {
+    let mut store: Option<RunStore> = None;
+    let outcome = drive(platform, scenario, opts, cancel, &mut store).await;
+    // Teardown on every path, before anything else can fail.
+    let teardown = platform.teardown().await;
+
+    let (status, error) = match (&outcome, cancel.is_cancelled()) {
+        (_, true) => (RunStatus::Interrupted, Some("interrupted by a signal".to_string())),
+        (Ok(()), false) => (RunStatus::Complete, None),
+        (Err(e), false) => (RunStatus::Failed, Some(format!("{e:#}"))),
+    };
+    let Some(mut store) = store else {
+        // Nothing was measured and no directory exists yet: report the error itself.
+        teardown.context("tearing down the platform")?;
+        outcome?;
+        anyhow::bail!("interrupted before anything was measured");
+    };
+    store.results.status = status;
+    store.results.error = error;
+    store.results.finished_at = Some(now_rfc3339());
+    store.flush().context("writing the final results")?;
+    teardown.context("tearing down the platform")?;
+    Ok(RunOutcome { status, results: store.results.clone(), dir: store.dir().to_path_buf() })
+}
+
+async fn drive<P: Platform>(
+    platform: &mut P,
+    scenario: &Scenario,
+    opts: &RunOptions,
+    cancel: &CancellationToken,
+    store_slot: &mut Option<RunStore>,
+) -> anyhow::Result<()> {
+    let cluster = until_cancelled(cancel, platform.discover()).await?.context("discovering the platform")?;
+    let plan = plan::expand(scenario, &cluster)?;
+    let results = RunResults {
+        schema_version: SCHEMA_VERSION,
+        scenario: scenario.name.clone(),
+        started_at: now_rfc3339(),
+        finished_at: None,
+        status: RunStatus::Running,
+        fingerprint: cluster.fingerprint.clone(),
+        measurements: Vec::new(),
+        failures: Vec::new(),
+        error: None,
+    };
+    let store = store_slot.insert(RunStore::create(&opts.out_dir, results)?);
+    let scenario_toml = toml::to_string_pretty(scenario).unwrap_or_default();
+    store.write_file("scenario.toml", scenario_toml.as_bytes())?;
+
+    let agents = until_cancelled(cancel, platform.deploy(&plan.agent_requests())).await?.context("deploying agents")?;
+    let agents: BTreeMap<String, DeployedAgent> = agents.into_iter().map(|a| (a.id.clone(), a)).collect();
+
+    let bar = progress_bar(opts.progress, plan.steps.len());
+    for (i, step) in plan.steps.iter().enumerate() {
+        if cancel.is_cancelled() {
+            break;
+        }
+        bar.set_message(format!("{} {}→{}", step.name, zone_of(&plan, &step.client), zone_of(&plan, &step.server)));
+        match run_step(step, &agents, cancel).await {
+            Ok(result) => store.push(measurement(&plan, step, &agents, result)?)?,
+            Err(e) if cancel.is_cancelled() => {
+                tracing::debug!("step {i} stopped by the signal: {e:#}");
+                break;
+            }
+            Err(e) => {
+                bar.suspend(|| eprintln!("warning: {} {} → {}: {e:#}", step.name, step.client, step.server));
+                store.results.failures.push(Failure {
+                    test: step.kind,
+                    name: step.name.clone(),
+                    repeat: step.repeat,
+                    client: step.client.clone(),
+                    server: step.server.clone(),
+                    error: format!("{e:#}"),
+                });
+                store.flush()?;
+            }
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(())
+}
+
+/// Runs one step; on cancellation, cancels the agent's test and returns an error.
+async fn run_step(
+    step: &Step,
+    agents: &BTreeMap<String, DeployedAgent>,
+    cancel: &CancellationToken,
+) -> anyhow::Result<TestResult> {
+    let client = agents.get(&step.client).with_context(|| format!("agent {} was not deployed", step.client))?;
+    let server = agents.get(&step.server).with_context(|| format!("agent {} was not deployed", step.server))?;
+    let spec = TestSpec {
+        target: std::net::SocketAddr::new(server.ip, plan::port_for(step.kind, server)).to_string(),
+        ..step.spec.clone()
+    };
+    let control = ControlClient::new(client.control.clone(), client.token.clone());
+    let id = control.start_test(&spec).await?;
+    tokio::select! {
+        r = control.wait_for(&id, &spec) => r,
+        _ = cancel.cancelled() => {
+            let _ = control.cancel_test(&id).await;
+            anyhow::bail!("cancelled")
+        }
+    }
+}
+
+fn measurement(
+    plan: &Plan,
+    step: &Step,
+    agents: &BTreeMap<String, DeployedAgent>,
+    r: TestResult,
+) -> anyhow::Result<Measurement> {
+    let endpoint = |id: &str| -> Endpoint {
+        match agents.get(id) {
+            Some(a) => Endpoint { agent: a.id.clone(), node: a.node.clone(), zone: a.zone.clone() },
+            None => {
+                let zone = plan.placement(id).map(|p| p.zone.clone()).unwrap_or_default();
+                Endpoint { agent: id.to_string(), node: String::new(), zone }
+            }
+        }
+    };
+    // Who answered is read from the answers: the id with the most of them. An id no agent
+    // of this run carries would mean traffic reached something else; record it as is.
+    let answered = r.servers.iter().max_by_key(|(_, n)| **n).map(|(id, _)| id.clone());
+    let server = match answered {
+        Some(id) => endpoint(&id),
+        None => endpoint(&step.server),
+    };
+    let mut params: BTreeMap<String, serde_json::Value> = match serde_json::to_value(&step.spec)? {
+        serde_json::Value::Object(m) => m.into_iter().collect(),
+        _ => BTreeMap::new(),
+    };
+    params.remove("target");
+    params.remove("test");
+    Ok(Measurement {
+        test: step.kind,
+        name: step.name.clone(),
+        via: step.via.as_str().to_string(),
+        variant: step.variant.clone(),
+        repeat: step.repeat,
+        client: endpoint(&step.client),
+        server,
+        params,
+        target: r.target,
+        duration_ns: r.duration_ns,
+        metrics: r.metrics,
+        latency: r.latency,
+        connect: r.connect,
+        servers: r.servers,
+    })
+}
+
+fn zone_of<'a>(plan: &'a Plan, id: &str) -> &'a str {
+    plan.placement(id).map_or("?", |p| p.zone.as_str())
+}
+
+fn progress_bar(enabled: bool, len: usize) -> ProgressBar {
+    if !enabled {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len as u64);
+    if let Ok(style) = ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}") {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
+}
+
+/// `fut`, unless cancellation comes first.
+async fn until_cancelled<T>(
+    cancel: &CancellationToken,
+    fut: impl std::future::Future<Output = T>,
+) -> anyhow::Result<T> {
+    tokio::select! {
+        v = fut => Ok(v),
+        _ = cancel.cancelled() => anyhow::bail!("interrupted"),
+    }
+}

@@ -1,0 +1,363 @@
+//! Scenarios: the TOML files that say where to run, which agents to place and which tests
+//! to run between which zones. This module parses and validates them (errors name the
+//! file, line and field), applies `--set key.path=value` overrides, and expands a scenario
+//! into a [`crate::plan::Plan`].
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use zonebench_agent::spec::TestKind;
+
+use crate::platform::lab::LabConfig;
+
+mod overrides;
+mod values;
+
+pub use overrides::apply_override;
+pub use values::{HumanDuration, Rate, Size};
+
+/// Where a scenario runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PlatformChoice {
+    /// The lab when it can run here (Linux, root), else local.
+    #[default]
+    Auto,
+    Lab,
+    Local,
+}
+
+/// Which (client zone, server zone) pairs a test measures.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Pairs {
+    /// Every ordered client zone × server zone.
+    #[default]
+    ZoneMatrix,
+    SameZone,
+    CrossZone,
+}
+
+/// How a client reaches a server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Via {
+    /// Straight to the server pod's IP.
+    #[default]
+    Pod,
+    /// Through a Service virtual IP (the service dataplanes issue).
+    Service,
+}
+
+impl Via {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Via::Pod => "pod",
+            Via::Service => "service",
+        }
+    }
+}
+
+/// A whole scenario file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Defaults to the file name without `.toml`.
+    #[serde(default)]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub platform: PlatformChoice,
+    #[serde(default)]
+    pub lab: LabConfig,
+    #[serde(default)]
+    pub agents: Agents,
+    #[serde(default)]
+    pub defaults: Defaults,
+    pub tests: Vec<TestEntry>,
+}
+
+/// How many agents each zone gets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Agents {
+    #[serde(default = "one")]
+    pub servers_per_zone: u32,
+    #[serde(default = "one")]
+    pub clients_per_zone: u32,
+}
+
+impl Default for Agents {
+    fn default() -> Self {
+        Agents { servers_per_zone: 1, clients_per_zone: 1 }
+    }
+}
+
+/// Values every test takes unless it sets its own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Defaults {
+    #[serde(default = "default_duration")]
+    pub duration: HumanDuration,
+    #[serde(default = "default_warmup")]
+    pub warmup: HumanDuration,
+    #[serde(default)]
+    pub pairs: Pairs,
+    #[serde(default)]
+    pub via: Via,
+    #[serde(default = "one")]
+    pub repeat: u32,
+    #[serde(default = "default_timeout")]
+    pub timeout: HumanDuration,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Defaults {
+            duration: default_duration(),
+            warmup: default_warmup(),
+            pairs: Pairs::default(),
+            via: Via::default(),
+            repeat: 1,
+            timeout: default_timeout(),
+        }
+    }
+}
+
+fn one() -> u32 {
+    1
+}
+fn default_duration() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
+}
+fn default_warmup() -> HumanDuration {
+    HumanDuration(Duration::from_secs(1))
+}
+fn default_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(2))
+}
+
+/// One `[[tests]]` entry: a test kind, where it runs, and its parameters (the agent's
+/// TestSpec fields, in the units users type: `"1G"`, `"64K"`, `"2s"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestEntry {
+    pub kind: TestKind,
+    /// Label in results and reports; defaults to the kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<HumanDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup: Option<HumanDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pairs: Option<Pairs>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<Via>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeat: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<HumanDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallel: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reverse: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<Size>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<Rate>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_size: Option<Size>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_size: Option<Size>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qps: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_close: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<u32>,
+}
+
+impl TestEntry {
+    pub fn label(&self) -> String {
+        self.name.clone().unwrap_or_else(|| self.kind.to_string())
+    }
+}
+
+/// A scenario problem, located as precisely as is known.
+#[derive(Debug, thiserror::Error)]
+#[error("{location}: {field}{sep}{message}", sep = if field.is_empty() { "" } else { ": " })]
+pub struct ScenarioError {
+    /// `file:line:column`, `file` or `--set key=value`.
+    pub location: String,
+    /// Dotted field path (`lab.inter_zone_delay`, `tests[2].duration`), when known.
+    pub field: String,
+    pub message: String,
+}
+
+impl Scenario {
+    /// Reads, parses and validates a scenario file; `overrides` are `key.path=value`
+    /// strings applied after parsing (each validated as if written in the file).
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Scenario, ScenarioError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ScenarioError {
+            location: file.clone(),
+            field: String::new(),
+            message: format!("cannot read: {e}"),
+        })?;
+        let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        Scenario::parse(&text, &file, &stem, overrides)
+    }
+
+    /// Parses scenario text; `file` names it in errors, `stem` is the default name.
+    pub fn parse(text: &str, file: &str, stem: &str, overrides: &[String]) -> Result<Scenario, ScenarioError> {
+        let mut scenario: Scenario = toml::from_str(text).map_err(|e| toml_error(&e, text, file))?;
+        for o in overrides {
+            scenario = apply_override(&scenario, o)?;
+        }
+        if scenario.name.is_empty() {
+            scenario.name = stem.to_string();
+        }
+        scenario.validate().map_err(|(field, message)| {
+            // Point at the line where the field's table or key is written, when we can.
+            let location = locate(text, &field).map_or_else(|| file.to_string(), |line| format!("{file}:{line}"));
+            ScenarioError { location, field, message }
+        })?;
+        Ok(scenario)
+    }
+
+    /// Checks the cross-field rules the types cannot express; `(field, message)` on failure.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let bad = |f: String, m: &str| Err((f, m.to_string()));
+        if self.name.is_empty() || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return bad("name".into(), "must be letters, digits, '-' or '_' (it names the run directory)");
+        }
+        self.lab.validate()?;
+        if self.agents.servers_per_zone == 0 || self.agents.servers_per_zone > 16 {
+            return bad("agents.servers_per_zone".into(), "must be 1 to 16");
+        }
+        if self.agents.clients_per_zone == 0 || self.agents.clients_per_zone > 16 {
+            return bad("agents.clients_per_zone".into(), "must be 1 to 16");
+        }
+        if self.defaults.repeat == 0 || self.defaults.repeat > 100 {
+            return bad("defaults.repeat".into(), "must be 1 to 100");
+        }
+        if self.defaults.via == Via::Service {
+            return bad("defaults.via".into(), SERVICE_NOT_BUILT);
+        }
+        if self.tests.is_empty() {
+            return bad("tests".into(), "a scenario needs at least one [[tests]] entry");
+        }
+        let zones = self.lab.zones.len();
+        for (i, t) in self.tests.iter().enumerate() {
+            let f = |name: &str| format!("tests[{i}].{name}");
+            if t.via == Some(Via::Service) {
+                return bad(f("via"), SERVICE_NOT_BUILT);
+            }
+            if let Some(r) = t.repeat {
+                if r == 0 || r > 100 {
+                    return bad(f("repeat"), "must be 1 to 100");
+                }
+            }
+            if t.pairs.unwrap_or(self.defaults.pairs) == Pairs::CrossZone && zones < 2 {
+                return bad(f("pairs"), "cross-zone needs at least two zones in lab.zones");
+            }
+            // The agent's own rules (sizes, counts, paths) checked now, not mid-run.
+            let spec = crate::plan::spec_for(self, t, "127.0.0.1:1");
+            spec.validate().map_err(|e| (f(spec_field_to_scenario(e.field)), e.message))?;
+            if let Some(name) = &t.name {
+                if name.is_empty() || name.contains(',') {
+                    return bad(f("name"), "must be non-empty and contain no commas");
+                }
+            }
+        }
+        let mut labels: Vec<String> = self.tests.iter().map(TestEntry::label).collect();
+        labels.sort();
+        if let Some(w) = labels.windows(2).find(|w| w[0] == w[1]) {
+            return Err(("tests".into(), format!("two tests are labelled {:?}; give one a distinct `name`", w[0])));
+        }
+        Ok(())
+    }
+}
+
+const SERVICE_NOT_BUILT: &str =
+    "via = \"service\" is not available yet: Services in the lab arrive with the service dataplanes; use \"pod\"";
+
+/// TestSpec field names to the scenario's (which carry no unit suffix).
+fn spec_field_to_scenario(field: &str) -> &str {
+    match field {
+        "duration_ms" => "duration",
+        "warmup_ms" => "warmup",
+        "timeout_ms" => "timeout",
+        "rate_bps" => "rate",
+        f => f,
+    }
+}
+
+/// `file:line:col: message` from a TOML error, whose span is a byte range in `text`.
+fn toml_error(e: &toml::de::Error, text: &str, file: &str) -> ScenarioError {
+    let location = match e.span() {
+        Some(span) => {
+            let (line, col) = line_col(text, span.start);
+            format!("{file}:{line}:{col}")
+        }
+        None => file.to_string(),
+    };
+    ScenarioError { location, field: String::new(), message: e.message().trim().to_string() }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+/// Best-effort line of a dotted field (`lab.zones`, `tests[2].duration`) in the file text.
+fn locate(text: &str, field: &str) -> Option<usize> {
+    let (table, key) = match field.rsplit_once('.') {
+        Some((t, k)) => (t, k),
+        None => ("", field),
+    };
+    let (table_name, index) = match table.split_once('[') {
+        Some((name, rest)) => (name, rest.trim_end_matches(']').parse::<usize>().ok()),
+        None => (table, None),
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    // Find the start of the table (the nth `[[tests]]`, or `[lab]`).
+    let mut start = 0;
+    if !table_name.is_empty() {
+        let header = if index.is_some() { format!("[[{table_name}]]") } else { format!("[{table_name}]") };
+        let mut seen = 0;
+        let mut found = None;
+        for (i, l) in lines.iter().enumerate() {
+            if l.trim() == header {
+                if index.is_none_or(|n| n == seen) {
+                    found = Some(i);
+                    break;
+                }
+                seen += 1;
+            }
+        }
+        start = found?;
+    }
+    for (i, l) in lines.iter().enumerate().skip(start) {
+        if i > start && l.trim_start().starts_with('[') {
+            break;
+        }
+        let t = l.trim_start();
+        if t.starts_with(key) && t[key.len()..].trim_start().starts_with('=') {
+            return Some(i + 1);
+        }
+    }
+    Some(start + 1)
+}
+
+#[cfg(test)]
+mod tests;

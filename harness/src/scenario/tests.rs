@@ -1,0 +1,109 @@
+use super::*;
+
+fn parse(text: &str) -> Result<Scenario, ScenarioError> {
+    Scenario::parse(text, "s.toml", "s", &[])
+}
+
+#[test]
+fn a_minimal_scenario_takes_the_defaults() {
+    let s = parse("[[tests]]\nkind = \"tcp-rr\"\n").unwrap();
+    assert_eq!(s.name, "s");
+    assert_eq!(s.platform, PlatformChoice::Auto);
+    assert_eq!(s.lab.zones, vec!["a", "b", "c"]);
+    assert_eq!(s.lab.nodes_per_zone, 2);
+    assert_eq!(s.defaults.pairs, Pairs::ZoneMatrix);
+    assert_eq!(s.defaults.duration.0, Duration::from_secs(10));
+}
+
+#[test]
+fn an_unknown_field_names_the_file_line_and_field() {
+    let e = parse("[[tests]]\nkind = \"tcp-rr\"\ndurration = \"1s\"\n").unwrap_err();
+    assert_eq!(e.location, "s.toml:3:1", "{e}");
+    assert!(e.message.contains("durration"), "{e}");
+}
+
+#[test]
+fn a_bad_value_names_its_line() {
+    let e = parse("[lab]\nzones = \"a,b\"\ninter_zone_delay = \"soon\"\n[[tests]]\nkind = \"tcp-rr\"\n").unwrap_err();
+    assert_eq!(e.location, "s.toml:3", "{e}");
+    assert_eq!(e.field, "lab.inter_zone_delay");
+    assert!(e.message.contains("soon"), "{e}");
+    let e = parse("[[tests]]\nkind = \"tcp-rrr\"\n").unwrap_err();
+    assert!(e.location.starts_with("s.toml:2:"), "{e}");
+    assert!(e.message.contains("tcp-rrr"), "{e}");
+    let e = parse("[[tests]]\nkind = \"udp-stream\"\nrate = \"fast\"\n").unwrap_err();
+    assert!(e.location.starts_with("s.toml:3:"), "{e}");
+}
+
+#[test]
+fn a_rule_across_fields_names_the_field_and_its_line() {
+    let e = parse("[lab]\nzones = \"a\"\n\n[[tests]]\nkind = \"tcp-rr\"\npairs = \"cross-zone\"\n").unwrap_err();
+    assert_eq!(e.field, "tests[0].pairs");
+    assert_eq!(e.location, "s.toml:6");
+    let e = parse("[[tests]]\nkind = \"tcp-rr\"\n[[tests]]\nkind = \"http\"\nconnections = 0\n").unwrap_err();
+    assert_eq!(e.field, "tests[1].connections");
+    assert_eq!(e.location, "s.toml:5");
+    let e = parse("[lab]\nnodes_per_zone = 0\n[[tests]]\nkind = \"tcp-rr\"\n").unwrap_err();
+    assert_eq!(e.field, "lab.nodes_per_zone");
+    assert_eq!(e.location, "s.toml:2");
+}
+
+#[test]
+fn a_scenario_without_tests_is_refused() {
+    let e = parse("tests = []\n").unwrap_err();
+    assert_eq!(e.field, "tests");
+    assert!(parse("name = \"x\"\n").unwrap_err().message.contains("tests"));
+}
+
+#[test]
+fn duplicate_labels_are_refused() {
+    let e = parse("[[tests]]\nkind = \"tcp-rr\"\n[[tests]]\nkind = \"tcp-rr\"\n").unwrap_err();
+    assert!(e.message.contains("distinct"), "{e}");
+    parse("[[tests]]\nkind = \"tcp-rr\"\n[[tests]]\nkind = \"tcp-rr\"\nname = \"tcp-rr-big\"\nrequest_size = \"1K\"\n")
+        .unwrap();
+}
+
+#[test]
+fn service_tests_say_they_are_not_available_yet() {
+    let e = parse("[[tests]]\nkind = \"tcp-rr\"\nvia = \"service\"\n").unwrap_err();
+    assert_eq!(e.field, "tests[0].via");
+    assert!(e.message.contains("not available yet"), "{e}");
+}
+
+#[test]
+fn overrides_change_any_field_and_are_validated() {
+    let text = "[[tests]]\nkind = \"tcp-rr\"\n";
+    let s = Scenario::parse(
+        text,
+        "s.toml",
+        "s",
+        &["lab.inter_zone_delay=500us".into(), "tests.0.duration=2s".into(), "lab.nodes_per_zone=1".into()],
+    )
+    .unwrap();
+    assert_eq!(s.lab.inter_zone_delay.as_deref(), Some("500us"));
+    assert_eq!(s.tests[0].duration, Some(HumanDuration(Duration::from_secs(2))));
+    assert_eq!(s.lab.nodes_per_zone, 1);
+
+    let e = Scenario::parse(text, "s.toml", "s", &["lab.nodes_per_zone=zero".into()]).unwrap_err();
+    assert_eq!(e.location, "--set lab.nodes_per_zone=zero");
+    let e = Scenario::parse(text, "s.toml", "s", &["lab.colour=red".into()]).unwrap_err();
+    assert!(e.message.contains("colour"), "{e}");
+    let e = Scenario::parse(text, "s.toml", "s", &["tests.5.duration=1s".into()]).unwrap_err();
+    assert!(e.message.contains("past the end"), "{e}");
+    let e = Scenario::parse(text, "s.toml", "s", &["novalue".into()]).unwrap_err();
+    assert!(e.message.contains("key.path=value"), "{e}");
+}
+
+#[test]
+fn the_checked_in_scenarios_parse() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../scenarios");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            Scenario::load(&path, &[]).unwrap_or_else(|e| panic!("{e}"));
+            seen += 1;
+        }
+    }
+    assert!(seen >= 1, "no scenarios found in {dir}");
+}

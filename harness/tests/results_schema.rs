@@ -1,0 +1,101 @@
+//! results.json is checked against the checked-in schema, which refers to the agent's
+//! test-result schema for metrics and latency.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+
+use zonebench::platform::Fingerprint;
+use zonebench::results::{store, Endpoint, Failure, Measurement, RunResults, RunStatus, SCHEMA_VERSION};
+use zonebench_agent::histogram;
+use zonebench_agent::spec::{Metrics, TestKind};
+
+fn schema_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../results/schema")
+}
+
+pub fn validator() -> jsonschema::Validator {
+    let load = |name: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(schema_dir().join(name)).unwrap()).unwrap()
+    };
+    let agent = load("test-result.schema.json");
+    jsonschema::options()
+        .with_resource(
+            "https://zonebench.dev/schema/test-result.schema.json",
+            jsonschema::Resource::from_contents(agent).unwrap(),
+        )
+        .build(&load("results.schema.json"))
+        .unwrap()
+}
+
+fn sample() -> RunResults {
+    let mut h = histogram::new();
+    histogram::record(&mut h, 42_000);
+    let ep = |a: &str, z: &str| Endpoint { agent: a.into(), node: format!("{z}-1"), zone: z.into() };
+    RunResults {
+        schema_version: SCHEMA_VERSION,
+        scenario: "quick".into(),
+        started_at: "2026-11-22T05:00:00Z".into(),
+        finished_at: Some("2026-11-22T05:01:00Z".into()),
+        status: RunStatus::Complete,
+        fingerprint: Fingerprint {
+            platform: "lab".into(),
+            kernel: "6.1".into(),
+            routing: Some("native".into()),
+            mtu: Some(1500),
+            zones: vec!["a".into(), "b".into()],
+            nodes: 4,
+            zonebench_version: "0.1.0".into(),
+            extra: BTreeMap::new(),
+        },
+        measurements: vec![Measurement {
+            test: TestKind::TcpRr,
+            name: "tcp-rr".into(),
+            via: "pod".into(),
+            variant: String::new(),
+            repeat: 0,
+            client: ep("cli-a-0", "a"),
+            server: ep("srv-b-0", "b"),
+            params: [("duration_ms".to_string(), serde_json::json!(1000))].into(),
+            target: "10.0.0.1:7101".into(),
+            duration_ns: 1_000_000_000,
+            metrics: Metrics { transactions_per_sec: Some(1.0), errors: Some(0), ..Default::default() },
+            latency: histogram::summarize(&h),
+            connect: None,
+            servers: [("srv-b-0".to_string(), 1)].into(),
+        }],
+        failures: vec![Failure {
+            test: TestKind::Http,
+            name: "http".into(),
+            repeat: 0,
+            client: "cli-a-0".into(),
+            server: "srv-b-0".into(),
+            error: "boom".into(),
+        }],
+        error: None,
+    }
+}
+
+#[test]
+fn written_results_match_the_schema() {
+    let v = validator();
+    let dir = std::env::temp_dir().join(format!("zb-schema-{}", std::process::id()));
+    let s = store::RunStore::create(&dir, sample()).unwrap();
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(s.dir().join("results.json")).unwrap()).unwrap();
+    let errors: Vec<String> = v.iter_errors(&written).map(|e| format!("{e} at {}", e.instance_path)).collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+    let csv = std::fs::read_to_string(s.dir().join("results.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 2, "{csv}");
+    assert!(csv.lines().next().unwrap().starts_with("test,name,via,variant,repeat,client_agent"));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn the_schema_rejects_a_measurement_without_a_server() {
+    let mut v = serde_json::to_value(sample()).unwrap();
+    v["measurements"][0].as_object_mut().unwrap().remove("server");
+    assert!(!validator().is_valid(&v));
+    let mut v = serde_json::to_value(sample()).unwrap();
+    v["measurements"][0]["metrics"]["loss_pct"] = serde_json::json!(-1);
+    assert!(!validator().is_valid(&v));
+}

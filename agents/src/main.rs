@@ -11,6 +11,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
+use zonebench_agent::control::{self, Cidr, Endpoint, Token};
 use zonebench_agent::spec::{Identity, TestKind, TestSpec};
 use zonebench_agent::{report, servers, tests, units};
 
@@ -40,9 +41,9 @@ struct ServeArgs {
     udp_port: u16,
     #[arg(long, default_value_t = 7180)]
     http_port: u16,
-    /// Control API endpoint: `tcp:ADDR:PORT` or `unix:PATH`.
-    #[arg(long, default_value = "tcp:0.0.0.0:7100")]
-    control: String,
+    /// Control API endpoint: `tcp:ADDR:PORT` (IPv4, or `[IPv6]:PORT`) or `unix:PATH`.
+    #[arg(long, default_value = "tcp:0.0.0.0:7100", value_parser = parse_endpoint)]
+    control: Endpoint,
     /// File holding the control API's bearer token; without it the control API stays off.
     #[arg(long)]
     token_file: Option<PathBuf>,
@@ -53,9 +54,10 @@ struct ServeArgs {
     zone: String,
     #[arg(long, default_value = "")]
     node: String,
-    /// CIDRs tests started through the control API may target (repeatable; default loopback).
-    #[arg(long = "allow-cidr")]
-    allow_cidr: Vec<String>,
+    /// CIDRs tests started through the control API may target (repeatable; default
+    /// 127.0.0.0/8 and ::1/128).
+    #[arg(long = "allow-cidr", value_parser = parse_cidr)]
+    allow_cidr: Vec<Cidr>,
     /// Longest test (warm-up + duration) the control API accepts.
     #[arg(long, default_value = "1h", value_parser = units::parse_duration)]
     max_duration: Duration,
@@ -138,6 +140,14 @@ fn parse_test(s: &str) -> Result<TestKind, String> {
     s.parse()
 }
 
+fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
+    s.parse().map_err(|e: control::EndpointError| e.to_string())
+}
+
+fn parse_cidr(s: &str) -> Result<Cidr, String> {
+    s.parse().map_err(|e: control::CidrError| e.to_string())
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -213,6 +223,20 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         .thread_name("zb-serve")
         .build()
         .context("starting the server runtime")?;
+    // A bad token file is a start-up error, found before anything binds.
+    let token = match &a.token_file {
+        Some(path) => Some(Token::from_file(path)?),
+        None => None,
+    };
+    let limits = control::Limits {
+        max_duration: a.max_duration,
+        max_rate_bps: a.max_rate,
+        max_qps: a.max_qps,
+        max_connections: a.max_connections,
+        ..control::Limits::default()
+    };
+    limits.validate().map_err(anyhow::Error::msg)?;
+    let allow = if a.allow_cidr.is_empty() { Cidr::loopback() } else { a.allow_cidr.clone() };
     let id = match a.id {
         Some(id) => id,
         None => hostname(),
@@ -235,12 +259,28 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
             bound.udp,
             bound.http
         );
-        match &a.token_file {
-            None => eprintln!("control API off: start with --token-file to enable it"),
-            Some(_) => anyhow::bail!("the control API is not built yet"),
-        }
+        let control = match token {
+            None => {
+                eprintln!("control API off: start with --token-file to enable it");
+                None
+            }
+            Some(token) => {
+                let mut cfg = control::Config::new(a.control.clone(), token, ctx.clone(), bound);
+                cfg.limits = limits;
+                cfg.allow = allow;
+                let allowed: Vec<String> = cfg.allow.iter().map(ToString::to_string).collect();
+                let control =
+                    control::start(cfg).await.with_context(|| format!("starting the control API on {}", a.control))?;
+                eprintln!("control API listening on {} (tests may target {})", control.endpoint, allowed.join(", "));
+                Some(control)
+            }
+        };
         shutdown_signal().await;
         ctx.shutdown.cancel();
+        if let Some(control) = control {
+            // Lets the accept loop remove its unix socket file before the runtime goes.
+            let _ = tokio::time::timeout(Duration::from_secs(1), control.closed()).await;
+        }
         Ok(ExitCode::SUCCESS)
     })
 }

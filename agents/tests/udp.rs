@@ -276,3 +276,130 @@ fn cancelled_tests_return_promptly() {
     }
     assert!(counter(&agent.ctx.counters.udp_datagrams) > 0);
 }
+
+/// A relay between a client and `server` that drops every `nth` measured data datagram and
+/// forwards everything else both ways. Returns its address, a stop flag and its drop count.
+fn lossy_relay(
+    server: SocketAddr,
+    nth: u64,
+) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicBool>, std::thread::JoinHandle<u64>) {
+    let relay = UdpSocket::bind("127.0.0.1:0").unwrap();
+    relay.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+    let addr = relay.local_addr().unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = stop.clone();
+    let handle = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65_536];
+        let (mut client, mut data, mut dropped) = (None, 0u64, 0u64);
+        while !stopped.load(Ordering::Relaxed) {
+            let Ok((n, from)) = relay.recv_from(&mut buf) else { continue };
+            if from == server {
+                if let Some(c) = client {
+                    relay.send_to(&buf[..n], c).unwrap();
+                }
+                continue;
+            }
+            client = Some(from);
+            let h = UdpHeader::decode(&buf[..n]).unwrap();
+            if h.kind == UdpKind::Data && h.flags & FLAG_WARMUP == 0 {
+                data += 1;
+                if data % nth == 0 {
+                    dropped += 1;
+                    continue;
+                }
+            }
+            relay.send_to(&buf[..n], server).unwrap();
+        }
+        dropped
+    });
+    (addr, stop, handle)
+}
+
+#[test]
+fn datagrams_dropped_on_the_way_are_reported_as_lost() {
+    let agent = common::start_agent("echo-u", &[Which::Udp]);
+    let (relay, stop, handle) = lossy_relay(agent.udp.unwrap(), 10);
+    let mut s = spec(TestKind::UdpStream, relay);
+    s.rate_bps = Some(10_000_000);
+    s.size = Some(1000);
+    let r = loadgen::run(&s, &CancellationToken::new()).unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let dropped = handle.join().unwrap();
+    common::check_result(&r);
+    let m = &r.metrics;
+    let sent = m.sent_packets.unwrap();
+    assert!(dropped > 100, "{dropped}");
+    assert_eq!(m.lost_packets, Some(dropped), "{m:?}");
+    assert_eq!(m.received_packets, Some(sent - dropped));
+    let pct = m.loss_pct.unwrap();
+    assert!((pct - 10.0).abs() < 0.2, "loss {pct}%");
+    assert_eq!(m.out_of_order_packets, Some(0));
+    assert_eq!(r.servers["echo-u"], sent - dropped);
+}
+
+#[test]
+fn parallel_streams_are_separate_flows_whose_counts_add_up() {
+    let agent = common::start_agent("echo-u", &[Which::Udp]);
+    let mut s = spec(TestKind::UdpStream, agent.udp.unwrap());
+    s.parallel = 3;
+    s.rate_bps = Some(2_000_000);
+    s.size = Some(500);
+    let r = loadgen::run(&s, &CancellationToken::new()).unwrap();
+    common::check_result(&r);
+    let m = &r.metrics;
+    let expected = 3.0 * 2e6 / (500.0 * 8.0); // 1500: the rate applies per stream
+    let sent = m.sent_packets.unwrap();
+    assert!((sent as f64 - expected).abs() < expected * 0.1, "sent {sent}");
+    assert_eq!((m.received_packets, m.lost_packets), (Some(sent), Some(0)));
+    assert_eq!(r.servers["echo-u"], sent);
+    s.parallel = 1000;
+    match loadgen::run(&s, &CancellationToken::new()) {
+        Err(TestError::Spec(e)) => assert_eq!(e.field, "parallel"),
+        other => panic!("expected a parallel error, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_late_answer_is_never_credited_to_the_next_transaction() {
+    // A fake server that answers even requests at once and odd ones only when the next
+    // request arrives, long after the client gave up on them (and under another id).
+    let fake = UdpSocket::bind("127.0.0.1:0").unwrap();
+    fake.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    let target = fake.local_addr().unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = stop.clone();
+    let server = std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        let mut held: Option<(UdpHeader, SocketAddr)> = None;
+        let answer = |h: UdpHeader, id: &[u8], to: SocketAddr| {
+            let mut b = vec![0u8; UDP_HEADER_LEN + id.len()];
+            UdpHeader { kind: UdpKind::Response, id_len: id.len() as u8, ..h }.encode_into(&mut b);
+            b[UDP_HEADER_LEN..].copy_from_slice(id);
+            fake.send_to(&b, to).unwrap();
+        };
+        while !stopped.load(Ordering::Relaxed) {
+            let Ok((n, from)) = fake.recv_from(&mut buf) else { continue };
+            let h = UdpHeader::decode(&buf[..n]).unwrap();
+            if let Some((late, to)) = held.take() {
+                answer(late, b"late", to);
+            }
+            if h.seq % 2 == 0 {
+                answer(h, b"prompt", from);
+            } else {
+                held = Some((h, from));
+            }
+        }
+    });
+    let r = loadgen::run(&spec(TestKind::UdpRr, target), &CancellationToken::new()).unwrap();
+    stop.store(true, Ordering::Relaxed);
+    server.join().unwrap();
+    common::check_result(&r);
+    let m = &r.metrics;
+    let answered = r.latency.as_ref().unwrap().count;
+    let lost = m.lost_packets.unwrap();
+    // Each odd transaction waits 200 ms: about 5 of them in the 1 s window, each followed by
+    // one prompt even transaction.
+    assert!((3..=6).contains(&lost), "lost {lost}");
+    assert!(answered.abs_diff(lost) <= 1, "answered {answered}, lost {lost}");
+    assert_eq!(r.servers, [("prompt".to_string(), answered)].into());
+}

@@ -5,7 +5,7 @@
 //!   iperf3's fallback; at least the 40-byte header). `rate_bps` counts those payload bits
 //!   (default 1 Mbit/s like iperf3; 0 = as fast as the socket takes them). With several
 //!   `parallel` streams, each is its own flow on its own thread and socket, and the rate
-//!   applies per stream, as iperf3's `-b` does with `-P`.
+//!   applies per stream, as iperf3's `-b` does with `-P` (at most [`MAX_STREAMS`]).
 //! - **Pacing.** Datagram `n` is due at `start + n × interval`, scheduled from the start so
 //!   timer lateness never accumulates: each wake-up sends every datagram that is due (a
 //!   burst when behind), then sleeps until the next one is. High rates are therefore
@@ -47,6 +47,8 @@ pub const DEFAULT_RATE_BPS: u64 = 1_000_000;
 pub const DRAIN: Duration = Duration::from_millis(200);
 pub const STATS_TRIES: u32 = 5;
 pub const STATS_TRY_WAIT: Duration = Duration::from_millis(200);
+/// Most parallel streams (iperf3 allows 128 too); each one is a thread.
+pub const MAX_STREAMS: u32 = 128;
 /// Socket buffer asked for: deep enough to absorb a catch-up burst without blocking.
 const SOCKET_BUFFER_BYTES: usize = 4 << 20;
 /// Longest sleep between checks for cancellation.
@@ -60,6 +62,13 @@ pub fn run(spec: &TestSpec, target: SocketAddr, cancel: &CancellationToken) -> R
         return Err(SpecError {
             field: "size",
             message: format!("{size} bytes is below the {UDP_HEADER_LEN}-byte zonebench UDP header"),
+        }
+        .into());
+    }
+    if spec.parallel > MAX_STREAMS {
+        return Err(SpecError {
+            field: "parallel",
+            message: format!("udp-stream runs one thread per stream: at most {MAX_STREAMS} streams"),
         }
         .into());
     }

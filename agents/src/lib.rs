@@ -14,10 +14,12 @@
 //! - [`wire`]: data-plane framing (TCP preamble and hello, UDP header).
 //! - [`histogram`]: HDR recording and the V2+DEFLATE+base64 form results carry.
 //! - [`servers`], [`tests`], [`control`]: as above.
+//! - [`cli`]: the command line (shared with the coordinator's `zonebench agent`).
 //! - [`report`]: the readable table; [`units`]: parsing `10s`, `1G`, `64K`.
 //! - [`sys`]: the only unsafe code (TCP_INFO).
 #![deny(unsafe_code)]
 
+pub mod cli;
 pub mod control;
 pub mod histogram;
 pub mod report;

@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
+use zonebench::platform::lab::{self, LabOptions, LabPlatform};
 use zonebench::platform::local::LocalPlatform;
 use zonebench::platform::AgentProgram;
 use zonebench::results::RunStatus;
@@ -26,6 +27,42 @@ struct Cli {
 enum Command {
     /// Run a scenario and write results (default: scenarios/quick.toml on the lab when it can run here).
     Run(RunArgs),
+    /// Keep a lab up for exploring, show labs, remove them (and leftovers of killed runs).
+    #[command(subcommand)]
+    Lab(LabCommand),
+    /// The embedded agent (`zonebench agent serve …`, `zonebench agent client …`), the same
+    /// as the `zonebench-agent` binary; the coordinator launches itself this way in pods.
+    #[command(disable_help_flag = true)]
+    Agent {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum LabCommand {
+    /// Build a lab from a scenario's [lab] table and leave it running; prints its id.
+    Up {
+        #[arg(default_value = "scenarios/quick.toml")]
+        scenario: PathBuf,
+        #[arg(long = "set", value_name = "KEY.PATH=VALUE")]
+        set: Vec<String>,
+    },
+    /// List labs on this host: namespaces present or missing, processes alive.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a lab by id, or with --all every lab and leftover (by name prefix).
+    Down {
+        id: Option<String>,
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
+    },
+    /// Lab internals: hold every packet of a TUN device for a fixed delay.
+    #[command(hide = true)]
+    DelayForwarder(zonebench::platform::lab::DelayForwarderArgs),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
@@ -62,6 +99,23 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    // The embedded agent and the forwarder own their process: no coordinator runtime.
+    match cli.command {
+        Command::Agent { args } => {
+            let argv = std::iter::once(std::ffi::OsString::from("zonebench agent")).chain(args);
+            return zonebench_agent::cli::main_with_args(argv);
+        }
+        Command::Lab(LabCommand::DelayForwarder(a)) => {
+            return match zonebench::platform::lab::delay::run(&a) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: delay forwarder: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        _ => {}
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -72,6 +126,8 @@ fn main() -> ExitCode {
     let outcome = rt.block_on(async {
         match cli.command {
             Command::Run(args) => cmd_run(args).await,
+            Command::Lab(cmd) => cmd_lab(cmd).await,
+            Command::Agent { .. } => unreachable!("handled before the runtime starts"),
         }
     });
     match outcome {
@@ -106,17 +162,36 @@ async fn cmd_run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let opts = RunOptions { out_dir, progress: true };
 
     let program = agent_program(args.agent_bin.as_deref())?;
-    let outcome = match choice {
-        PlatformChoice::Lab => anyhow::bail!("the lab platform is not built yet; use --platform local"),
-        PlatformChoice::Auto | PlatformChoice::Local => {
-            if choice == PlatformChoice::Auto {
-                eprintln!("platform: local (agents on loopback; zones are labels only) — the lab is not built yet");
-            } else {
-                eprintln!("platform: local (agents on loopback; zones are labels only)");
-            }
-            let mut p = LocalPlatform::new(scenario.lab.zones.clone(), scenario.lab.nodes_per_zone, program);
-            run::run(&mut p, &scenario, &opts, &cancel).await?
+    let lab_check = lab_available();
+    let use_lab = match (choice, &lab_check) {
+        (PlatformChoice::Lab, Err(why)) => anyhow::bail!("the lab cannot run here: {why}"),
+        (PlatformChoice::Lab, Ok(())) => true,
+        (PlatformChoice::Auto, Ok(())) => true,
+        (PlatformChoice::Auto, Err(why)) => {
+            eprintln!("platform: local (agents on loopback; zones are labels only) — the lab cannot run here: {why}");
+            false
         }
+        (PlatformChoice::Local, _) => {
+            eprintln!("platform: local (agents on loopback; zones are labels only)");
+            false
+        }
+    };
+    let outcome = if use_lab {
+        let l = &scenario.lab;
+        eprintln!(
+            "platform: lab ({} zones × {} nodes in network namespaces, {} routing{}{})",
+            l.zones.len(),
+            l.nodes_per_zone,
+            l.routing.as_str(),
+            l.inter_zone_delay.as_ref().map(|d| format!(", +{d} one-way between zones")).unwrap_or_default(),
+            l.inter_zone_rate.as_ref().map(|r| format!(", {r} between zones")).unwrap_or_default(),
+        );
+        let options = LabOptions { agent: Some(program), ..Default::default() };
+        let mut p = LabPlatform::new(scenario.lab.clone(), options)?;
+        run::run(&mut p, &scenario, &opts, &cancel).await?
+    } else {
+        let mut p = LocalPlatform::new(scenario.lab.zones.clone(), scenario.lab.nodes_per_zone, program);
+        run::run(&mut p, &scenario, &opts, &cancel).await?
     };
     print!("{}", summary::render(&outcome.results));
     eprintln!("results: {}", outcome.dir.join("results.json").display());
@@ -152,12 +227,85 @@ fn agent_program(explicit: Option<&std::path::Path>) -> anyhow::Result<AgentProg
         return Ok(AgentProgram { path: p.to_path_buf(), args: vec![] });
     }
     let exe = std::env::current_exe().context("locating this binary")?;
-    let sibling = exe.with_file_name("zonebench-agent");
-    if sibling.is_file() {
-        return Ok(AgentProgram { path: sibling, args: vec![] });
+    Ok(AgentProgram { path: exe, args: vec!["agent".into()] })
+}
+
+/// Whether the lab can run here; the reason when not.
+fn lab_available() -> Result<(), String> {
+    if !cfg!(target_os = "linux") {
+        return Err("it needs Linux network namespaces".into());
     }
-    anyhow::bail!(
-        "zonebench-agent not found beside {}; build it (cargo build --release) or pass --agent-bin",
-        exe.display()
-    )
+    if !nix::unistd::geteuid().is_root() {
+        return Err("it needs root (network namespaces, veth, tc)".into());
+    }
+    let ip = std::process::Command::new("ip").arg("-V").output();
+    if !ip.is_ok_and(|o| o.status.success()) {
+        return Err("the `ip` command (iproute2) is missing".into());
+    }
+    Ok(())
+}
+
+async fn cmd_lab(cmd: LabCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        LabCommand::Up { scenario, set } => {
+            let scenario = match Scenario::load(&scenario, &set) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            lab_available().map_err(|why| anyhow::anyhow!("the lab cannot run here: {why}"))?;
+            let options = LabOptions { agent: Some(agent_program(None)?), ..Default::default() };
+            let id = tokio::task::spawn_blocking(move || lab::up(scenario.lab, options)).await??;
+            println!("{id}");
+            eprintln!("lab {id} is up; `zonebench lab status` shows it, `zonebench lab down {id}` removes it");
+        }
+        LabCommand::Status { json } => {
+            let labs = lab::status();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&labs)?);
+            } else if labs.is_empty() {
+                println!("no labs");
+            } else {
+                for l in &labs {
+                    let alive = l.processes.iter().filter(|p| p.alive).count();
+                    println!(
+                        "{}  zones {}  nodes {}  namespaces {} present, {} missing  processes {}/{} alive{}{}",
+                        l.id,
+                        l.zones.join(","),
+                        l.nodes.len(),
+                        l.namespaces_present.len(),
+                        l.namespaces_missing.len(),
+                        alive,
+                        l.processes.len(),
+                        if l.detached { "  (left up)" } else { "" },
+                        if l.has_state_file { "" } else { "  (leftover: no state file)" },
+                    );
+                }
+            }
+        }
+        LabCommand::Down { id, all } => match (id, all) {
+            (_, true) => {
+                let removed = tokio::task::spawn_blocking(lab::down_all).await??;
+                if removed.is_empty() {
+                    eprintln!("no labs to remove");
+                }
+                for id in removed {
+                    println!("removed {id}");
+                }
+            }
+            (Some(id), false) => {
+                let shown = id.clone();
+                tokio::task::spawn_blocking(move || lab::down(&id)).await??;
+                println!("removed {shown}");
+            }
+            (None, false) => {
+                eprintln!("error: name a lab id (see `zonebench lab status`) or pass --all");
+                return Ok(ExitCode::from(2));
+            }
+        },
+        LabCommand::DelayForwarder(_) => unreachable!("handled before the runtime starts"),
+    }
+    Ok(ExitCode::SUCCESS)
 }

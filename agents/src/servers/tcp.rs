@@ -1,10 +1,649 @@
-//! PLACEHOLDER: replaced by the tcp server.
+//! The TCP data server behind tcp-stream, tcp-rr and tcp-crr.
+//!
+//! One listener, one accept task, one task per connection, all on the caller's runtime. On
+//! accept the server sets `TCP_NODELAY` and writes its [`Hello`](crate::wire::encode_hello) at
+//! once, then reads the client's 16-byte [`Preamble`] (bounded by [`PREAMBLE_TIMEOUT`], so
+//! connections that never speak cannot pile up) and serves the mode it names:
+//! - **Sink**: reads and discards until the client's half-close, then writes the payload
+//!   bytes it received (preamble excluded) as a u64 BE and closes;
+//! - **Source**: writes `response_size`-byte writes until the client goes away (that is the
+//!   normal end of a reverse stream, so a failed write is not a rejection);
+//! - **Echo**: for every `request_size` bytes received, writes `response_size` bytes, until
+//!   EOF. Requests are counted, not parsed, so a client may pipeline.
+//!
+//! Garbage (bad magic, unknown mode, a silent or truncated preamble, EOF in the middle of a
+//! request, a reset) costs only its own connection and is counted in
+//! [`Counters::tcp_rejected`]; accept errors such as `EMFILE` back off and never end the loop.
+//!
+//! Hot paths do no allocation, no formatting and no locking: buffers are allocated once per
+//! connection, answers are written from a static zero page, and counters are kept per
+//! connection and added to the shared atomics in batches and once at the end.
+//!
+//! **Long-lived echo connections move to a thread of their own.** On the event loop a
+//! ping-pong costs `epoll_wait` + `recv` + `send` and a scheduler pass; on a blocking socket
+//! it is `recv` + `send`, which is what sockperf's and netperf's servers do. On loopback that
+//! is ~1 µs of a ~7 µs round trip, so an echo connection that has answered
+//! [`HANDOFF_AFTER`] requests (a tcp-rr flow, never a tcp-crr one) is handed to a dedicated
+//! blocking thread while fewer than one per core are in use; the rest stay on the runtime,
+//! where many connections share a few threads best. Those threads wait in slices of
+//! [`BLOCKING_SLICE`] so they notice `ctx.shutdown`.
 
+use std::io::{self, Read as _, Write as _};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use super::ServerCtx;
+use socket2::{Domain, Protocol, Socket, TcpKeepalive, Type};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::{Counters, ServerCtx};
+use crate::wire::{self, Preamble, TcpMode, WireError, PREAMBLE_LEN};
+
+/// Listen backlog: tcp-crr opens connections as fast as the client can, and a short queue
+/// would turn bursts into SYN retransmits (1 s each) that look like network latency.
+const BACKLOG: i32 = 4096;
+/// How long a new connection may take to send its preamble.
+pub const PREAMBLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause after an accept error that will repeat at once (out of descriptors or memory).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// At most one warning per this period while accept keeps failing.
+const ACCEPT_WARN_EVERY: Duration = Duration::from_secs(10);
+/// Dead peers (a host that vanished without a FIN or RST) are found by keepalive probes:
+/// idle 60 s, then 3 probes 10 s apart. Set on the listener; Linux copies it to accepted
+/// sockets, so it costs no syscall per connection.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_RETRIES: u32 = 3;
+
+/// First-read buffer, also the echo read buffer for small requests. Reading into a buffer
+/// larger than what is pending returns a short read, which tells tokio the socket is drained,
+/// saving the `EAGAIN` read it would otherwise make before every wait.
+const HEAD_LEN: usize = 512;
+/// Sink reads: large, so a fast stream costs few syscalls.
+const SINK_BUF: usize = 256 << 10;
+/// Largest echo read buffer (larger requests take several reads).
+const ECHO_BUF_MAX: usize = 64 << 10;
+/// Largest source write buffer; a `response_size` above it is written in pieces, so a client
+/// cannot make the server hold 16 MiB per connection.
+const SOURCE_BUF_MAX: usize = 256 << 10;
+/// Echo answers: their content is irrelevant, so they come from one static zero page.
+static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+/// Local counts are added to the shared counters at least this often.
+const FLUSH_BYTES: u64 = 16 << 20;
+const FLUSH_TRANSACTIONS: u64 = 1024;
+
+/// Echo requests a connection answers on the runtime before it may move to its own thread.
+pub const HANDOFF_AFTER: u64 = 64;
+/// How often a blocking echo thread looks at the shutdown token while it waits.
+const BLOCKING_SLICE: Duration = Duration::from_millis(100);
+
+/// What every connection task needs, behind one `Arc` (one refcount bump per connection).
+struct Shared {
+    counters: Arc<Counters>,
+    hello: Box<[u8]>,
+    shutdown: CancellationToken,
+    /// Echo connections currently on their own thread, and the most allowed.
+    blocking_echo: AtomicUsize,
+    blocking_echo_max: usize,
+}
 
 /// Binds `addr`, spawns the server on the current runtime and returns the bound address.
-pub async fn start(_addr: SocketAddr, _ctx: ServerCtx) -> std::io::Result<SocketAddr> {
-    Err(std::io::Error::other("the tcp server is not built yet"))
+/// The server stops (listener closed, connections dropped) when `ctx.shutdown` is cancelled.
+pub async fn start(addr: SocketAddr, ctx: ServerCtx) -> io::Result<SocketAddr> {
+    let listener = bind(addr)?;
+    let bound = listener.local_addr()?;
+    let shared = Arc::new(Shared {
+        counters: ctx.counters.clone(),
+        hello: wire::encode_hello(&ctx.identity.id).into_boxed_slice(),
+        shutdown: ctx.shutdown.clone(),
+        blocking_echo: AtomicUsize::new(0),
+        blocking_echo_max: std::thread::available_parallelism().map_or(1, |n| n.get()),
+    });
+    tokio::spawn(accept_loop(listener, shared, ctx));
+    Ok(bound)
+}
+
+fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // A restarted agent must get its port back while old connections sit in TIME_WAIT.
+    sock.set_reuse_address(true)?;
+    sock.set_tcp_keepalive(
+        &TcpKeepalive::new()
+            .with_time(KEEPALIVE_IDLE)
+            .with_interval(KEEPALIVE_INTERVAL)
+            .with_retries(KEEPALIVE_RETRIES),
+    )?;
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into()).map_err(|e| io::Error::new(e.kind(), format!("cannot bind TCP {addr}: {e}")))?;
+    sock.listen(BACKLOG)?;
+    TcpListener::from_std(sock.into())
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, ctx: ServerCtx) {
+    // Connection tasks live in a JoinSet so that shutdown (dropping the set) aborts them all,
+    // without each connection polling the shutdown token on every read.
+    let mut conns = JoinSet::new();
+    let mut last_warning: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            biased;
+            () = ctx.shutdown.cancelled() => break,
+            Some(done) = conns.join_next(), if !conns.is_empty() => {
+                if let Err(e) = done {
+                    if e.is_panic() {
+                        Counters::add(&shared.counters.tcp_rejected, 1);
+                        tracing::error!("a TCP connection task panicked: {e}");
+                    }
+                }
+            }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => {
+                    Counters::add(&shared.counters.tcp_connections, 1);
+                    conns.spawn(connection(stream, shared.clone()));
+                }
+                Err(e) if is_per_connection(&e) => {
+                    // The peer was gone before we accepted it; nothing to serve or count.
+                    tracing::debug!("TCP accept: {e}");
+                }
+                Err(e) => {
+                    if last_warning.is_none_or(|t| t.elapsed() >= ACCEPT_WARN_EVERY) {
+                        tracing::warn!("TCP accept failed ({e}); backing off {ACCEPT_BACKOFF:?} and retrying");
+                        last_warning = Some(Instant::now());
+                    }
+                    tokio::select! {
+                        () = ctx.shutdown.cancelled() => break,
+                        () = tokio::time::sleep(ACCEPT_BACKOFF) => {}
+                    }
+                }
+            }
+        }
+    }
+    conns.abort_all();
+}
+
+/// Errors accept(2) reports for one pending connection (Linux passes some network errors
+/// through); retrying at once is right. Anything else (EMFILE, ENFILE, ENOBUFS, ENOMEM) would
+/// fail again immediately, so the loop backs off instead.
+fn is_per_connection(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::ECONNABORTED
+                | libc::EPROTO
+                | libc::EPERM
+                | libc::ENETDOWN
+                | libc::ENOPROTOOPT
+                | libc::EHOSTDOWN
+                | libc::ENONET
+                | libc::EHOSTUNREACH
+                | libc::EOPNOTSUPP
+                | libc::ENETUNREACH
+                | libc::EINTR
+                | libc::EAGAIN
+        )
+    )
+}
+
+/// Why a connection was dropped as garbage.
+#[derive(Debug, thiserror::Error)]
+enum Reject {
+    #[error("bad preamble: {0}")]
+    Preamble(#[from] WireError),
+    #[error("no preamble within {PREAMBLE_TIMEOUT:?}")]
+    Silent,
+    #[error("closed after {0} of {PREAMBLE_LEN} preamble bytes")]
+    TruncatedPreamble(usize),
+    #[error("source mode needs a response_size above 0")]
+    EmptySource,
+    #[error("closed in the middle of a request ({pending} of {request_size} bytes)")]
+    TruncatedRequest { pending: u64, request_size: u32 },
+    #[error("I/O error: {0}")]
+    Io(#[from] io::Error),
+}
+
+async fn connection(stream: TcpStream, shared: Arc<Shared>) {
+    let mut tally = Tally::new(&shared.counters);
+    if let Err(e) = serve(stream, &shared, &mut tally).await {
+        reject(&shared, &e);
+    }
+}
+
+fn reject(shared: &Shared, e: &Reject) {
+    Counters::add(&shared.counters.tcp_rejected, 1);
+    tracing::debug!("TCP connection dropped: {e}");
+}
+
+async fn serve(mut stream: TcpStream, shared: &Arc<Shared>, tally: &mut Tally<'_>) -> Result<(), Reject> {
+    stream.set_nodelay(true)?;
+    stream.write_all(&shared.hello).await?;
+    let mut head = [0u8; HEAD_LEN];
+    let got = match tokio::time::timeout(PREAMBLE_TIMEOUT, read_at_least(&mut stream, &mut head, PREAMBLE_LEN)).await {
+        Err(_) => return Err(Reject::Silent),
+        Ok(r) => r?,
+    };
+    if got < PREAMBLE_LEN {
+        return Err(Reject::TruncatedPreamble(got));
+    }
+    let preamble = Preamble::decode(&head[..PREAMBLE_LEN])?;
+    // Bytes that came with the preamble (tcp-crr sends preamble and request in one write).
+    let early = (got - PREAMBLE_LEN) as u64;
+    match preamble.mode {
+        TcpMode::Sink => sink(stream, early, tally).await,
+        TcpMode::Source => source(stream, preamble.response_size, early, tally).await,
+        TcpMode::Echo => echo(stream, preamble, early, &mut head, shared, tally).await,
+    }
+}
+
+/// Reads until at least `need` bytes are in `buf`; returns fewer only at EOF.
+async fn read_at_least(stream: &mut TcpStream, buf: &mut [u8], need: usize) -> io::Result<usize> {
+    let mut got = 0;
+    while got < need {
+        let n = stream.read(&mut buf[got..]).await?;
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    Ok(got)
+}
+
+async fn sink(mut stream: TcpStream, early: u64, tally: &mut Tally<'_>) -> Result<(), Reject> {
+    let mut buf = vec![0u8; SINK_BUF];
+    let mut total = early;
+    tally.received(early);
+    loop {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        tally.received(n as u64);
+    }
+    stream.write_all(&total.to_be_bytes()).await?;
+    Ok(())
+}
+
+async fn source(mut stream: TcpStream, response_size: u32, early: u64, tally: &mut Tally<'_>) -> Result<(), Reject> {
+    if response_size == 0 {
+        return Err(Reject::EmptySource);
+    }
+    tally.received(early);
+    let write_size = response_size as usize;
+    // Real (written) pages rather than the zero page, so the kernel copies from ordinary
+    // memory as a real sender's would.
+    let buf = vec![0x5a_u8; write_size.min(SOURCE_BUF_MAX)];
+    loop {
+        let mut left = write_size;
+        while left > 0 {
+            let chunk = left.min(buf.len());
+            if stream.write_all(&buf[..chunk]).await.is_err() {
+                // The client closing is how a reverse stream ends.
+                return Ok(());
+            }
+            tally.sent(chunk as u64);
+            left -= chunk;
+        }
+    }
+}
+
+async fn echo(
+    mut stream: TcpStream,
+    p: Preamble,
+    early: u64,
+    head: &mut [u8; HEAD_LEN],
+    shared: &Arc<Shared>,
+    tally: &mut Tally<'_>,
+) -> Result<(), Reject> {
+    let request_size = u64::from(p.request_size);
+    let response_size = p.response_size as usize;
+    // Small requests reuse the head buffer; larger ones get their own, once.
+    let mut owned;
+    let buf: &mut [u8] = if (p.request_size as usize) < HEAD_LEN {
+        head
+    } else {
+        owned = vec![0u8; echo_buf_len(p)];
+        &mut owned
+    };
+    let mut pending = early;
+    let mut answered = 0u64;
+    tally.received(early);
+    loop {
+        while pending >= request_size {
+            pending -= request_size;
+            let mut left = response_size;
+            while left > 0 {
+                let chunk = left.min(ZEROS.len());
+                stream.write_all(&ZEROS[..chunk]).await?;
+                left -= chunk;
+            }
+            tally.transaction(response_size as u64);
+            answered += 1;
+        }
+        if answered == HANDOFF_AFTER {
+            answered += 1; // one attempt per connection
+            match hand_off(stream, p, pending, shared) {
+                Ok(()) => return Ok(()),
+                Err(back) => stream = back,
+            }
+        }
+        let n = stream.read(buf).await?;
+        if n == 0 {
+            if pending == 0 {
+                return Ok(());
+            }
+            return Err(Reject::TruncatedRequest { pending, request_size: p.request_size });
+        }
+        pending += n as u64;
+        tally.received(n as u64);
+    }
+}
+
+fn echo_buf_len(p: Preamble) -> usize {
+    (p.request_size as usize + 1).clamp(HEAD_LEN, ECHO_BUF_MAX)
+}
+
+/// Moves an echo connection to a thread of its own if a slot is free; gives the stream back
+/// otherwise (or if the thread cannot be started).
+fn hand_off(stream: TcpStream, p: Preamble, pending: u64, shared: &Arc<Shared>) -> Result<(), TcpStream> {
+    let slots = &shared.blocking_echo;
+    if slots.fetch_add(1, Ordering::AcqRel) >= shared.blocking_echo_max {
+        slots.fetch_sub(1, Ordering::AcqRel);
+        return Err(stream);
+    }
+    let slot = Slot(shared.clone());
+    let std_stream = match stream.into_std() {
+        Ok(s) => s,
+        // into_std only fails if deregistering from the reactor fails; the stream is gone.
+        Err(e) => {
+            reject(shared, &Reject::Io(e));
+            return Ok(());
+        }
+    };
+    // The thread takes the stream out of the cell; if it never starts, it is taken back.
+    let cell = Arc::new(Mutex::new(Some(std_stream)));
+    let theirs = cell.clone();
+    let spawned = std::thread::Builder::new().name("zb-tcp-echo".into()).spawn(move || {
+        let Some(stream) = theirs.lock().unwrap_or_else(|e| e.into_inner()).take() else { return };
+        if let Err(e) = blocking_echo(stream, p, pending, &slot.0) {
+            reject(&slot.0, &e);
+        }
+        drop(slot);
+    });
+    if spawned.is_ok() {
+        return Ok(());
+    }
+    let back = cell.lock().unwrap_or_else(|e| e.into_inner()).take();
+    match back.map(TcpStream::from_std) {
+        Some(Ok(s)) => Err(s),
+        Some(Err(e)) => {
+            reject(shared, &Reject::Io(e));
+            Ok(())
+        }
+        None => Ok(()),
+    }
+}
+
+/// A taken blocking-echo slot, given back when the thread (or a failed hand-off) ends.
+struct Slot(Arc<Shared>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.blocking_echo.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The echo loop on a blocking socket: one `recv` and one `send` per request.
+fn blocking_echo(
+    mut stream: std::net::TcpStream,
+    p: Preamble,
+    mut pending: u64,
+    shared: &Shared,
+) -> Result<(), Reject> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(BLOCKING_SLICE))?;
+    stream.set_write_timeout(Some(BLOCKING_SLICE))?;
+    let mut tally = Tally::new(&shared.counters);
+    let request_size = u64::from(p.request_size);
+    let response_size = p.response_size as usize;
+    let mut buf = vec![0u8; echo_buf_len(p)];
+    let waiting = |e: &io::Error| matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut);
+    loop {
+        while pending >= request_size {
+            pending -= request_size;
+            let mut left = response_size;
+            while left > 0 {
+                match stream.write(&ZEROS[..left.min(ZEROS.len())]) {
+                    Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero).into()),
+                    Ok(n) => left -= n,
+                    Err(e) if waiting(&e) => {
+                        if shared.shutdown.is_cancelled() {
+                            return Ok(());
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            tally.transaction(response_size as u64);
+        }
+        let n = match stream.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if waiting(&e) => {
+                if shared.shutdown.is_cancelled() {
+                    return Ok(());
+                }
+                continue;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        };
+        if n == 0 {
+            if pending == 0 {
+                return Ok(());
+            }
+            return Err(Reject::TruncatedRequest { pending, request_size: p.request_size });
+        }
+        pending += n as u64;
+        tally.received(n as u64);
+    }
+}
+
+/// Per-connection counts, added to the shared atomics in batches and when dropped (which
+/// also covers errors and aborted tasks).
+struct Tally<'a> {
+    counters: &'a Counters,
+    received: u64,
+    sent: u64,
+    transactions: u64,
+}
+
+impl<'a> Tally<'a> {
+    fn new(counters: &'a Counters) -> Self {
+        Tally { counters, received: 0, sent: 0, transactions: 0 }
+    }
+
+    #[inline]
+    fn received(&mut self, n: u64) {
+        self.received += n;
+        if self.received >= FLUSH_BYTES {
+            self.flush();
+        }
+    }
+
+    #[inline]
+    fn sent(&mut self, n: u64) {
+        self.sent += n;
+        if self.sent >= FLUSH_BYTES {
+            self.flush();
+        }
+    }
+
+    #[inline]
+    fn transaction(&mut self, sent: u64) {
+        self.transactions += 1;
+        self.sent += sent;
+        if self.transactions >= FLUSH_TRANSACTIONS || self.sent >= FLUSH_BYTES {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        let c = self.counters;
+        for (counter, n) in [
+            (&c.tcp_bytes_received, &mut self.received),
+            (&c.tcp_bytes_sent, &mut self.sent),
+            (&c.tcp_transactions, &mut self.transactions),
+        ] {
+            if *n > 0 {
+                Counters::add(counter, *n);
+                *n = 0;
+            }
+        }
+    }
+}
+
+impl Drop for Tally<'_> {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::Identity;
+    use std::io::{Read, Write};
+    use std::sync::atomic::Ordering;
+
+    fn ctx() -> ServerCtx {
+        ServerCtx::new(Identity { id: "unit".into(), zone: "z".into(), node: "n".into() })
+    }
+
+    fn read_hello(s: &mut std::net::TcpStream) -> String {
+        let mut head = [0u8; 5];
+        s.read_exact(&mut head).unwrap();
+        let len = wire::decode_hello_head(&head).unwrap();
+        let mut id = vec![0u8; len];
+        s.read_exact(&mut id).unwrap();
+        String::from_utf8(id).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_echo_connection_answers_pipelined_requests_and_counts_them() {
+        let ctx = ctx();
+        let addr = start("127.0.0.1:0".parse().unwrap(), ctx.clone()).await.unwrap();
+        let counters = ctx.counters.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            let p = Preamble { mode: TcpMode::Echo, request_size: 3, response_size: 70_000 };
+            // Preamble and two requests in one write.
+            let mut first = p.encode().to_vec();
+            first.extend_from_slice(&[1; 6]);
+            s.write_all(&first).unwrap();
+            assert_eq!(read_hello(&mut s), "unit");
+            let mut answers = vec![0u8; 140_000];
+            s.read_exact(&mut answers).unwrap();
+            drop(s);
+        })
+        .await
+        .unwrap();
+        for _ in 0..100 {
+            if counters.tcp_transactions.load(Ordering::Relaxed) == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(counters.tcp_transactions.load(Ordering::Relaxed), 2);
+        assert_eq!(counters.tcp_bytes_sent.load(Ordering::Relaxed), 140_000);
+        assert_eq!(counters.tcp_rejected.load(Ordering::Relaxed), 0);
+        ctx.shutdown.cancel();
+    }
+
+    /// Threads of this process named like the blocking echo threads.
+    fn echo_threads() -> usize {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter(|t| {
+                let comm = std::fs::read_to_string(t.as_ref().unwrap().path().join("comm")).unwrap_or_default();
+                comm.trim() == "zb-tcp-echo"
+            })
+            .count()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_long_echo_connection_moves_to_its_own_thread_and_keeps_answering() {
+        let ctx = ctx();
+        let addr = start("127.0.0.1:0".parse().unwrap(), ctx.clone()).await.unwrap();
+        let counters = ctx.counters.clone();
+        let rounds = HANDOFF_AFTER * 3;
+        tokio::task::spawn_blocking(move || {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.set_nodelay(true).unwrap();
+            let p = Preamble { mode: TcpMode::Echo, request_size: 600, response_size: 2 };
+            s.write_all(&p.encode()).unwrap();
+            assert_eq!(read_hello(&mut s), "unit");
+            let mut answer = [0u8; 2];
+            for _ in 0..rounds {
+                s.write_all(&[1; 600]).unwrap();
+                s.read_exact(&mut answer).unwrap();
+            }
+            assert!(echo_threads() >= 1, "no zb-tcp-echo thread serves the connection");
+        })
+        .await
+        .unwrap();
+        for _ in 0..100 {
+            if counters.tcp_transactions.load(Ordering::Relaxed) == rounds {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(counters.tcp_transactions.load(Ordering::Relaxed), rounds);
+        assert_eq!(counters.tcp_bytes_received.load(Ordering::Relaxed), rounds * 600);
+        assert_eq!(counters.tcp_rejected.load(Ordering::Relaxed), 0);
+        ctx.shutdown.cancel();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sink_reports_the_payload_bytes_it_received() {
+        let ctx = ctx();
+        let addr = start("127.0.0.1:0".parse().unwrap(), ctx.clone()).await.unwrap();
+        let total = tokio::task::spawn_blocking(move || {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            let p = Preamble { mode: TcpMode::Sink, request_size: 0, response_size: 0 };
+            s.write_all(&p.encode()).unwrap();
+            read_hello(&mut s);
+            let chunk = vec![7u8; 100_000];
+            for _ in 0..30 {
+                s.write_all(&chunk).unwrap();
+            }
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+            let mut total = [0u8; 8];
+            s.read_exact(&mut total).unwrap();
+            u64::from_be_bytes(total)
+        })
+        .await
+        .unwrap();
+        assert_eq!(total, 3_000_000);
+        ctx.shutdown.cancel();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shutdown_closes_the_listener() {
+        let ctx = ctx();
+        let addr = start("127.0.0.1:0".parse().unwrap(), ctx.clone()).await.unwrap();
+        ctx.shutdown.cancel();
+        let mut refused = false;
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(addr).await.is_err() {
+                refused = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(refused, "the listener still accepts after shutdown");
+    }
 }

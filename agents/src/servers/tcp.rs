@@ -1,9 +1,12 @@
 //! The TCP data server behind tcp-stream, tcp-rr and tcp-crr.
 //!
-//! One listener, one accept task, one task per connection, all on the caller's runtime. On
+//! One event loop per worker of the caller's runtime, each with its own `SO_REUSEPORT`
+//! listener (see [`start`]), and one task per connection on the loop that accepted it. On
 //! accept the server sets `TCP_NODELAY` and writes its [`Hello`](crate::wire::encode_hello) at
-//! once, then reads the client's 16-byte [`Preamble`] (bounded by [`PREAMBLE_TIMEOUT`], so
-//! connections that never speak cannot pile up) and serves the mode it names:
+//! once (or, when the preamble and a whole first request were already waiting, as tcp-crr's
+//! usually are, in the same write as the first answer), reads the client's 16-byte
+//! [`Preamble`] (bounded by [`PREAMBLE_TIMEOUT`], so connections that never speak cannot pile
+//! up) and serves the mode it names:
 //! - **Sink**: reads and discards until the client's half-close, then writes the payload
 //!   bytes it received (preamble excluded) as a u64 BE and closes;
 //! - **Source**: writes `response_size`-byte writes until the client goes away (that is the
@@ -19,14 +22,15 @@
 //! connection, answers are written from a static zero page, and counters are kept per
 //! connection and added to the shared atomics in batches and once at the end.
 //!
-//! **Long-lived echo connections move to a thread of their own.** On the event loop a
-//! ping-pong costs `epoll_wait` + `recv` + `send` and a scheduler pass; on a blocking socket
-//! it is `recv` + `send`, which is what sockperf's and netperf's servers do. On loopback that
-//! is ~1 µs of a ~7 µs round trip, so an echo connection that has answered
-//! [`HANDOFF_AFTER`] requests (a tcp-rr flow, never a tcp-crr one) is handed to a dedicated
-//! blocking thread while fewer than one per core are in use; the rest stay on the runtime,
-//! where many connections share a few threads best. Those threads wait in slices of
-//! [`BLOCKING_SLICE`] so they notice `ctx.shutdown`.
+//! **Long-lived connections move to a thread of their own.** On the event loop a ping-pong
+//! costs `epoll_wait` + `recv` + `send` and a scheduler pass; on a blocking socket it is
+//! `recv` + `send`, which is what sockperf's and netperf's servers do. On loopback that is
+//! ~1 µs of a ~7 µs round trip, and a blocking sink reads ~8% faster than a task. So a
+//! connection that proved long-lived (an echo one that answered [`HANDOFF_AFTER`] requests,
+//! i.e. a tcp-rr flow and never a tcp-crr one; a sink or source one that moved
+//! [`HANDOFF_BYTES`]) is handed to a dedicated blocking thread while fewer than one per core
+//! are in use; the rest stay on the runtime, where many connections share a few threads
+//! best. Those threads wait in slices of 100 ms so they notice `ctx.shutdown`.
 
 use std::io::{self, Read as _, Write as _};
 use std::net::SocketAddr;
@@ -78,7 +82,9 @@ const FLUSH_TRANSACTIONS: u64 = 1024;
 
 /// Echo requests a connection answers on the runtime before it may move to its own thread.
 pub const HANDOFF_AFTER: u64 = 64;
-/// How often a blocking echo thread looks at the shutdown token while it waits.
+/// Bytes a sink or source connection moves on the runtime before it may move.
+pub const HANDOFF_BYTES: u64 = 4 << 20;
+/// How often a blocking connection thread looks at the shutdown token while it waits.
 const BLOCKING_SLICE: Duration = Duration::from_millis(100);
 
 /// What every connection task needs, behind one `Arc` (one refcount bump per connection).
@@ -86,31 +92,64 @@ struct Shared {
     counters: Arc<Counters>,
     hello: Box<[u8]>,
     shutdown: CancellationToken,
-    /// Echo connections currently on their own thread, and the most allowed.
-    blocking_echo: AtomicUsize,
-    blocking_echo_max: usize,
+    /// Connections currently on a thread of their own, and the most allowed.
+    blocking: AtomicUsize,
+    blocking_max: usize,
 }
 
-/// Binds `addr`, spawns the server on the current runtime and returns the bound address.
-/// The server stops (listener closed, connections dropped) when `ctx.shutdown` is cancelled.
+/// Binds `addr`, starts the server and returns the bound address. The server stops
+/// (listeners closed, connections dropped) when `ctx.shutdown` is cancelled.
+///
+/// The server runs one event loop per worker thread of the calling runtime (so `serve
+/// --workers` sizes it), each on a thread of its own with a `current_thread` runtime and its
+/// own `SO_REUSEPORT` listener on the same port: the kernel spreads connections over the
+/// loops, and a connection lives and dies on the thread that accepted it. On a work-stealing
+/// runtime the accept loop and the connection tasks hop between workers, which costs tcp-crr
+/// ~20 µs per connection on loopback. (Linux lets only sockets of the same user join a
+/// `SO_REUSEPORT` group.)
 pub async fn start(addr: SocketAddr, ctx: ServerCtx) -> io::Result<SocketAddr> {
-    let listener = bind(addr)?;
-    let bound = listener.local_addr()?;
+    let loops = tokio::runtime::Handle::current().metrics().num_workers().max(1);
+    let first = bind(addr)?;
+    let bound = first.local_addr()?;
+    let mut listeners = vec![first];
+    for _ in 1..loops {
+        listeners.push(bind(bound)?);
+    }
+    // A child token, so that a failed start stops the loops it already started.
+    let stop = ctx.shutdown.child_token();
     let shared = Arc::new(Shared {
         counters: ctx.counters.clone(),
         hello: wire::encode_hello(&ctx.identity.id).into_boxed_slice(),
-        shutdown: ctx.shutdown.clone(),
-        blocking_echo: AtomicUsize::new(0),
-        blocking_echo_max: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        shutdown: stop.clone(),
+        blocking: AtomicUsize::new(0),
+        blocking_max: std::thread::available_parallelism().map_or(1, |n| n.get()),
     });
-    tokio::spawn(accept_loop(listener, shared, ctx));
+    for (i, listener) in listeners.into_iter().enumerate() {
+        if let Err(e) = start_loop(i, listener, shared.clone()) {
+            stop.cancel();
+            return Err(io::Error::new(e.kind(), format!("cannot start TCP event loop {i}: {e}")));
+        }
+    }
     Ok(bound)
 }
 
-fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+fn start_loop(i: usize, listener: std::net::TcpListener, shared: Arc<Shared>) -> io::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let listener = {
+        let _in_rt = rt.enter();
+        TcpListener::from_std(listener)?
+    };
+    std::thread::Builder::new()
+        .name(format!("zb-tcp-{i}"))
+        .spawn(move || rt.block_on(accept_loop(listener, shared)))?;
+    Ok(())
+}
+
+fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     // A restarted agent must get its port back while old connections sit in TIME_WAIT.
     sock.set_reuse_address(true)?;
+    sock.set_reuse_port(true)?;
     sock.set_tcp_keepalive(
         &TcpKeepalive::new()
             .with_time(KEEPALIVE_IDLE)
@@ -120,10 +159,10 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     sock.set_nonblocking(true)?;
     sock.bind(&addr.into()).map_err(|e| io::Error::new(e.kind(), format!("cannot bind TCP {addr}: {e}")))?;
     sock.listen(BACKLOG)?;
-    TcpListener::from_std(sock.into())
+    Ok(sock.into())
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, ctx: ServerCtx) {
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     // Connection tasks live in a JoinSet so that shutdown (dropping the set) aborts them all,
     // without each connection polling the shutdown token on every read.
     let mut conns = JoinSet::new();
@@ -131,7 +170,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, ctx: ServerCtx)
     loop {
         tokio::select! {
             biased;
-            () = ctx.shutdown.cancelled() => break,
+            () = shared.shutdown.cancelled() => break,
             Some(done) = conns.join_next(), if !conns.is_empty() => {
                 if let Err(e) = done {
                     if e.is_panic() {
@@ -155,7 +194,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, ctx: ServerCtx)
                         last_warning = Some(Instant::now());
                     }
                     tokio::select! {
-                        () = ctx.shutdown.cancelled() => break,
+                        () = shared.shutdown.cancelled() => break,
                         () = tokio::time::sleep(ACCEPT_BACKOFF) => {}
                     }
                 }
@@ -219,23 +258,57 @@ fn reject(shared: &Shared, e: &Reject) {
 
 async fn serve(mut stream: TcpStream, shared: &Arc<Shared>, tally: &mut Tally<'_>) -> Result<(), Reject> {
     stream.set_nodelay(true)?;
-    stream.write_all(&shared.hello).await?;
     let mut head = [0u8; HEAD_LEN];
-    let got = match tokio::time::timeout(PREAMBLE_TIMEOUT, read_at_least(&mut stream, &mut head, PREAMBLE_LEN)).await {
-        Err(_) => return Err(Reject::Silent),
-        Ok(r) => r?,
+    // tcp-crr writes its preamble and request right after connect, so they are usually here
+    // by the time the connection is accepted; then the hello rides in the same segment as
+    // the first answer (one send, one wake-up of the client). Otherwise it goes out at once,
+    // as the wire contract says: the server never waits for anything before its hello.
+    let mut got = match stream.try_read(&mut head) {
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+        Err(e) => return Err(e.into()),
     };
+    let mut hello = Some(&shared.hello[..]);
     if got < PREAMBLE_LEN {
-        return Err(Reject::TruncatedPreamble(got));
+        stream.write_all(&shared.hello).await?;
+        hello = None;
+        let more =
+            tokio::time::timeout(PREAMBLE_TIMEOUT, read_at_least(&mut stream, &mut head[got..], PREAMBLE_LEN - got));
+        got += more.await.map_err(|_| Reject::Silent)??;
+        if got < PREAMBLE_LEN {
+            return Err(Reject::TruncatedPreamble(got));
+        }
     }
     let preamble = Preamble::decode(&head[..PREAMBLE_LEN])?;
     // Bytes that came with the preamble (tcp-crr sends preamble and request in one write).
     let early = (got - PREAMBLE_LEN) as u64;
-    match preamble.mode {
-        TcpMode::Sink => sink(stream, early, tally).await,
-        TcpMode::Source => source(stream, preamble.response_size, early, tally).await,
-        TcpMode::Echo => echo(stream, preamble, early, &mut head, shared, tally).await,
+    if preamble.mode != TcpMode::Echo {
+        if let Some(h) = hello.take() {
+            stream.write_all(h).await?;
+        }
     }
+    match preamble.mode {
+        TcpMode::Sink => sink(stream, early, shared, tally).await,
+        TcpMode::Source => source(stream, preamble.response_size, early, shared, tally).await,
+        TcpMode::Echo => echo(stream, preamble, early, hello, &mut head, shared, tally).await,
+    }
+}
+
+/// Writes `a` then `b`, in one `writev` when the socket takes both.
+async fn write_both(stream: &mut TcpStream, mut a: &[u8], mut b: &[u8]) -> io::Result<()> {
+    while !a.is_empty() {
+        let n = stream.write_vectored(&[io::IoSlice::new(a), io::IoSlice::new(b)]).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        if n < a.len() {
+            a = &a[n..];
+        } else {
+            b = &b[n - a.len()..];
+            a = &[];
+        }
+    }
+    stream.write_all(b).await
 }
 
 /// Reads until at least `need` bytes are in `buf`; returns fewer only at EOF.
@@ -251,11 +324,21 @@ async fn read_at_least(stream: &mut TcpStream, buf: &mut [u8], need: usize) -> i
     Ok(got)
 }
 
-async fn sink(mut stream: TcpStream, early: u64, tally: &mut Tally<'_>) -> Result<(), Reject> {
+async fn sink(mut stream: TcpStream, early: u64, shared: &Arc<Shared>, tally: &mut Tally<'_>) -> Result<(), Reject> {
     let mut buf = vec![0u8; SINK_BUF];
     let mut total = early;
+    let mut handoff_tried = false;
     tally.received(early);
     loop {
+        if !handoff_tried && total >= HANDOFF_BYTES {
+            handoff_tried = true;
+            tally.flush();
+            match hand_off(stream, Handoff::Sink { total, buf }, shared) {
+                Ok(()) => return Ok(()),
+                Err((back, Handoff::Sink { buf: b, .. })) => (stream, buf) = (back, b),
+                Err((back, _)) => (stream, buf) = (back, vec![0u8; SINK_BUF]),
+            }
+        }
         let n = stream.read(&mut buf).await?;
         if n == 0 {
             break;
@@ -267,7 +350,13 @@ async fn sink(mut stream: TcpStream, early: u64, tally: &mut Tally<'_>) -> Resul
     Ok(())
 }
 
-async fn source(mut stream: TcpStream, response_size: u32, early: u64, tally: &mut Tally<'_>) -> Result<(), Reject> {
+async fn source(
+    mut stream: TcpStream,
+    response_size: u32,
+    early: u64,
+    shared: &Arc<Shared>,
+    tally: &mut Tally<'_>,
+) -> Result<(), Reject> {
     if response_size == 0 {
         return Err(Reject::EmptySource);
     }
@@ -275,8 +364,19 @@ async fn source(mut stream: TcpStream, response_size: u32, early: u64, tally: &m
     let write_size = response_size as usize;
     // Real (written) pages rather than the zero page, so the kernel copies from ordinary
     // memory as a real sender's would.
-    let buf = vec![0x5a_u8; write_size.min(SOURCE_BUF_MAX)];
+    let mut buf = vec![0x5a_u8; write_size.min(SOURCE_BUF_MAX)];
+    let mut sent = 0u64;
+    let mut handoff_tried = false;
     loop {
+        if !handoff_tried && sent >= HANDOFF_BYTES {
+            handoff_tried = true;
+            tally.flush();
+            match hand_off(stream, Handoff::Source { write_size, buf }, shared) {
+                Ok(()) => return Ok(()),
+                Err((back, Handoff::Source { buf: b, .. })) => (stream, buf) = (back, b),
+                Err((back, _)) => (stream, buf) = (back, vec![0x5a_u8; write_size.min(SOURCE_BUF_MAX)]),
+            }
+        }
         let mut left = write_size;
         while left > 0 {
             let chunk = left.min(buf.len());
@@ -285,15 +385,18 @@ async fn source(mut stream: TcpStream, response_size: u32, early: u64, tally: &m
                 return Ok(());
             }
             tally.sent(chunk as u64);
+            sent += chunk as u64;
             left -= chunk;
         }
     }
 }
 
+/// `hello`: the server's hello if it is still to be sent (with the first answer).
 async fn echo(
     mut stream: TcpStream,
     p: Preamble,
     early: u64,
+    mut hello: Option<&[u8]>,
     head: &mut [u8; HEAD_LEN],
     shared: &Arc<Shared>,
     tally: &mut Tally<'_>,
@@ -317,17 +420,25 @@ async fn echo(
             let mut left = response_size;
             while left > 0 {
                 let chunk = left.min(ZEROS.len());
-                stream.write_all(&ZEROS[..chunk]).await?;
+                match hello.take() {
+                    Some(h) => write_both(&mut stream, h, &ZEROS[..chunk]).await?,
+                    None => stream.write_all(&ZEROS[..chunk]).await?,
+                }
                 left -= chunk;
             }
             tally.transaction(response_size as u64);
             answered += 1;
         }
+        if let Some(h) = hello.take() {
+            // The first request is not complete yet: never wait with the hello unsent.
+            stream.write_all(h).await?;
+        }
         if answered == HANDOFF_AFTER {
             answered += 1; // one attempt per connection
-            match hand_off(stream, p, pending, shared) {
+            tally.flush();
+            match hand_off(stream, Handoff::Echo { p, pending }, shared) {
                 Ok(()) => return Ok(()),
-                Err(back) => stream = back,
+                Err((back, _)) => stream = back,
             }
         }
         let n = stream.read(buf).await?;
@@ -346,29 +457,36 @@ fn echo_buf_len(p: Preamble) -> usize {
     (p.request_size as usize + 1).clamp(HEAD_LEN, ECHO_BUF_MAX)
 }
 
-/// Moves an echo connection to a thread of its own if a slot is free; gives the stream back
-/// otherwise (or if the thread cannot be started).
-fn hand_off(stream: TcpStream, p: Preamble, pending: u64, shared: &Arc<Shared>) -> Result<(), TcpStream> {
-    let slots = &shared.blocking_echo;
-    if slots.fetch_add(1, Ordering::AcqRel) >= shared.blocking_echo_max {
+/// Where a connection's service stands when it moves to a thread of its own.
+enum Handoff {
+    Echo { p: Preamble, pending: u64 },
+    Sink { total: u64, buf: Vec<u8> },
+    Source { write_size: usize, buf: Vec<u8> },
+}
+
+/// Moves a connection to a thread of its own if a slot is free; gives the stream (and the
+/// state) back otherwise, or if the thread cannot be started.
+fn hand_off(stream: TcpStream, state: Handoff, shared: &Arc<Shared>) -> Result<(), (TcpStream, Handoff)> {
+    let slots = &shared.blocking;
+    if slots.fetch_add(1, Ordering::AcqRel) >= shared.blocking_max {
         slots.fetch_sub(1, Ordering::AcqRel);
-        return Err(stream);
+        return Err((stream, state));
     }
     let slot = Slot(shared.clone());
     let std_stream = match stream.into_std() {
         Ok(s) => s,
-        // into_std only fails if deregistering from the reactor fails; the stream is gone.
+        // into_std only fails if leaving the reactor fails; the stream is gone by then.
         Err(e) => {
             reject(shared, &Reject::Io(e));
             return Ok(());
         }
     };
     // The thread takes the stream out of the cell; if it never starts, it is taken back.
-    let cell = Arc::new(Mutex::new(Some(std_stream)));
+    let cell = Arc::new(Mutex::new(Some((std_stream, state))));
     let theirs = cell.clone();
-    let spawned = std::thread::Builder::new().name("zb-tcp-echo".into()).spawn(move || {
-        let Some(stream) = theirs.lock().unwrap_or_else(|e| e.into_inner()).take() else { return };
-        if let Err(e) = blocking_echo(stream, p, pending, &slot.0) {
+    let spawned = std::thread::Builder::new().name("zb-tcp-conn".into()).spawn(move || {
+        let Some((stream, state)) = theirs.lock().unwrap_or_else(|e| e.into_inner()).take() else { return };
+        if let Err(e) = blocking_serve(stream, state, &slot.0) {
             reject(&slot.0, &e);
         }
         drop(slot);
@@ -377,9 +495,9 @@ fn hand_off(stream: TcpStream, p: Preamble, pending: u64, shared: &Arc<Shared>) 
         return Ok(());
     }
     let back = cell.lock().unwrap_or_else(|e| e.into_inner()).take();
-    match back.map(TcpStream::from_std) {
-        Some(Ok(s)) => Err(s),
-        Some(Err(e)) => {
+    match back.map(|(s, state)| (TcpStream::from_std(s), state)) {
+        Some((Ok(s), state)) => Err((s, state)),
+        Some((Err(e), _)) => {
             reject(shared, &Reject::Io(e));
             Ok(())
         }
@@ -387,68 +505,123 @@ fn hand_off(stream: TcpStream, p: Preamble, pending: u64, shared: &Arc<Shared>) 
     }
 }
 
-/// A taken blocking-echo slot, given back when the thread (or a failed hand-off) ends.
+/// A taken blocking-thread slot, given back when the thread (or a failed hand-off) ends.
 struct Slot(Arc<Shared>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.blocking_echo.fetch_sub(1, Ordering::AcqRel);
+        self.0.blocking.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
-/// The echo loop on a blocking socket: one `recv` and one `send` per request.
-fn blocking_echo(
-    mut stream: std::net::TcpStream,
-    p: Preamble,
-    mut pending: u64,
-    shared: &Shared,
-) -> Result<(), Reject> {
+/// A blocking socket that waits in slices and gives up quietly at shutdown.
+struct Blocking<'a> {
+    stream: std::net::TcpStream,
+    shutdown: &'a CancellationToken,
+}
+
+fn waiting(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted)
+}
+
+impl Blocking<'_> {
+    /// `None` at shutdown.
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        loop {
+            match self.stream.read(buf) {
+                Ok(n) => return Ok(Some(n)),
+                Err(e) if waiting(&e) => {
+                    if self.shutdown.is_cancelled() {
+                        return Ok(None);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// `false` at shutdown.
+    fn write_all(&mut self, mut buf: &[u8]) -> io::Result<bool> {
+        while !buf.is_empty() {
+            match self.stream.write(buf) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => buf = &buf[n..],
+                Err(e) if waiting(&e) => {
+                    if self.shutdown.is_cancelled() {
+                        return Ok(false);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// The same services on a blocking socket: a ping-pong is one `recv` and one `send`, a
+/// stream a plain read or write loop.
+fn blocking_serve(stream: std::net::TcpStream, state: Handoff, shared: &Shared) -> Result<(), Reject> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(BLOCKING_SLICE))?;
     stream.set_write_timeout(Some(BLOCKING_SLICE))?;
+    let mut s = Blocking { stream, shutdown: &shared.shutdown };
     let mut tally = Tally::new(&shared.counters);
-    let request_size = u64::from(p.request_size);
-    let response_size = p.response_size as usize;
-    let mut buf = vec![0u8; echo_buf_len(p)];
-    let waiting = |e: &io::Error| matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut);
-    loop {
-        while pending >= request_size {
-            pending -= request_size;
-            let mut left = response_size;
+    match state {
+        Handoff::Sink { mut total, mut buf } => {
+            loop {
+                match s.read(&mut buf)? {
+                    None => return Ok(()),
+                    Some(0) => break,
+                    Some(n) => {
+                        total += n as u64;
+                        tally.received(n as u64);
+                    }
+                }
+            }
+            s.write_all(&total.to_be_bytes())?;
+            Ok(())
+        }
+        Handoff::Source { write_size, buf } => loop {
+            let mut left = write_size;
             while left > 0 {
-                match stream.write(&ZEROS[..left.min(ZEROS.len())]) {
-                    Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero).into()),
-                    Ok(n) => left -= n,
-                    Err(e) if waiting(&e) => {
-                        if shared.shutdown.is_cancelled() {
+                let chunk = left.min(buf.len());
+                match s.write_all(&buf[..chunk]) {
+                    Ok(true) => {}
+                    // Shutdown, or the client left: how a reverse stream ends.
+                    Ok(false) | Err(_) => return Ok(()),
+                }
+                tally.sent(chunk as u64);
+                left -= chunk;
+            }
+        },
+        Handoff::Echo { p, mut pending } => {
+            let request_size = u64::from(p.request_size);
+            let response_size = p.response_size as usize;
+            let mut buf = vec![0u8; echo_buf_len(p)];
+            loop {
+                while pending >= request_size {
+                    pending -= request_size;
+                    let mut left = response_size;
+                    while left > 0 {
+                        let chunk = left.min(ZEROS.len());
+                        if !s.write_all(&ZEROS[..chunk])? {
                             return Ok(());
                         }
+                        left -= chunk;
                     }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e.into()),
+                    tally.transaction(response_size as u64);
+                }
+                match s.read(&mut buf)? {
+                    None => return Ok(()),
+                    Some(0) if pending == 0 => return Ok(()),
+                    Some(0) => return Err(Reject::TruncatedRequest { pending, request_size: p.request_size }),
+                    Some(n) => {
+                        pending += n as u64;
+                        tally.received(n as u64);
+                    }
                 }
             }
-            tally.transaction(response_size as u64);
         }
-        let n = match stream.read(&mut buf) {
-            Ok(n) => n,
-            Err(e) if waiting(&e) => {
-                if shared.shutdown.is_cancelled() {
-                    return Ok(());
-                }
-                continue;
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e.into()),
-        };
-        if n == 0 {
-            if pending == 0 {
-                return Ok(());
-            }
-            return Err(Reject::TruncatedRequest { pending, request_size: p.request_size });
-        }
-        pending += n as u64;
-        tally.received(n as u64);
     }
 }
 
@@ -563,19 +736,24 @@ mod tests {
         ctx.shutdown.cancel();
     }
 
-    /// Threads of this process named like the blocking echo threads.
-    fn echo_threads() -> usize {
+    /// Tests that look for connection threads (or start them) run one at a time, so each
+    /// sees only its own.
+    static THREAD_TESTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+    /// Threads of this process named like the blocking connection threads.
+    fn conn_threads() -> usize {
         std::fs::read_dir("/proc/self/task")
             .unwrap()
             .filter(|t| {
                 let comm = std::fs::read_to_string(t.as_ref().unwrap().path().join("comm")).unwrap_or_default();
-                comm.trim() == "zb-tcp-echo"
+                comm.trim() == "zb-tcp-conn"
             })
             .count()
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_long_echo_connection_moves_to_its_own_thread_and_keeps_answering() {
+        let _serial = THREAD_TESTS.lock().await;
         let ctx = ctx();
         let addr = start("127.0.0.1:0".parse().unwrap(), ctx.clone()).await.unwrap();
         let counters = ctx.counters.clone();
@@ -591,7 +769,7 @@ mod tests {
                 s.write_all(&[1; 600]).unwrap();
                 s.read_exact(&mut answer).unwrap();
             }
-            assert!(echo_threads() >= 1, "no zb-tcp-echo thread serves the connection");
+            assert!(conn_threads() >= 1, "no zb-tcp-conn thread serves the connection");
         })
         .await
         .unwrap();
@@ -609,6 +787,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_sink_reports_the_payload_bytes_it_received() {
+        let _serial = THREAD_TESTS.lock().await;
         let ctx = ctx();
         let addr = start("127.0.0.1:0".parse().unwrap(), ctx.clone()).await.unwrap();
         let total = tokio::task::spawn_blocking(move || {
@@ -616,9 +795,15 @@ mod tests {
             let p = Preamble { mode: TcpMode::Sink, request_size: 0, response_size: 0 };
             s.write_all(&p.encode()).unwrap();
             read_hello(&mut s);
-            let chunk = vec![7u8; 100_000];
+            // Past HANDOFF_BYTES, so the end is served by a thread of its own.
+            let chunk = vec![7u8; 200_000];
             for _ in 0..30 {
                 s.write_all(&chunk).unwrap();
+            }
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while conn_threads() == 0 {
+                assert!(Instant::now() < deadline, "the sink did not move to its own thread");
+                std::thread::sleep(Duration::from_millis(5));
             }
             s.shutdown(std::net::Shutdown::Write).unwrap();
             let mut total = [0u8; 8];
@@ -627,8 +812,35 @@ mod tests {
         })
         .await
         .unwrap();
-        assert_eq!(total, 3_000_000);
+        assert_eq!(total, 6_000_000);
         ctx.shutdown.cancel();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shutdown_ends_connections_served_on_their_own_threads() {
+        let _serial = THREAD_TESTS.lock().await;
+        let ctx = ctx();
+        let addr = start("127.0.0.1:0".parse().unwrap(), ctx.clone()).await.unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let client = tokio::task::spawn_blocking(move || {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.write_all(&Preamble { mode: TcpMode::Echo, request_size: 1, response_size: 1 }.encode()).unwrap();
+            read_hello(&mut s);
+            for _ in 0..HANDOFF_AFTER * 2 {
+                s.write_all(&[1]).unwrap();
+                s.read_exact(&mut [0u8; 1]).unwrap();
+            }
+            tx.send(()).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let started = Instant::now();
+            // The server closes the idle connection at shutdown: EOF, not a timeout.
+            assert_eq!(s.read(&mut [0u8; 1]).unwrap(), 0);
+            started.elapsed()
+        });
+        tokio::task::spawn_blocking(move || rx.recv().unwrap()).await.unwrap();
+        ctx.shutdown.cancel();
+        let took = client.await.unwrap();
+        assert!(took < Duration::from_secs(1), "{took:?}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,7 +14,7 @@
 //! measured transactions per server id, learnt from each connection's hello.
 //!
 //! A flow alone on its thread uses a blocking socket (one `send`, one `recv` per
-//! transaction, as netperf and sockperf do); see [`super::tcp_client`].
+//! transaction, as netperf and sockperf do); see `tcp_client.rs`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -20,7 +20,7 @@
 //!
 //! Connection set-up happens before the clock starts. A stream alone on its thread (the
 //! default while streams <= cores) uses a blocking socket, a plain write or read loop like
-//! iperf3's; see [`super::tcp_client`].
+//! iperf3's; see `tcp_client.rs`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -50,8 +50,9 @@ use crate::wire::{self, Preamble, TcpMode, WireError, PREAMBLE_LEN};
 /// Listen backlog: tcp-crr opens connections as fast as the client can, and a short queue
 /// would turn bursts into SYN retransmits (1 s each) that look like network latency.
 const BACKLOG: i32 = 4096;
-/// How long a new connection may take to send its preamble.
-pub const PREAMBLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a new connection may take to send its preamble (shorter in unit tests, so the
+/// timeout itself can be tested).
+pub const PREAMBLE_TIMEOUT: Duration = if cfg!(test) { Duration::from_millis(300) } else { Duration::from_secs(10) };
 /// Pause after an accept error that will repeat at once (out of descriptors or memory).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// At most one warning per this period while accept keeps failing.
@@ -841,6 +842,33 @@ mod tests {
         ctx.shutdown.cancel();
         let took = client.await.unwrap();
         assert!(took < Duration::from_secs(1), "{took:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_that_never_sends_a_preamble_is_closed_and_counted() {
+        let ctx = ctx();
+        let addr = start("127.0.0.1:0".parse().unwrap(), ctx.clone()).await.unwrap();
+        let took = tokio::task::spawn_blocking(move || {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(PREAMBLE_TIMEOUT * 10)).unwrap();
+            let started = Instant::now();
+            let mut all = Vec::new();
+            s.read_to_end(&mut all).unwrap();
+            assert_eq!(&all[..4], b"ZBH1", "the hello comes at once, then the close");
+            started.elapsed()
+        })
+        .await
+        .unwrap();
+        assert!(took >= PREAMBLE_TIMEOUT && took < PREAMBLE_TIMEOUT * 5, "{took:?}");
+        // The count follows the close by a moment.
+        for _ in 0..100 {
+            if ctx.counters.tcp_rejected.load(Ordering::Relaxed) == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(ctx.counters.tcp_rejected.load(Ordering::Relaxed), 1);
+        ctx.shutdown.cancel();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

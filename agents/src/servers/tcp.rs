@@ -110,6 +110,11 @@ struct Shared {
 /// `SO_REUSEPORT` group.)
 pub async fn start(addr: SocketAddr, ctx: ServerCtx) -> io::Result<SocketAddr> {
     let loops = tokio::runtime::Handle::current().metrics().num_workers().max(1);
+    if addr.port() != 0 {
+        // SO_REUSEPORT would let a second agent of the same user silently share this port;
+        // a plain bind first keeps "port in use" an error.
+        drop(bind_listener(addr, false)?);
+    }
     let first = bind(addr)?;
     let bound = first.local_addr()?;
     let mut listeners = vec![first];
@@ -147,10 +152,14 @@ fn start_loop(i: usize, listener: std::net::TcpListener, shared: Arc<Shared>) ->
 }
 
 fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    bind_listener(addr, true)
+}
+
+fn bind_listener(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
     let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     // A restarted agent must get its port back while old connections sit in TIME_WAIT.
     sock.set_reuse_address(true)?;
-    sock.set_reuse_port(true)?;
+    sock.set_reuse_port(reuse_port)?;
     sock.set_tcp_keepalive(
         &TcpKeepalive::new()
             .with_time(KEEPALIVE_IDLE)
@@ -869,6 +878,16 @@ mod tests {
         }
         assert_eq!(ctx.counters.tcp_rejected.load(Ordering::Relaxed), 1);
         ctx.shutdown.cancel();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_port_in_use_is_an_error_not_a_shared_listener() {
+        let first = ctx();
+        let addr = start("127.0.0.1:0".parse().unwrap(), first.clone()).await.unwrap();
+        let err = start(addr, ctx()).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse, "{err}");
+        assert!(err.to_string().contains(&addr.to_string()), "{err}");
+        first.shutdown.cancel();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

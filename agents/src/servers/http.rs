@@ -12,18 +12,26 @@
 //! static zero buffer (it lives in `.bss`: reading it maps the kernel's shared zero page, so
 //! it costs no memory).
 //!
+//! A connection must start a request or receive answer bytes at least once per
+//! [`HEADER_READ_TIMEOUT`] (checked by a per-connection guard), so idle connections and
+//! requests trickled byte by byte cannot pile up.
+//!
 //! Counted in [`Counters`](super::Counters): `http_connections` per accepted connection,
 //! `http_requests` per answered request, and `http_rejected` per connection that ended in a
 //! protocol error: unparsable bytes, a request cut off by the peer, headers too large, or
-//! headers not complete within [`HEADER_READ_TIMEOUT`]. A peer that resets the connection
-//! (ECONNRESET/EPIPE, what load generators do when they stop with requests in flight) is a
-//! peer leaving, not bad input, and is not counted. Garbage only ever costs its connection.
+//! bytes that never became a request within the guard's period. A peer that resets the
+//! connection (ECONNRESET/EPIPE, what load generators do when they stop with requests in
+//! flight) is a peer leaving, and an idle keep-alive connection closed by the guard is
+//! housekeeping: neither is counted. Garbage only ever costs its connection.
 
 use std::convert::Infallible;
-use std::future::{ready, Ready};
+use std::future::{poll_fn, ready, Future, Ready};
 use std::io;
 use std::net::SocketAddr;
+use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -33,7 +41,7 @@ use hyper::header::{HeaderName, HeaderValue, ALLOW};
 use hyper::server::conn::http1;
 use hyper::service::Service;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -42,11 +50,12 @@ use super::{Counters, ServerCtx};
 
 /// Largest `size=N` answer (64 MiB).
 pub const MAX_BODY: usize = 64 << 20;
-/// How long a connection may take to send a request's headers (idle keep-alive time
-/// included), so connections that trickle or send nothing cannot pile up forever.
+/// The guard's period: a connection that neither starts a request nor is sent answer bytes
+/// for this long (idle keep-alive time included) is closed.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// The header that names the answering server.
 pub const SERVER_HEADER: &str = "x-zonebench-server";
+const SERVER_HEADER_NAME: HeaderName = HeaderName::from_static(SERVER_HEADER);
 /// The body of a plain `GET`.
 pub const OK_BODY: &[u8] = b"ok\n";
 
@@ -60,6 +69,10 @@ const _: () = assert!(MAX_BODY == 67_108_864, "BAD_SIZE names the limit");
 /// Binds `addr`, spawns the server on the current runtime and returns the bound address.
 /// The accept loop stops when `ctx.shutdown` is cancelled, and so do open connections.
 pub async fn start(addr: SocketAddr, ctx: ServerCtx) -> io::Result<SocketAddr> {
+    start_guarded(addr, ctx, HEADER_READ_TIMEOUT).await
+}
+
+async fn start_guarded(addr: SocketAddr, ctx: ServerCtx, guard_period: Duration) -> io::Result<SocketAddr> {
     let server_id = HeaderValue::from_str(&ctx.identity.id).map_err(|_| {
         io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -70,8 +83,11 @@ pub async fn start(addr: SocketAddr, ctx: ServerCtx) -> io::Result<SocketAddr> {
     let local = listener.local_addr()?;
     let answers = Answers { server_id, counters: ctx.counters.clone() };
     let mut builder = http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
-    tokio::spawn(accept_loop(listener, builder, Arc::new(answers), ctx.counters.clone(), ctx.shutdown.clone()));
+    // hyper's own header_read_timeout allocates and registers a timer per request; the
+    // connection's `guard` does that job with one timer per 30 s instead.
+    builder.keep_alive(true).header_read_timeout(None);
+    let shared = Shared { builder, answers: Arc::new(answers), counters: ctx.counters.clone(), guard_period };
+    tokio::spawn(accept_loop(listener, shared, ctx.shutdown.clone()));
     Ok(local)
 }
 
@@ -85,13 +101,16 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-async fn accept_loop(
-    listener: TcpListener,
+/// What the accept loop hands every connection.
+struct Shared {
     builder: http1::Builder,
     answers: Arc<Answers>,
     counters: Arc<Counters>,
-    shutdown: CancellationToken,
-) {
+    guard_period: Duration,
+}
+
+async fn accept_loop(listener: TcpListener, shared: Shared, shutdown: CancellationToken) {
+    let Shared { builder, answers, counters, guard_period } = shared;
     loop {
         let accepted = tokio::select! {
             biased;
@@ -111,26 +130,76 @@ async fn accept_loop(
         // Answers are single small writes; Nagle would hold them for the peer's delayed ACK.
         let _ = stream.set_nodelay(true);
         Counters::add(&counters.http_connections, 1);
-        let conn = builder.serve_connection(TokioIo::new(stream), Svc(answers.clone()));
-        tokio::spawn(serve_connection(conn, counters.clone(), shutdown.clone()));
+        let activity = Arc::new(Activity::default());
+        let io = Watched { io: TokioIo::new(stream), activity: activity.clone() };
+        let conn = builder.serve_connection(io, Svc { answers: answers.clone(), activity: activity.clone() });
+        tokio::spawn(serve_connection(conn, activity, guard_period, counters.clone(), shutdown.clone()));
     }
 }
 
+/// How a connection ended.
+enum End {
+    Closed(Result<(), hyper::Error>),
+    /// The guard found no request and no answer bytes for a whole period; `partial` if
+    /// bytes arrived meanwhile (a request that never completes).
+    Stalled {
+        partial: bool,
+    },
+    Shutdown,
+}
+
+/// Drives one connection, and guards it: every `guard_period` the connection must have
+/// started a request or written answer bytes, else it is closed, so idle connections and
+/// requests trickled byte by byte cannot pile up. It also ends at shutdown.
+///
+/// The guard's timer and the shutdown signal register this task's waker once; after that,
+/// checking them is an atomic load per wake-up, where a `select!` would poll both futures
+/// on every request.
 async fn serve_connection(
-    conn: http1::Connection<TokioIo<TcpStream>, Svc>,
+    conn: http1::Connection<Watched, Svc>,
+    activity: Arc<Activity>,
+    guard_period: Duration,
     counters: Arc<Counters>,
     shutdown: CancellationToken,
 ) {
-    let result = tokio::select! {
-        biased;
-        r = conn => r,
-        _ = shutdown.cancelled() => return,
-    };
-    if let Err(e) = result {
-        if is_protocol_error(&e) {
+    let mut conn = pin!(conn);
+    let mut guard = pin!(tokio::time::sleep(guard_period));
+    let mut cancelled = pin!(shutdown.cancelled());
+    let mut registered = false;
+    let mut seen = activity.snapshot();
+    let end = poll_fn(|cx| {
+        if !registered {
+            registered = true;
+            if cancelled.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(End::Shutdown);
+            }
+            let _ = guard.as_mut().poll(cx);
+        }
+        if shutdown.is_cancelled() {
+            return Poll::Ready(End::Shutdown);
+        }
+        if guard.is_elapsed() {
+            let now = activity.snapshot();
+            if now.requests == seen.requests && now.writes == seen.writes {
+                return Poll::Ready(End::Stalled { partial: now.reads != seen.reads });
+            }
+            seen = now;
+            guard.as_mut().reset(tokio::time::Instant::now() + guard_period);
+            let _ = guard.as_mut().poll(cx);
+        }
+        conn.as_mut().poll(cx).map(End::Closed)
+    })
+    .await;
+    match end {
+        End::Closed(Err(e)) if is_protocol_error(&e) => {
             Counters::add(&counters.http_rejected, 1);
             tracing::debug!("http server: connection dropped: {e}");
         }
+        End::Stalled { partial: true } => {
+            Counters::add(&counters.http_rejected, 1);
+            tracing::debug!("http server: connection dropped: request incomplete after {guard_period:?}");
+        }
+        End::Closed(_) | End::Stalled { partial: false } | End::Shutdown => {}
     }
 }
 
@@ -143,6 +212,95 @@ fn is_protocol_error(e: &hyper::Error) -> bool {
         );
     }
     true
+}
+
+/// What one connection did, counted by the connection's own task and read by its guard
+/// (same task), so plain loads and stores suffice: no locked instructions per request.
+#[derive(Default)]
+struct Activity {
+    requests: AtomicU64,
+    reads: AtomicU64,
+    writes: AtomicU64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Snapshot {
+    requests: u64,
+    reads: u64,
+    writes: u64,
+}
+
+impl Activity {
+    #[inline]
+    fn bump(c: &AtomicU64) {
+        c.store(c.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            requests: self.requests.load(Ordering::Relaxed),
+            reads: self.reads.load(Ordering::Relaxed),
+            writes: self.writes.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The connection's socket, counting completed reads and writes that moved bytes, for the
+/// guard.
+struct Watched {
+    io: TokioIo<TcpStream>,
+    activity: Arc<Activity>,
+}
+
+impl hyper::rt::Read for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
+        if polled.is_ready() {
+            Activity::bump(&this.activity.reads);
+        }
+        polled
+    }
+}
+
+impl hyper::rt::Write for Watched {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.io).poll_write(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            Activity::bump(&this.activity.writes);
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            Activity::bump(&this.activity.writes);
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }
 
 /// What every answer needs, built once per server.
@@ -170,7 +328,7 @@ impl Answers {
     fn respond(&self, status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
         let mut resp = Response::new(Full::new(body));
         *resp.status_mut() = status;
-        resp.headers_mut().insert(HeaderName::from_static(SERVER_HEADER), self.server_id.clone());
+        resp.headers_mut().insert(SERVER_HEADER_NAME, self.server_id.clone());
         resp
     }
 }
@@ -191,8 +349,11 @@ fn requested_size(query: Option<&str>) -> Result<Option<usize>, ()> {
     }
 }
 
-#[derive(Clone)]
-struct Svc(Arc<Answers>);
+/// One connection's service: the shared answers plus the connection's activity.
+struct Svc {
+    answers: Arc<Answers>,
+    activity: Arc<Activity>,
+}
 
 impl Service<Request<Incoming>> for Svc {
     type Response = Response<Full<Bytes>>;
@@ -200,13 +361,62 @@ impl Service<Request<Incoming>> for Svc {
     type Future = Ready<Result<Self::Response, Infallible>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        ready(Ok(self.0.answer(&req)))
+        Activity::bump(&self.activity.requests);
+        ready(Ok(self.answers.answer(&req)))
     }
 }
 
 #[cfg(test)]
 mod unit {
     use super::*;
+    use crate::spec::Identity;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Reads until the server closes; `None` if it is still open after `wait`.
+    async fn closed_within(s: &mut TcpStream, wait: Duration) -> Option<Vec<u8>> {
+        let mut all = Vec::new();
+        tokio::time::timeout(wait, async {
+            let mut buf = [0u8; 1024];
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => all.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await
+        .ok()
+        .map(|()| all)
+    }
+
+    #[tokio::test]
+    async fn the_guard_closes_idle_and_trickling_connections_and_shutdown_closes_the_rest() {
+        let ctx = ServerCtx::new(Identity { id: "g".into(), zone: String::new(), node: String::new() });
+        let period = Duration::from_millis(200);
+        let addr = start_guarded("127.0.0.1:0".parse().unwrap(), ctx.clone(), period).await.unwrap();
+        let mut idle = TcpStream::connect(addr).await.unwrap();
+        let mut trickle = TcpStream::connect(addr).await.unwrap();
+        trickle.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.unwrap();
+        let mut busy = TcpStream::connect(addr).await.unwrap();
+        // The busy connection sends a request every 50 ms for 3 guard periods.
+        let mut answers = Vec::new();
+        for _ in 0..12 {
+            busy.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+            let mut buf = [0u8; 256];
+            let n = busy.read(&mut buf).await.unwrap();
+            answers.push(buf[..n].to_vec());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(answers.iter().all(|a| a.starts_with(b"HTTP/1.1 200")), "the busy connection kept being served");
+        assert!(closed_within(&mut idle, Duration::from_millis(100)).await.is_some(), "idle connection still open");
+        assert!(closed_within(&mut trickle, Duration::from_millis(100)).await.is_some(), "trickle still open");
+        assert_eq!(ctx.counters.http_rejected.load(Ordering::Relaxed), 1, "only the trickled request is an error");
+        assert_eq!(ctx.counters.http_requests.load(Ordering::Relaxed), 12);
+
+        ctx.shutdown.cancel();
+        assert!(closed_within(&mut busy, Duration::from_millis(500)).await.is_some(), "shutdown left it open");
+        assert!(TcpStream::connect(addr).await.is_err(), "the listener is closed at shutdown");
+    }
 
     #[test]
     fn the_size_parameter_is_found_among_others() {

@@ -170,9 +170,20 @@ fn an_open_loop_run_keeps_the_asked_rate() {
     assert!(r.latency.unwrap().p50_ns < 2 * MS);
 }
 
-/// A scripted HTTP/1.1 server: answers `200 ok` to each request, but `stall` (once) before
-/// answering the first request that arrives after `stall_from`, or never answers when
-/// `silent`. Stops accepting when dropped.
+/// What a scripted server does differently from answering `200 ok` to every request.
+#[derive(Clone, Copy, Default)]
+struct Script {
+    /// Stall once, `stall` long, before answering the first request after this time.
+    stall_from: Option<Instant>,
+    stall: Duration,
+    /// Never answer.
+    silent: bool,
+    /// Close the connection after each answer, without saying so (as a server whose
+    /// keep-alive idle timeout fired would).
+    close_after_answer: bool,
+}
+
+/// A scripted HTTP/1.1 server (see [`Script`]). Stops accepting when dropped.
 struct Scripted {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
@@ -184,7 +195,8 @@ impl Drop for Scripted {
     }
 }
 
-fn scripted(stall_from: Option<Instant>, stall: Duration, silent: bool) -> Scripted {
+fn scripted(script: Script) -> Scripted {
+    let Script { stall_from, stall, silent, close_after_answer } = script;
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();
@@ -223,7 +235,9 @@ fn scripted(stall_from: Option<Instant>, stall: Duration, silent: bool) -> Scrip
                         if stall_from.is_some_and(|t| Instant::now() >= t) && !stalled.swap(true, Ordering::Relaxed) {
                             thread::sleep(stall);
                         }
-                        if conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").is_err() {
+                        if conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").is_err()
+                            || close_after_answer
+                        {
                             return;
                         }
                     }
@@ -245,7 +259,8 @@ fn an_open_loop_run_charges_a_stall_to_every_request_scheduled_during_it() {
     // At 100 requests/s a 300 ms stall delays ~30 scheduled requests; an open-loop client
     // measuring from the intended send time must show ~20 of them at >= 100 ms.
     let stall = Duration::from_millis(300);
-    let server = scripted(Some(Instant::now() + Duration::from_millis(600)), stall, false);
+    let server =
+        scripted(Script { stall_from: Some(Instant::now() + Duration::from_millis(600)), stall, ..Script::default() });
     let mut s = spec(server.addr);
     s.qps = Some(100.0);
     s.duration_ms = 1200;
@@ -260,7 +275,8 @@ fn an_open_loop_run_charges_a_stall_to_every_request_scheduled_during_it() {
 
     // The same stall in a closed loop is seen by the one request that waited for it only:
     // the coordinated omission the open loop corrects.
-    let server = scripted(Some(Instant::now() + Duration::from_millis(600)), stall, false);
+    let server =
+        scripted(Script { stall_from: Some(Instant::now() + Duration::from_millis(600)), stall, ..Script::default() });
     let mut s = spec(server.addr);
     s.duration_ms = 1200;
     let r = run(&s);
@@ -269,7 +285,7 @@ fn an_open_loop_run_charges_a_stall_to_every_request_scheduled_during_it() {
 
 #[test]
 fn answers_slower_than_the_timeout_are_errors() {
-    let server = scripted(None, Duration::ZERO, true);
+    let server = scripted(Script { silent: true, ..Script::default() });
     let mut s = spec(server.addr);
     s.timeout_ms = 100;
     s.duration_ms = 1000;
@@ -389,4 +405,17 @@ fn a_server_going_away_mid_run_counts_errors() {
     // After the stop every reconnect is refused, paced by the client's retry pause.
     let errors = r.metrics.errors.unwrap();
     assert!((5..=100).contains(&errors), "{errors} errors after the server went away");
+}
+
+#[test]
+fn a_kept_alive_connection_the_server_closed_is_retried_not_failed() {
+    let server = scripted(Script { close_after_answer: true, ..Script::default() });
+    let mut s = spec(server.addr);
+    s.duration_ms = 500;
+    let r = run(&s);
+    let n = r.latency.as_ref().unwrap().count;
+    assert!(n > 20, "{n}");
+    assert_eq!(r.metrics.errors, Some(0), "each request found its connection closed and resent once");
+    let connects = r.connect.as_ref().unwrap().count;
+    assert!(connects >= n, "{connects} connects for {n} requests");
 }

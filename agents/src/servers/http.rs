@@ -13,7 +13,7 @@
 //! it costs no memory).
 //!
 //! A connection must start a request or receive answer bytes at least once per
-//! [`HEADER_READ_TIMEOUT`] (checked by a per-connection guard), so idle connections and
+//! [`GUARD_PERIOD`] (checked by a per-connection guard), so idle connections and
 //! requests trickled byte by byte cannot pile up.
 //!
 //! Counted in [`Counters`](super::Counters): `http_connections` per accepted connection,
@@ -52,7 +52,7 @@ use super::{Counters, ServerCtx};
 pub const MAX_BODY: usize = 64 << 20;
 /// The guard's period: a connection that neither starts a request nor is sent answer bytes
 /// for this long (idle keep-alive time included) is closed.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+pub const GUARD_PERIOD: Duration = Duration::from_secs(30);
 /// The header that names the answering server.
 pub const SERVER_HEADER: &str = "x-zonebench-server";
 const SERVER_HEADER_NAME: HeaderName = HeaderName::from_static(SERVER_HEADER);
@@ -69,7 +69,7 @@ const _: () = assert!(MAX_BODY == 67_108_864, "BAD_SIZE names the limit");
 /// Binds `addr`, spawns the server on the current runtime and returns the bound address.
 /// The accept loop stops when `ctx.shutdown` is cancelled, and so do open connections.
 pub async fn start(addr: SocketAddr, ctx: ServerCtx) -> io::Result<SocketAddr> {
-    start_guarded(addr, ctx, HEADER_READ_TIMEOUT).await
+    start_guarded(addr, ctx, GUARD_PERIOD).await
 }
 
 async fn start_guarded(addr: SocketAddr, ctx: ServerCtx, guard_period: Duration) -> io::Result<SocketAddr> {
@@ -83,8 +83,8 @@ async fn start_guarded(addr: SocketAddr, ctx: ServerCtx, guard_period: Duration)
     let local = listener.local_addr()?;
     let answers = Answers { server_id, counters: ctx.counters.clone() };
     let mut builder = http1::Builder::new();
-    // hyper's own header_read_timeout allocates and registers a timer per request; the
-    // connection's `guard` does that job with one timer per 30 s instead.
+    // hyper's own header_read_timeout boxes and registers a new timer for every request; the
+    // connection guard (see `serve_connection`) does that job with one timer per period.
     builder.keep_alive(true).header_read_timeout(None);
     let shared = Shared { builder, answers: Arc::new(answers), counters: ctx.counters.clone(), guard_period };
     tokio::spawn(accept_loop(listener, shared, ctx.shutdown.clone()));

@@ -2,10 +2,8 @@
 //! fail, rather than skip, without it. Each test builds its own lab (random id) with few
 //! namespaces; pod traffic runs on threads that entered a pod's namespace with `setns`.
 //!
-//! The delay forwarder runs as the `lab_delay_forwarder` example (built by `cargo test` and
-//! `cargo nextest`), since a test binary cannot serve as the coordinator's subcommand.
-//! `deploy_starts_agents_that_answer_health_checks` needs the agent's control API (and the
-//! `zonebench-agent` binary built, as a workspace build does).
+//! The delay forwarder and the agents run as the coordinator binary itself (`zonebench lab
+//! delay-forwarder`, `zonebench agent`), which cargo builds for integration tests.
 #![allow(clippy::unwrap_used)] // test support: a failure here is a failed test
 
 use std::fs::File;
@@ -36,15 +34,12 @@ fn lock(exclusive: bool) -> Flock<File> {
     Flock::lock(f, arg).map_err(|(_, e)| e).unwrap()
 }
 
-fn target_dir() -> PathBuf {
-    // target/<profile>/deps/lab-<hash>
-    std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().to_path_buf()
+fn zonebench_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_zonebench"))
 }
 
 fn forwarder() -> lab::ForwarderProgram {
-    let path = target_dir().join("examples/lab_delay_forwarder");
-    assert!(path.exists(), "{} is missing: build it with `cargo build -p zonebench --examples`", path.display());
-    lab::ForwarderProgram { path, args: vec![] }
+    lab::ForwarderProgram { path: zonebench_bin(), args: vec!["lab".into(), "delay-forwarder".into()] }
 }
 
 fn config(routing: Routing, nodes_per_zone: u32, delay: Option<&str>) -> LabConfig {
@@ -383,13 +378,10 @@ async fn a_failing_agent_is_reported_with_its_log() {
     lab.teardown().await.unwrap();
 }
 
-/// Needs the agent's control API (merged separately) and the `zonebench-agent` binary.
 #[tokio::test]
 async fn deploy_starts_agents_that_answer_health_checks() {
     let _g = lock(false);
-    let agent_bin = target_dir().join("zonebench-agent");
-    assert!(agent_bin.exists(), "{} is missing: build it with `cargo build -p zonebench-agent`", agent_bin.display());
-    let agent = AgentProgram { path: agent_bin, args: vec![] };
+    let agent = AgentProgram { path: zonebench_bin(), args: vec!["agent".into()] };
     let mut lab =
         LabPlatform::new(config(Routing::Vxlan, 1, None), LabOptions { agent: Some(agent), ..LabOptions::default() })
             .unwrap();

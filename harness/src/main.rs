@@ -190,7 +190,7 @@ async fn cmd_run(args: RunArgs) -> anyhow::Result<ExitCode> {
         let mut p = LabPlatform::new(scenario.lab.clone(), options)?;
         run::run(&mut p, &scenario, &opts, &cancel).await?
     } else {
-        let mut p = LocalPlatform::new(scenario.lab.zones.clone(), scenario.lab.nodes_per_zone, program);
+        let mut p = LocalPlatform::new(scenario.lab.zones.clone(), scenario.lab.nodes_per_zone, program)?;
         run::run(&mut p, &scenario, &opts, &cancel).await?
     };
     print!("{}", summary::render(&outcome.results));

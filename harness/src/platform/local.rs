@@ -23,16 +23,16 @@ pub struct LocalPlatform {
 }
 
 impl LocalPlatform {
-    pub fn new(zones: Vec<String>, nodes_per_zone: u32, program: AgentProgram) -> LocalPlatform {
-        LocalPlatform {
+    pub fn new(zones: Vec<String>, nodes_per_zone: u32, program: AgentProgram) -> anyhow::Result<LocalPlatform> {
+        Ok(LocalPlatform {
             zones,
             nodes_per_zone,
             program,
             dir: None,
-            token: random_token(),
+            token: crate::platform::random_token()?,
             children: Vec::new(),
             nodes: Vec::new(),
-        }
+        })
     }
 
     fn run_dir(&mut self) -> anyhow::Result<PathBuf> {
@@ -109,8 +109,8 @@ impl Platform for LocalPlatform {
         for (a, zone, sock) in pending {
             let client = ControlClient::new(ControlEndpoint::Unix(sock.clone()), self.token.clone());
             if let Err(e) = client.wait_healthy(Duration::from_secs(10)).await {
-                let log = std::fs::read_to_string(dir.join(format!("{}.log", a.id))).unwrap_or_default();
-                bail!("agent {} did not start: {e:#}\n{}", a.id, tail(&log, 20));
+                let log = crate::platform::lab::log_tail(&dir.join(format!("{}.log", a.id)));
+                bail!("agent {} did not start: {e:#}\n{log}", a.id);
             }
             let info = client.info().await?;
             let port = |name: &str| -> anyhow::Result<u16> {
@@ -142,13 +142,4 @@ impl Platform for LocalPlatform {
         }
         Ok(())
     }
-}
-
-fn tail(s: &str, lines: usize) -> String {
-    let v: Vec<&str> = s.lines().collect();
-    v[v.len().saturating_sub(lines)..].join("\n")
-}
-
-fn random_token() -> String {
-    crate::platform::random_token()
 }

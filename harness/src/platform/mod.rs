@@ -121,23 +121,14 @@ pub fn kernel_release() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-/// A fresh control token: 32 hex digits from the kernel's random source.
-pub fn random_token() -> String {
+/// A fresh control token: 64 hex digits from the kernel's random source.
+pub fn random_token() -> anyhow::Result<String> {
     use std::io::Read as _;
-    let mut b = [0u8; 16];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        let _ = f.read_exact(&mut b);
-    }
-    if b == [0u8; 16] {
-        // No /dev/urandom: fall back to the hasher's per-process random keys.
-        use std::hash::{BuildHasher as _, Hasher as _};
-        for chunk in b.chunks_mut(8) {
-            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-            h.write_u64(std::process::id().into());
-            chunk.copy_from_slice(&h.finish().to_le_bytes());
-        }
-    }
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    let mut b = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .map_err(|e| anyhow::anyhow!("reading /dev/urandom for a control token: {e}"))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
 /// Writes a token file readable by its owner only.

@@ -432,17 +432,8 @@ impl LabPlatform {
         if let Some(t) = &self.token {
             return Ok((t.clone(), path));
         }
-        let token = hex(&random_bytes::<32>()?);
-        use std::io::Write as _;
-        use std::os::unix::fs::OpenOptionsExt as _;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&path)
-            .with_context(|| format!("writing the agent token {}", path.display()))?;
-        f.write_all(token.as_bytes())?;
+        let token = crate::platform::random_token()?;
+        crate::platform::write_token(&path, &token)?;
         self.token = Some(token.clone());
         Ok((token, path))
     }
@@ -621,10 +612,6 @@ fn random_bytes<const N: usize>() -> anyhow::Result<[u8; N]> {
     let mut b = [0u8; N];
     File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)).context("reading /dev/urandom")?;
     Ok(b)
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// A random lab id not used by any namespace or state file.

@@ -299,6 +299,10 @@ async fn drive(plan: Arc<Plan>, k: usize, local: Rc<Local>, cancel: Cancellation
             // byte; like browsers and hyper's pool, resend once on a new connection (the
             // reconnect is part of this request's latency).
             let mut reused = conn.is_some();
+            // Recorded only with the request it served, so `connect` and `latency` describe
+            // the same requests (a connect at the edge of the window belongs to a request
+            // that may not count).
+            let mut connect_ns = None;
             let outcome = loop {
                 let stream = match &mut conn {
                     Some(stream) => stream,
@@ -310,9 +314,7 @@ async fn drive(plan: Arc<Plan>, k: usize, local: Rc<Local>, cancel: Cancellation
                         let done = Instant::now();
                         match connected {
                             Ok(stream) => {
-                                if phases.counts(began, done) {
-                                    histogram::record(&mut local.stats.borrow_mut().connect, nanos(done - began));
-                                }
+                                connect_ns = Some(nanos(done - began));
                                 sent = done;
                                 conn.insert(stream)
                             }
@@ -341,6 +343,9 @@ async fn drive(plan: Arc<Plan>, k: usize, local: Rc<Local>, cancel: Cancellation
                     if phases.counts(intended, done) {
                         let mut stats = local.stats.borrow_mut();
                         histogram::record(&mut stats.latency, nanos(done - intended));
+                        if let Some(ns) = connect_ns {
+                            histogram::record(&mut stats.connect, ns);
+                        }
                         stats.requests += 1;
                         stats.body_bytes += answer.body_bytes;
                         stats.status[usize::from(answer.status)] += 1;

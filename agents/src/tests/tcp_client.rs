@@ -447,3 +447,29 @@ mod tests {
         }
     }
 }
+
+/// What one request/response flow (tcp-rr, tcp-crr) reports back to its test.
+#[derive(Default)]
+pub(crate) struct FlowOut {
+    /// Why the flow could not start; the test fails with the first such error.
+    pub(crate) setup: Option<TestError>,
+    pub(crate) transactions: u64,
+    pub(crate) errors: u64,
+    pub(crate) servers: Servers,
+}
+
+impl FlowOut {
+    /// Transactions, errors and answers per server id over all flows.
+    pub(crate) fn sum(outs: Vec<FlowOut>) -> Result<(u64, u64, BTreeMap<String, u64>), TestError> {
+        let (mut transactions, mut errors, mut servers) = (0, 0, BTreeMap::new());
+        for out in outs {
+            if let Some(e) = out.setup {
+                return Err(e);
+            }
+            transactions += out.transactions;
+            errors += out.errors;
+            out.servers.merge_into(&mut servers);
+        }
+        Ok((transactions, errors, servers))
+    }
+}

@@ -16,7 +16,6 @@
 //! A flow alone on its thread uses a blocking socket (one `send`, one `recv` per
 //! transaction, as netperf and sockperf do); see `tcp_client.rs`.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,7 +23,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use tokio_util::sync::CancellationToken;
 
-use super::tcp_client::{Conn, Gate, Limit, OpError, PerThread, Servers, Waiter, ERROR_BACKOFF, RECV_BUF_MAX};
+use super::tcp_client::{Conn, FlowOut, Gate, Limit, OpError, PerThread, Servers, Waiter, ERROR_BACKOFF, RECV_BUF_MAX};
 use super::{per_sec, run_workers, thread_count, Phases, TestError};
 use crate::histogram;
 use crate::spec::{Metrics, TestKind, TestResult, TestSpec, MAX_ID_LEN};
@@ -37,14 +36,6 @@ struct Test {
     blocking: bool,
     gate: Gate,
     latency: PerThread<Histogram<u64>>,
-}
-
-#[derive(Default)]
-struct FlowOut {
-    setup: Option<TestError>,
-    transactions: u64,
-    errors: u64,
-    servers: Servers,
 }
 
 pub fn run(spec: &TestSpec, target: SocketAddr, cancel: &CancellationToken) -> Result<TestResult, TestError> {
@@ -62,17 +53,7 @@ pub fn run(spec: &TestSpec, target: SocketAddr, cancel: &CancellationToken) -> R
     if cancel.is_cancelled() {
         return Err(TestError::Cancelled);
     }
-    let mut transactions = 0;
-    let mut errors = 0;
-    let mut servers = BTreeMap::new();
-    for out in outs {
-        if let Some(e) = out.setup {
-            return Err(e);
-        }
-        transactions += out.transactions;
-        errors += out.errors;
-        out.servers.merge_into(&mut servers);
-    }
+    let (transactions, errors, servers) = FlowOut::sum(outs)?;
     let test = Arc::into_inner(test).ok_or_else(|| TestError::Failed("a tcp-rr flow outlived its test".into()))?;
     let phases = test.gate.phases().ok_or_else(|| TestError::Failed("tcp-rr never started its clock".into()))?;
     let mut latency = histogram::new();

@@ -108,12 +108,6 @@ impl ControlClient {
         Ok(())
     }
 
-    /// Starts a test and polls until it finishes; the result, or the agent's error.
-    pub async fn run_test(&self, spec: &TestSpec) -> anyhow::Result<TestResult> {
-        let id = self.start_test(spec).await?;
-        self.wait_for(&id, spec).await
-    }
-
     /// Polls test `id` (started with `spec`) until it finishes.
     pub async fn wait_for(&self, id: &str, spec: &TestSpec) -> anyhow::Result<TestResult> {
         let id = id.to_string();

@@ -19,6 +19,8 @@ pub struct LocalPlatform {
     dir: Option<PathBuf>,
     token: String,
     children: Vec<(String, Child)>,
+    /// Agents are forked from this thread: their death signal is tied to it (see `spawn`).
+    spawner: Option<super::spawn::Spawner>,
     nodes: Vec<Node>,
 }
 
@@ -31,6 +33,7 @@ impl LocalPlatform {
             dir: None,
             token: crate::platform::random_token()?,
             children: Vec::new(),
+            spawner: None,
             nodes: Vec::new(),
         })
     }
@@ -100,8 +103,11 @@ impl Platform for LocalPlatform {
                 .stdout(Stdio::null())
                 .stderr(log);
             crate::sys::die_with_parent(&mut cmd);
-            let child =
-                cmd.spawn().with_context(|| format!("starting agent {} ({})", a.id, self.program.path.display()))?;
+            if self.spawner.is_none() {
+                self.spawner = Some(super::spawn::Spawner::new("zb-local")?);
+            }
+            let spawner = self.spawner.as_ref().context("the spawner was just created")?;
+            let child = spawner.spawn(cmd).with_context(|| format!("starting agent {}", a.id))?;
             self.children.push((a.id.clone(), child));
             pending.push((a.clone(), zone, sock));
         }
@@ -137,6 +143,9 @@ impl Platform for LocalPlatform {
             crate::platform::stop_child(child);
         }
         self.children.clear();
+        if let Some(mut s) = self.spawner.take() {
+            s.stop();
+        }
         if let Some(dir) = self.dir.take() {
             let _ = std::fs::remove_dir_all(dir);
         }

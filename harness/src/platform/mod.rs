@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod lab;
 pub mod local;
+pub mod spawn;
 
 /// A node as discovered: the unit agents are placed on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -32,7 +32,6 @@ use crate::control_client::ControlClient;
 pub mod admin;
 pub mod delay;
 pub mod netns;
-mod spawn;
 pub mod state;
 pub mod topology;
 
@@ -205,7 +204,7 @@ pub struct LabPlatform {
     pods: Vec<PodPlan>,
     pod_slots: HashMap<String, u32>,
     token: Option<String>,
-    spawner: Option<spawn::Spawner>,
+    spawner: Option<crate::platform::spawn::Spawner>,
     /// Built by `lab up`: processes outlive this handle and dropping it keeps the lab.
     detached: bool,
 }
@@ -302,7 +301,7 @@ impl LabPlatform {
     fn build_inner(&mut self) -> anyhow::Result<()> {
         self.save_state()?;
         std::fs::create_dir_all(&self.run_dir).with_context(|| format!("creating {}", self.run_dir.display()))?;
-        self.spawner = Some(spawn::Spawner::new(self.plan.id.as_str())?);
+        self.spawner = Some(crate::platform::spawn::Spawner::new(self.plan.id.as_str())?);
         netns::run_all(&self.plan.build_commands())?;
         if let Some(delay) = self.plan.delay {
             self.start_forwarder(delay)?;

@@ -1,7 +1,7 @@
-//! Starting the lab's long-lived processes (agents, the delay forwarder) from one dedicated
-//! thread. `PR_SET_PDEATHSIG` fires when the *thread* that forked a child exits, not the
+//! Starting a platform's long-lived processes (agents, the lab's delay forwarder) from one
+//! dedicated thread. `PR_SET_PDEATHSIG` fires when the *thread* that forked a child exits, not the
 //! process, so children spawned from a tokio blocking-pool thread would be killed when that
-//! idle thread retires. A thread owned by the lab lives exactly as long as the lab handle:
+//! idle thread retires. A thread owned by the platform lives exactly as long as its handle:
 //! children die with the coordinator (crash included), never earlier.
 
 use std::process::{Child, Command};
@@ -26,7 +26,7 @@ impl Spawner {
                     let _ = answer.send(cmd.spawn());
                 }
             })
-            .context("starting the lab's process-spawning thread")?;
+            .context("starting the process-spawning thread")?;
         Ok(Spawner { tx: Some(tx), thread: Some(thread) })
     }
 
@@ -34,9 +34,9 @@ impl Spawner {
     pub fn spawn(&self, cmd: Command) -> anyhow::Result<Child> {
         let what = format!("{cmd:?}");
         let (atx, arx) = mpsc::channel();
-        let tx = self.tx.as_ref().context("the lab's spawner thread is stopped")?;
-        tx.send((cmd, atx)).ok().context("the lab's spawner thread is gone")?;
-        arx.recv().context("the lab's spawner thread is gone")?.with_context(|| format!("starting {what}"))
+        let tx = self.tx.as_ref().context("the spawner thread is stopped")?;
+        tx.send((cmd, atx)).ok().context("the spawner thread is gone")?;
+        arx.recv().context("the spawner thread is gone")?.with_context(|| format!("starting {what}"))
     }
 
     /// Ends the thread: children still attached to it get their death signal.

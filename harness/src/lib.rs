@@ -8,11 +8,13 @@
 //! - [`scenario`]: scenario files, validation with file/line errors, `--set` overrides.
 //! - [`plan`]: a scenario expanded into agent placements and ordered steps.
 //! - [`platform`]: where agents run (`lab` network namespaces, `local` loopback processes).
+//! - [`dataplane`]: Service VIP dataplanes a lab node programs (iptables, nftables, eBPF).
 //! - [`run`]: the orchestrator; [`results`]: results.json/csv; [`summary`]: the zone matrix.
 //! - `sys`: the only unsafe code (child processes die with the coordinator).
 #![deny(unsafe_code)]
 
 pub mod control_client;
+pub mod dataplane;
 pub mod plan;
 pub mod platform;
 pub mod results;

@@ -22,3 +22,4 @@ pub mod run;
 pub mod scenario;
 pub mod summary;
 mod sys;
+pub mod topology;

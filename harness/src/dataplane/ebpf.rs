@@ -129,6 +129,9 @@ impl EbpfDataplane {
         let cgroup_fd = File::open(cgroup_dir)
             .map_err(|source| cgroup::CgroupError::Io { path: cgroup_dir.to_path_buf(), source })?;
         let mut bpf = EbpfLoader::new()
+            // The program reads only the stable UAPI context (no CO-RE relocations), so skip
+            // parsing the kernel's BTF, which is most of the load time.
+            .btf(None)
             .map_max_entries(SERVICES_MAP, MAX_SERVICES)
             .map_max_entries(BACKENDS_MAP, MAX_BACKENDS)
             .map_max_entries(REVNAT_MAP, MAX_REVNAT)
@@ -191,12 +194,14 @@ impl EbpfDataplane {
 
     fn sync_table(&mut self, services: &[ServiceRules]) -> Result<u64, EbpfError> {
         // Plan first: bad input or an over-full table is refused before any map changes.
+        let unknown;
         let current = if self.dirty {
-            Table { services: Default::default(), last_id: self.table.last_id }
+            unknown = Table { services: Default::default(), last_id: self.table.last_id };
+            &unknown
         } else {
-            self.table.clone()
+            &self.table
         };
-        let update = table::plan(&current, services)?;
+        let update = table::plan(current, services)?;
         let dirty = self.dirty;
         let loaded = self.loaded_mut()?;
         let result = (|| {

@@ -180,6 +180,9 @@ enum Probe {
     TcpConnect,
     /// sendto(2) on one unconnected UDP socket, then recvfrom(2).
     UdpSendTo,
+    /// A new UDP socket per probe, connect(2)ed to the target (as the agent's udp-rr does),
+    /// then send(2) and recvfrom(2).
+    UdpConnect,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -327,7 +330,7 @@ fn a_service_without_endpoints_refuses_connects_and_datagrams_with_eperm() {
 }
 
 #[test]
-fn udp_datagrams_to_a_vip_reach_every_backend_and_replies_come_from_the_vip() {
+fn udp_to_a_vip_reaches_every_backend_sent_or_connected_and_replies_come_from_the_vip() {
     let _g = lock();
     let ns = Netns::new(3);
     let _backends = Backends::start(&ns);
@@ -336,11 +339,13 @@ fn udp_datagrams_to_a_vip_reach_every_backend_and_replies_come_from_the_vip() {
     dp.sync(&[service(VIP, 53, Protocol::Udp, &ns.backends, UDP_PORT)]).unwrap();
 
     let vip = SocketAddrV4::new(VIP, 53);
-    let outcomes = probe_from(&cg, &ns, Probe::UdpSendTo, vip, PROBES);
-    assert_eq!(answers(&outcomes), addrs(&ns.backends, UDP_PORT));
-    for o in &outcomes {
-        let Outcome::Answer { from, .. } = o else { unreachable!("answers() checked") };
-        assert_eq!(from, &vip.to_string(), "recvmsg4 must show the VIP as the reply's source");
+    for probe in [Probe::UdpSendTo, Probe::UdpConnect] {
+        let outcomes = probe_from(&cg, &ns, probe, vip, PROBES);
+        assert_eq!(answers(&outcomes), addrs(&ns.backends, UDP_PORT), "{probe:?}");
+        for o in &outcomes {
+            let Outcome::Answer { from, .. } = o else { unreachable!("answers() checked") };
+            assert_eq!(from, &vip.to_string(), "{probe:?}: recvmsg4 must show the VIP as the reply's source");
+        }
     }
     // A UDP service is not a TCP one: the same VIP and port over TCP is left alone.
     assert_eq!(errnos(&probe_from(&cg, &ns, Probe::TcpConnect, vip, 1)), BTreeSet::from([ENETUNREACH]));
@@ -358,6 +363,12 @@ fn a_resync_replaces_the_table_and_drops_removed_services() {
     let b = &ns.backends;
 
     dp.sync(&[tcp_service(VIP, &b[..1])]).unwrap();
+    assert_eq!(answers(&probe_from(&cg, &ns, Probe::TcpConnect, vip, 5)), addrs(&b[..1], TCP_PORT));
+
+    // A bad table is refused whole, naming the clash, and the programmed one stays.
+    let err = dp.sync(&[tcp_service(VIP2, b), tcp_service(VIP, b), tcp_service(VIP, &b[1..])]).unwrap_err();
+    assert!(err.to_string().contains("both claim 10.96.0.10:80/tcp"), "{err}");
+    assert_eq!(dp.rule_count().unwrap(), 2);
     assert_eq!(answers(&probe_from(&cg, &ns, Probe::TcpConnect, vip, 5)), addrs(&b[..1], TCP_PORT));
 
     let report = dp.sync(&[tcp_service(VIP, &b[1..]), tcp_service(VIP2, &b[..1])]).unwrap();
@@ -466,6 +477,19 @@ fn client_process() {
                 })
                 .collect()
         }
+        Probe::UdpConnect => (0..job.count)
+            .map(|i| {
+                let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
+                socket.set_read_timeout(Some(timeout)).unwrap();
+                if let Err(e) = socket.connect(target) {
+                    return Outcome::Errno(e.raw_os_error().unwrap_or(-1));
+                }
+                socket.send(format!("probe {i}").as_bytes()).unwrap();
+                let mut buf = [0u8; 64];
+                let (n, from) = socket.recv_from(&mut buf).unwrap();
+                Outcome::Answer { answer: String::from_utf8_lossy(&buf[..n]).into_owned(), from: from.to_string() }
+            })
+            .collect(),
     };
     println!("{RESULT_PREFIX}{}", serde_json::to_string(&outcomes).unwrap());
 }

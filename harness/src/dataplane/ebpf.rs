@@ -170,7 +170,7 @@ impl EbpfDataplane {
     }
 
     /// Ids of the loaded programs and maps (None after teardown).
-    pub fn kernel_ids(&self) -> anyhow::Result<Option<KernelIds>> {
+    pub fn kernel_ids(&self) -> Result<Option<KernelIds>, EbpfError> {
         let Some(loaded) = &self.loaded else { return Ok(None) };
         let mut programs = Vec::new();
         for name in PROGRAMS {

@@ -10,6 +10,8 @@
 //!
 //! A `sync` replaces the whole table, as a kube-proxy full resync does; the sweep times it.
 
+pub mod ebpf;
+
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;

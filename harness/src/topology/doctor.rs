@@ -21,6 +21,9 @@ use super::input::{self, InputError, ServiceObject, SliceObject};
 use super::proxy::{self, Categorized, Decision, ProxyNode, ProxyOptions};
 use super::{AddressType, Endpoint, Hints, Node, RoutingMode, ServiceConfig, Slice, TrafficPolicy};
 
+/// The version of the JSON layout.
+pub const SCHEMA_VERSION: u32 = 1;
+
 /// `zonebench hints` arguments.
 #[derive(clap::Args, Debug, Clone)]
 pub struct HintsArgs {
@@ -91,6 +94,8 @@ impl Default for Settings {
 /// The doctor's answer; `-o json` prints it as is.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    /// The version of this layout (`results/schema/hints.schema.json`).
+    pub schema_version: u32,
     /// `namespace/name`, or null without `--service`.
     pub service: Option<String>,
     pub address_type: AddressType,
@@ -163,6 +168,7 @@ pub struct EndpointReport {
 pub enum RoutingReason {
     FilteredToZone,
     FilteredToNode,
+    NoHints,
     EndpointWithoutHint,
     NoHintForZone,
     NodeWithoutZoneLabel,
@@ -303,11 +309,16 @@ pub fn diagnose(inputs: &Inputs, settings: &Settings) -> Result<Report, DoctorEr
     };
     if !selected.is_empty() && !present.contains(&address_type) {
         let have: Vec<&str> = present.iter().map(|t| t.as_str()).collect();
-        return Err(DoctorError::Usage(format!("no {address_type} EndpointSlice (the slices are {})", have.join(", "))));
+        return Err(DoctorError::Usage(format!(
+            "no {address_type} EndpointSlice (the slices are {})",
+            have.join(", ")
+        )));
     }
     for t in present.iter().filter(|t| **t != address_type) {
         notes.push(match t {
-            AddressType::Fqdn => "FQDN slices are left out: the controller neither writes nor reads hints for them".into(),
+            AddressType::Fqdn => {
+                "FQDN slices are left out: the controller neither writes nor reads hints for them".into()
+            }
             _ => format!("the Service also has {t} slices: hints are allocated per address type (--address-type {t})"),
         });
     }
@@ -374,6 +385,7 @@ pub fn diagnose(inputs: &Inputs, settings: &Settings) -> Result<Report, DoctorEr
 
     notes.extend(input_notes(inputs, &census, &rec, &slices, &svc));
     Ok(Report {
+        schema_version: SCHEMA_VERSION,
         service,
         address_type,
         mode: rec.mode,
@@ -394,15 +406,24 @@ fn eligible(n: &Node) -> bool {
     n.ready && !n.control_plane
 }
 
-fn zone_reports(inputs: &Inputs, census: &hints::NodeCensus, rec: &Reconciliation, slices: &[Slice]) -> Vec<ZoneReport> {
+fn zone_reports(
+    inputs: &Inputs,
+    census: &hints::NodeCensus,
+    rec: &Reconciliation,
+    slices: &[Slice],
+) -> Vec<ZoneReport> {
     let mut names: BTreeSet<String> = BTreeSet::new();
     names.extend(inputs.nodes.iter().filter_map(|n| n.zone.clone()).filter(|z| !z.is_empty()));
     names.extend(slices.iter().flat_map(|s| &s.endpoints).filter_map(|e| e.zone.clone()).filter(|z| !z.is_empty()));
     if let Some(c) = rec.outcomes.first() {
         names.extend(c.counts.keys().cloned());
     }
-    let n_ready: usize =
-        slices.iter().filter(|s| s.managed_by_controller).flat_map(|s| &s.endpoints).filter(|e| e.controller_ready()).count();
+    let n_ready: usize = slices
+        .iter()
+        .filter(|s| s.managed_by_controller)
+        .flat_map(|s| &s.endpoints)
+        .filter(|e| e.controller_ready())
+        .count();
     let auto = rec.mode == RoutingMode::Auto;
     let deterministic = rec.deterministic();
     names
@@ -460,6 +481,11 @@ fn reason_of(c: &Categorized, eps: &[Endpoint], zone: Option<&str>) -> (bool, Ro
         Decision::FilteredToNode => {
             (true, RoutingReason::FilteredToNode, format!("{shown} of {n_ready} ready endpoints: those hinted for this node"))
         }
+        Decision::EndpointWithoutHint { .. }
+            if eps.iter().filter(|e| e.ready.unwrap_or(true)).all(|e| e.hints.as_ref().is_none_or(|h| h.for_zones.is_empty())) =>
+        {
+            (false, RoutingReason::NoHints, format!("all {n_ready} ready endpoints: no endpoint has a zone hint"))
+        }
         Decision::EndpointWithoutHint { endpoint } => {
             let e = &eps[*endpoint];
             let why = if e.ready.is_none() {
@@ -508,11 +534,14 @@ fn routing_reports(
     canonical: &[Endpoint],
     flat: &dyn Fn(&[Slice]) -> Vec<Endpoint>,
 ) -> Vec<RoutingReport> {
-    let mut zones: BTreeSet<Option<String>> =
+    let mut set: BTreeSet<Option<String>> =
         inputs.nodes.iter().map(|n| n.zone.clone().filter(|z| !z.is_empty())).collect();
     if inputs.nodes.is_empty() {
-        zones.extend(canonical.iter().map(|e| e.zone.clone()));
+        set.extend(canonical.iter().map(|e| e.zone.clone().filter(|z| !z.is_empty())));
     }
+    // Zones by name, then nodes without a zone label.
+    let zones: Vec<Option<String>> =
+        set.iter().filter(|z| z.is_some()).chain(set.iter().filter(|z| z.is_none())).cloned().collect();
     let deterministic = rec.deterministic();
     zones
         .into_iter()
@@ -521,7 +550,7 @@ fn routing_reports(
             let (filtered, reason, detail) = reason_of(&c, canonical, zone.as_deref());
             let endpoints = addrs(canonical, c.internal());
             let endpoints_possible = (!deterministic).then(|| {
-                let mut all: BTreeSet<String> = endpoints.iter().cloned().collect();
+                let mut all: BTreeSet<usize> = c.internal().iter().copied().collect();
                 for o in &rec.outcomes {
                     // Within one outcome a moved endpoint may go to any receiver: hint all of
                     // them for this zone to see every endpoint it can route to.
@@ -533,9 +562,9 @@ fn routing_reports(
                     }
                     let eps = flat(&w);
                     let c = proxy::categorize(&eps, svc, &ProxyNode::in_zone(zone.as_deref()), popts);
-                    all.extend(addrs(&eps, c.internal()));
+                    all.extend(c.internal().iter().copied());
                 }
-                all.into_iter().collect()
+                all.into_iter().map(|i| canonical[i].address.clone()).collect()
             });
             let nodes = inputs
                 .nodes
@@ -601,15 +630,22 @@ fn explain(census: &hints::NodeCensus, rec: &Reconciliation, slices: &[Slice], z
                 "{m}: every ready endpoint is hinted for its own zone{}; no CPU arithmetic, no minimums, no events",
                 if m == RoutingMode::PreferSameNode { " and its own node" } else { "" }
             ));
-            let unzoned = slices.iter().flat_map(|s| &s.endpoints).filter(|e| e.controller_ready() && e.zone.is_none()).count();
+            let unzoned =
+                slices.iter().flat_map(|s| &s.endpoints).filter(|e| e.controller_ready() && e.zone.is_none()).count();
             if unzoned > 0 {
-                out.push(format!("{unzoned} ready endpoints have no zone, so they get no zone hint and no node filters by zone"));
+                out.push(format!(
+                    "{unzoned} ready endpoints have no zone, so they get no zone hint and no node filters by zone"
+                ));
             }
             return out;
         }
     }
-    let n: usize =
-        slices.iter().filter(|s| s.managed_by_controller).flat_map(|s| &s.endpoints).filter(|e| e.controller_ready()).count();
+    let n: usize = slices
+        .iter()
+        .filter(|s| s.managed_by_controller)
+        .flat_map(|s| &s.endpoints)
+        .filter(|e| e.controller_ready())
+        .count();
     match &rec.allocation_error {
         Some(AllocationError::InsufficientNodeInfo) => out.push(match &census.insufficient {
             Some(Insufficiency::NodeWithoutZone(n)) => format!("node {n} is Ready and not a control-plane node but has no topology.kubernetes.io/zone label: one such node makes the controller drop the CPU ratios for the whole cluster"),
@@ -654,10 +690,16 @@ fn explain(census: &hints::NodeCensus, rec: &Reconciliation, slices: &[Slice], z
             ));
             let o = &rec.outcomes[0];
             let same = &rec.same_zone;
+            let first = if rec.deterministic() { "" } else { "in the first possible outcome, " };
             for (g, k) in &o.giving {
                 let d = alloc.get(g).map(|a| a.desired).unwrap_or(0.0);
+                let which = if *k == 1 {
+                    "its first endpoint (in slice order) is".to_string()
+                } else {
+                    format!("its first {k} endpoints (in slice order) are")
+                };
                 out.push(format!(
-                    "zone {g} has {} ready endpoints for a desired {d:.2}: its first {k} (in slice order) are hinted for {}",
+                    "{first}zone {g} has {} ready endpoints for a desired {d:.2}: {which} hinted for {}",
                     same.get(g).copied().unwrap_or(0),
                     o.receiving.iter().map(|(z, k)| format!("{z} ({k})")).collect::<Vec<_>>().join(", ")
                 ));
@@ -676,7 +718,9 @@ fn explain(census: &hints::NodeCensus, rec: &Reconciliation, slices: &[Slice], z
                 let varying: Vec<String> = zones
                     .iter()
                     .filter_map(|z| z.hinted_endpoints_possible.as_ref().filter(|p| p.len() > 1).map(|p| (z, p)))
-                    .map(|(z, p)| format!("{} gets {}", z.zone, p.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(" or ")))
+                    .map(|(z, p)| {
+                        format!("{} gets {}", z.zone, p.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(" or "))
+                    })
                     .collect();
                 out.push(if varying.is_empty() {
                     format!(
@@ -709,7 +753,8 @@ fn input_notes(
     if !cp.is_empty() {
         notes.push(format!("control-plane nodes left out of the CPU ratios: {}", cp.join(", ")));
     }
-    let nr: Vec<&str> = census.excluded.iter().filter(|(_, e)| *e == Exclusion::NotReady).map(|(n, _)| n.as_str()).collect();
+    let nr: Vec<&str> =
+        census.excluded.iter().filter(|(_, e)| *e == Exclusion::NotReady).map(|(n, _)| n.as_str()).collect();
     if !nr.is_empty() {
         notes.push(format!("nodes that are not Ready, left out of the CPU ratios: {}", nr.join(", ")));
     }
@@ -743,11 +788,16 @@ fn input_notes(
         .flat_map(|(s, w)| s.endpoints.iter().zip(&w.endpoints))
         .filter(|(a, b)| a.hints != b.hints)
         .count();
-    if stale > 0 {
-        notes.push(format!("{stale} endpoints carry other hints now than this prediction (hints from older settings or kept by a running controller)"));
+    let hinted_now = slices.iter().flat_map(|s| &s.endpoints).any(|e| e.hints.is_some());
+    if stale > 0 && !hinted_now {
+        notes.push("the slices carry no hints now: the controller writes these at its next sync of the Service".into());
+    } else if stale > 0 {
+        notes.push(format!("{stale} endpoints carry other hints now than this prediction (hints from older settings, or older hints a running controller keeps while they stay valid)"));
     }
     if svc.internal_traffic_policy == TrafficPolicy::Local {
-        notes.push("internalTrafficPolicy: Local: ClusterIP traffic never leaves the node, hints do not matter for it".into());
+        notes.push(
+            "internalTrafficPolicy: Local: ClusterIP traffic never leaves the node, hints do not matter for it".into(),
+        );
     }
     notes
 }
@@ -865,28 +915,42 @@ pub fn render_table(r: &Report) -> String {
         .collect();
     s.push_str(&table(&["ADDRESS", "ZONE", "NODE", "READY", "HINT", "NOW", "LOAD"], &rows));
     let _ = writeln!(s, "\nkube-proxy routing of ClusterIP traffic, from a node in each zone:");
+    let how = |filtered: bool, reason: RoutingReason| match (filtered, reason) {
+        (true, _) => "filtered",
+        (false, RoutingReason::InternalTrafficPolicyLocal) => "node-local",
+        (false, _) => "cluster-wide",
+    };
     for z in &r.routing {
         let _ = writeln!(
             s,
             "  {:<12} {} — {}",
             z.zone.as_deref().unwrap_or("(no zone)"),
-            if z.filtered { "filtered" } else { "cluster-wide" },
+            how(z.filtered, z.reason),
             z.detail
         );
-        let _ = writeln!(s, "  {:<12}   -> {}", "", if z.endpoints.is_empty() { "(nothing)".into() } else { z.endpoints.join(", ") });
+        let _ = writeln!(
+            s,
+            "  {:<12}   -> {}",
+            "",
+            if z.endpoints.is_empty() { "(nothing)".into() } else { z.endpoints.join(", ") }
+        );
         if let Some(p) = &z.endpoints_possible {
             let _ = writeln!(s, "  {:<12}   possible, depending on Go's map order: {}", "", p.join(", "));
         }
         for n in &z.nodes {
-            let _ = writeln!(
-                s,
-                "  {:<12}   node {}: {} — {} -> {}",
-                "",
-                n.node,
-                if n.filtered { "filtered" } else { "cluster-wide" },
-                n.detail,
-                if n.endpoints.is_empty() { "(nothing)".into() } else { n.endpoints.join(", ") }
-            );
+            let eps = if n.endpoints.is_empty() { "(nothing)".into() } else { n.endpoints.join(", ") };
+            if n.reason == z.reason {
+                let _ = writeln!(s, "  {:<12}   node {}: -> {eps}", "", n.node);
+            } else {
+                let _ = writeln!(
+                    s,
+                    "  {:<12}   node {}: {} — {} -> {eps}",
+                    "",
+                    n.node,
+                    how(n.filtered, n.reason),
+                    n.detail
+                );
+            }
         }
     }
     if !r.notes.is_empty() {

@@ -133,7 +133,11 @@ pub fn decide_mode(svc: &ServiceConfig, opts: &ControllerOptions) -> (RoutingMod
     };
     let td = svc.traffic_distribution.as_deref();
     if auto_annotation(svc) {
-        why.push(format!("annotation {}: {} selects the CPU-proportional heuristic", key.unwrap_or(TM), val.unwrap_or("")));
+        why.push(format!(
+            "annotation {}: {} selects the CPU-proportional heuristic",
+            key.unwrap_or(TM),
+            val.unwrap_or("")
+        ));
         if let Some(td) = td {
             why.push(format!("the annotation takes precedence over spec.trafficDistribution: {td}"));
         }
@@ -148,7 +152,10 @@ pub fn decide_mode(svc: &ServiceConfig, opts: &ControllerOptions) -> (RoutingMod
     }
     match (td, traffic_distribution_mode(td, opts.prefer_same_traffic_distribution)) {
         (Some(t), Some(m)) => {
-            why.push(format!("spec.trafficDistribution: {t}: every ready endpoint is hinted for its own zone{}", if m == RoutingMode::PreferSameNode { " and node" } else { "" }));
+            why.push(format!(
+                "spec.trafficDistribution: {t}: every ready endpoint is hinted for its own zone{}",
+                if m == RoutingMode::PreferSameNode { " and node" } else { "" }
+            ));
             (m, why)
         }
         (Some(t @ ("PreferSameZone" | "PreferSameNode")), None) => {
@@ -319,7 +326,10 @@ pub fn allocations(
     let mut min_total = 0usize;
     for (zone, &ratio) in ratios {
         let (proportional, minimum) = minimum_for(ratio, n);
-        out.insert(zone.clone(), Allocation { ratio, proportional, desired: proportional.max(minimum as f64), minimum, maximum: 0 });
+        out.insert(
+            zone.clone(),
+            Allocation { ratio, proportional, desired: proportional.max(minimum as f64), minimum, maximum: 0 },
+        );
         min_total += minimum;
     }
     // Go stops at the first zone that overdraws; the sum decides either way.
@@ -606,7 +616,10 @@ fn prefer_close_hints(e: &Endpoint, same_node: bool) -> Option<Hints> {
 /// `preferCloseHeuristic.needsUpdate`: a ready endpoint's hints are missing or wrong.
 fn prefer_close_needs_update(s: &Slice, same_node: bool) -> bool {
     let norm = |h: &Option<Hints>| h.clone().unwrap_or_default();
-    s.endpoints.iter().filter(|e| e.controller_ready()).any(|e| norm(&e.hints) != norm(&prefer_close_hints(e, same_node)))
+    s.endpoints
+        .iter()
+        .filter(|e| e.controller_ready())
+        .any(|e| norm(&e.hints) != norm(&prefer_close_hints(e, same_node)))
 }
 
 fn outcome_of(
@@ -661,9 +674,15 @@ pub fn hints_by_zone(
 }
 
 /// `TopologyCache.AddHints`, every outcome.
-fn add_hints(r: &mut Reconciliation, ratios: Option<&BTreeMap<String, f64>>, work: &mut [Slice], opts: &ControllerOptions) {
+fn add_hints(
+    r: &mut Reconciliation,
+    ratios: Option<&BTreeMap<String, f64>>,
+    work: &mut [Slice],
+    opts: &ControllerOptions,
+) {
     let t = opts.address_type;
-    let ours: Vec<usize> = (0..work.len()).filter(|&i| work[i].managed_by_controller && work[i].address_type == t).collect();
+    let ours: Vec<usize> =
+        (0..work.len()).filter(|&i| work[i].managed_by_controller && work[i].address_type == t).collect();
     let strip = |work: &mut [Slice]| {
         for &i in &ours {
             for e in &mut work[i].endpoints {
@@ -743,7 +762,11 @@ fn add_hints(r: &mut Reconciliation, ratios: Option<&BTreeMap<String, f64>>, wor
         return;
     }
     if !opts.hints_previously_populated {
-        r.event = Some(Event { event_type: EventType::Normal, reason: REASON_ENABLED.into(), message: format!("{MSG_ENABLED}, addressType: {t}") });
+        r.event = Some(Event {
+            event_type: EventType::Normal,
+            reason: REASON_ENABLED.into(),
+            message: format!("{MSG_ENABLED}, addressType: {t}"),
+        });
     }
 }
 

@@ -24,7 +24,7 @@ pub enum InputError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("{path}: not valid {format}: {message}")]
     Syntax { path: PathBuf, format: &'static str, message: String },
-    #[error("{path}: {object}: expected a {expected}, not a {found}{hint}")]
+    #[error("{path}: {object}: kind is {found}, expected {expected}{hint}")]
     WrongKind { path: PathBuf, object: String, expected: &'static str, found: String, hint: &'static str },
     #[error("{path}: {object}: {field}: {message}")]
     Field { path: PathBuf, object: String, field: String, message: String },
@@ -79,13 +79,16 @@ fn read_objects(path: &Path, kind: &'static str) -> Result<Vec<Raw>, InputError>
         serde_saphyr::from_multiple::<Value>(&text).map_err(|e| InputError::Syntax {
             path: path.into(),
             format: "YAML",
-            message: e.to_string(),
+            message: e.to_string().trim_start_matches("error: ").to_string(),
         })?
     };
     let mut out = Vec::new();
     for doc in docs.into_iter().filter(|d| !d.is_null()) {
         let Value::Object(map) = &doc else {
-            return Err(InputError::File { path: path.into(), message: format!("expected a {kind} or a List of them, found {}", json_type(&doc)) });
+            return Err(InputError::File {
+                path: path.into(),
+                message: format!("expected a {kind} or a List of them, found {}", json_type(&doc)),
+            });
         };
         let doc_kind = map.get("kind").and_then(Value::as_str).unwrap_or("").to_string();
         let is_list = doc_kind == "List" || (doc_kind.ends_with("List") && map.contains_key("items"));
@@ -126,7 +129,13 @@ fn json_type(v: &Value) -> &'static str {
     }
 }
 
-fn one_object(path: &Path, mut v: Value, kind: &'static str, implied: Option<&str>, index: usize) -> Result<Raw, InputError> {
+fn one_object(
+    path: &Path,
+    mut v: Value,
+    kind: &'static str,
+    implied: Option<&str>,
+    index: usize,
+) -> Result<Raw, InputError> {
     let Value::Object(map) = &mut v else {
         return Err(InputError::File {
             path: path.into(),
@@ -162,7 +171,13 @@ fn one_object(path: &Path, mut v: Value, kind: &'static str, implied: Option<&st
         None => format!("{found} #{}", index + 1),
     };
     if found != kind {
-        return Err(InputError::WrongKind { path: path.into(), object: label, expected: kind, found, hint: kind_hint(kind) });
+        return Err(InputError::WrongKind {
+            path: path.into(),
+            object: label,
+            expected: kind,
+            found,
+            hint: kind_hint(kind),
+        });
     }
     Ok(Raw { label, value: v })
 }
@@ -206,7 +221,12 @@ pub fn load_nodes(path: &Path) -> Result<Vec<Node>, InputError> {
     for mut raw in read_objects(path, "Node")? {
         quantities_as_strings(&mut raw.value);
         let (label, n): (String, core::Node) = typed(path, raw)?;
-        let name = n.metadata.name.clone().filter(|s| !s.is_empty()).ok_or_else(|| field_err(path, &label, "metadata.name", "missing"))?;
+        let name = n
+            .metadata
+            .name
+            .clone()
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| field_err(path, &label, "metadata.name", "missing"))?;
         let Some(status) = &n.status else {
             return Err(field_err(path, &label, "status", "missing: the controller needs the node's Ready condition and allocatable CPU (kubectl get nodes -o yaml prints them)"));
         };
@@ -216,12 +236,7 @@ pub fn load_nodes(path: &Path) -> Result<Vec<Node>, InputError> {
             None => Cpu::ZERO,
         };
         // Go's isNodeReady: the first Ready condition decides; none means not ready.
-        let ready = status
-            .conditions
-            .iter()
-            .flatten()
-            .find(|c| c.type_ == "Ready")
-            .is_some_and(|c| c.status == "True");
+        let ready = status.conditions.iter().flatten().find(|c| c.type_ == "Ready").is_some_and(|c| c.status == "True");
         out.push(Node {
             name,
             zone: labels.get(ZONE_LABEL).cloned(),
@@ -241,13 +256,20 @@ pub fn load_slices(path: &Path) -> Result<Vec<SliceObject>, InputError> {
     let mut out = Vec::new();
     for raw in read_objects(path, "EndpointSlice")? {
         let (label, s): (String, discovery::EndpointSlice) = typed(path, raw)?;
-        let name = s.metadata.name.clone().filter(|n| !n.is_empty()).ok_or_else(|| field_err(path, &label, "metadata.name", "missing"))?;
+        let name = s
+            .metadata
+            .name
+            .clone()
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| field_err(path, &label, "metadata.name", "missing"))?;
         let address_type = match s.address_type.as_str() {
             "IPv4" => AddressType::IPv4,
             "IPv6" => AddressType::IPv6,
             "FQDN" => AddressType::Fqdn,
             "" => return Err(field_err(path, &label, "addressType", "missing (IPv4, IPv6 or FQDN)")),
-            other => return Err(field_err(path, &label, "addressType", format!("{other:?} is not IPv4, IPv6 or FQDN"))),
+            other => {
+                return Err(field_err(path, &label, "addressType", format!("{other:?} is not IPv4, IPv6 or FQDN")))
+            }
         };
         let labels = s.metadata.labels.clone().unwrap_or_default();
         let mut endpoints = Vec::with_capacity(s.endpoints.len());
@@ -299,13 +321,20 @@ pub fn load_service(path: &Path) -> Result<ServiceObject, InputError> {
     }
     let raw = raws.remove(0);
     let (label, s): (String, core::Service) = typed(path, raw)?;
-    let name = s.metadata.name.clone().filter(|n| !n.is_empty()).ok_or_else(|| field_err(path, &label, "metadata.name", "missing"))?;
+    let name = s
+        .metadata
+        .name
+        .clone()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| field_err(path, &label, "metadata.name", "missing"))?;
     let Some(spec) = &s.spec else { return Err(field_err(path, &label, "spec", "missing")) };
     let ann = s.metadata.annotations.clone().unwrap_or_default();
     let policy = |field: &str, v: &Option<String>| match v.as_deref() {
         None | Some("Cluster") => Ok(TrafficPolicy::Cluster),
         Some("Local") => Ok(TrafficPolicy::Local),
-        Some(other) => Err(field_err(path, &label, format!("spec.{field}"), format!("{other:?} is not Cluster or Local"))),
+        Some(other) => {
+            Err(field_err(path, &label, format!("spec.{field}"), format!("{other:?} is not Cluster or Local")))
+        }
     };
     let lb_ingress = s
         .status

@@ -241,7 +241,8 @@ pub fn categorize(eps: &[Endpoint], svc: &ServiceConfig, node: &ProxyNode, opts:
     }
     // Merged by address, as kube-proxy keys endpoints by "ip:port".
     let mut seen = HashSet::new();
-    let mut all: Vec<usize> = cluster.into_iter().chain(local).filter(|&i| seen.insert(eps[i].address.clone())).collect();
+    let mut all: Vec<usize> =
+        cluster.into_iter().chain(local).filter(|&i| seen.insert(eps[i].address.clone())).collect();
     all.sort_unstable();
     out.all = all;
     out
@@ -297,7 +298,11 @@ mod tests {
     }
 
     fn same_node_eps() -> Vec<Endpoint> {
-        vec![ep("10.0.0.1", "n1", &["a"], &["n1"]), ep("10.0.0.2", "n2", &["a"], &["n2"]), ep("10.0.0.3", "n3", &["b"], &["n3"])]
+        vec![
+            ep("10.0.0.1", "n1", &["a"], &["n1"]),
+            ep("10.0.0.2", "n2", &["a"], &["n2"]),
+            ep("10.0.0.3", "n3", &["b"], &["n3"]),
+        ]
     }
 
     #[test]

@@ -23,11 +23,30 @@ enum Check {
         event: (EventType, &'static str, &'static str),
     },
     /// `SetNodes`: `None` ratios = insufficient.
-    SetNodes { nodes: Vec<Node>, ratios: Option<Pairs<f64>>, cpu_millis: Pairs<u128> },
-    GivingReceiving { desired: Pairs<f64>, allocated: Pairs<i64>, giving: Pairs<usize>, receiving: Pairs<usize> },
-    Redistribute { endpoints: Vec<Endpoint>, giving: Pairs<usize>, receiving: Pairs<usize>, diff: Pairs<i64> },
+    SetNodes {
+        nodes: Vec<Node>,
+        ratios: Option<Pairs<f64>>,
+        cpu_millis: Pairs<u128>,
+    },
+    GivingReceiving {
+        desired: Pairs<f64>,
+        allocated: Pairs<i64>,
+        giving: Pairs<usize>,
+        receiving: Pairs<usize>,
+    },
+    Redistribute {
+        endpoints: Vec<Endpoint>,
+        giving: Pairs<usize>,
+        receiving: Pairs<usize>,
+        diff: Pairs<i64>,
+    },
     /// `getHintsByZone`: `None` = the slice must be rewritten.
-    HintsByZone { endpoints: Vec<Endpoint>, allocated: Pairs<i64>, maximum: Pairs<usize>, want: Option<Pairs<i64>> },
+    HintsByZone {
+        endpoints: Vec<Endpoint>,
+        allocated: Pairs<i64>,
+        maximum: Pairs<usize>,
+        want: Option<Pairs<i64>>,
+    },
     /// kube-proxy on node "this-node"; `None` lists are nil upstream, `Some([])` empty sets.
     Proxy {
         zone: Option<&'static str>,
@@ -40,7 +59,11 @@ enum Check {
     },
     /// Nodes (zone, millicores) and ready endpoints per zone; every possible outcome must
     /// give these counts, or the refusal message.
-    Derived { cpu: Pairs<u64>, ready: Pairs<usize>, want: Result<Pairs<usize>, &'static str> },
+    Derived {
+        cpu: Pairs<u64>,
+        ready: Pairs<usize>,
+        want: Result<Pairs<usize>, &'static str>,
+    },
 }
 
 struct Case {
@@ -105,7 +128,14 @@ fn cases() -> Vec<Case> {
     use Check::*;
     use TrafficPolicy::{Cluster, Local};
     let warn = |m: &'static str| (EventType::Warning, "TopologyAwareHintsDisabled", m);
-    let k_eps = || vec![kp("10.1.2.3", &["a"], true), kp("10.1.2.4", &["b"], true), kp("10.1.2.5", &["c"], false), kp("10.1.2.6", &["a"], false)];
+    let k_eps = || {
+        vec![
+            kp("10.1.2.3", &["a"], true),
+            kp("10.1.2.4", &["b"], true),
+            kp("10.1.2.5", &["c"], false),
+            kp("10.1.2.6", &["a"], false),
+        ]
+    };
     vec![
         // --- TestAddHints
         Case { id: "A1", name: "empty", check: AddHints { ratios: None, create: vec![], update: vec![], hints: vec![], counts: vec![], event: warn(INSUFFICIENT_NODE_INFO) } },
@@ -537,16 +567,17 @@ fn run(check: &Check) -> Result<(), String> {
                 }
             }
             let ratios = ratios.as_ref().map(map);
-            let r = hints::reconcile(ratios.as_ref(), &slices, &ServiceConfig::with_mode(RoutingMode::Auto), &ControllerOptions::default());
+            let r = hints::reconcile(
+                ratios.as_ref(),
+                &slices,
+                &ServiceConfig::with_mode(RoutingMode::Auto),
+                &ControllerOptions::default(),
+            );
             if r.outcomes.len() != 1 {
                 return Err(format!("{} outcomes, want 1", r.outcomes.len()));
             }
-            let got: Vec<Option<String>> = r.outcomes[0]
-                .hints
-                .iter()
-                .flatten()
-                .map(|h| h.as_ref().map(|h| h.for_zones.join(",")))
-                .collect();
+            let got: Vec<Option<String>> =
+                r.outcomes[0].hints.iter().flatten().map(|h| h.as_ref().map(|h| h.for_zones.join(","))).collect();
             let want: Vec<Option<String>> = want_hints.iter().map(|h| h.map(String::from)).collect();
             if got != want {
                 return Err(format!("hints {got:?}, want {want:?}"));
@@ -573,7 +604,9 @@ fn run(check: &Check) -> Result<(), String> {
         Check::GivingReceiving { desired, allocated, giving, receiving } => {
             let alloc = desired
                 .iter()
-                .map(|(z, d)| (z.to_string(), Allocation { ratio: 0.0, proportional: *d, desired: *d, minimum: 0, maximum: 0 }))
+                .map(|(z, d)| {
+                    (z.to_string(), Allocation { ratio: 0.0, proportional: *d, desired: *d, minimum: 0, maximum: 0 })
+                })
                 .collect();
             let (outcomes, complete) = hints::giving_and_receiving(&alloc, &map(allocated));
             let want = vec![(map(giving), map(receiving))];
@@ -597,7 +630,9 @@ fn run(check: &Check) -> Result<(), String> {
         Check::HintsByZone { endpoints, allocated, maximum, want } => {
             let alloc = maximum
                 .iter()
-                .map(|(z, m)| (z.to_string(), Allocation { ratio: 0.0, proportional: 0.0, desired: 0.0, minimum: 0, maximum: *m }))
+                .map(|(z, m)| {
+                    (z.to_string(), Allocation { ratio: 0.0, proportional: 0.0, desired: 0.0, minimum: 0, maximum: *m })
+                })
                 .collect();
             let got = hints::hints_by_zone(&Slice::new("s", endpoints.clone()), &map(allocated), &alloc);
             if got != want.as_ref().map(map) {
@@ -627,7 +662,8 @@ fn run(check: &Check) -> Result<(), String> {
             Ok(())
         }
         Check::Derived { cpu, ready, want } => {
-            let nodes: Vec<Node> = cpu.iter().map(|(z, m)| Node::new(format!("node-{z}"), z, Cpu::from_millis(*m))).collect();
+            let nodes: Vec<Node> =
+                cpu.iter().map(|(z, m)| Node::new(format!("node-{z}"), z, Cpu::from_millis(*m))).collect();
             let mut eps = vec![];
             for (z, n) in ready {
                 for i in 0..*n {

@@ -49,7 +49,7 @@ pub const MSG_MIN_ALLOCATION_EXCEEDS: &str =
 
 /// Bound on the tie states followed in `getGivingAndReceivingZones`; far above what a
 /// cluster with a handful of zones reaches. Past it the outcome list is marked incomplete.
-const MAX_TIE_STATES: usize = 200_000;
+pub const MAX_TIE_STATES: usize = 200_000;
 
 /// Controller settings that are not in the objects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,6 +9,8 @@
 //! - [`plan`]: a scenario expanded into agent placements and ordered steps.
 //! - [`platform`]: where agents run (`lab` network namespaces, `local` loopback processes).
 //! - [`dataplane`]: Service VIP dataplanes a lab node programs (iptables, nftables, eBPF).
+//! - [`topology`]: EndpointSlice hints and kube-proxy's endpoint choice, as Kubernetes computes them;
+//!   `zonebench hints` explains them on kubectl output.
 //! - [`run`]: the orchestrator; [`results`]: results.json/csv; [`summary`]: the zone matrix.
 //! - `sys`: the only unsafe code (child processes die with the coordinator).
 #![deny(unsafe_code)]

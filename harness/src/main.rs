@@ -27,6 +27,9 @@ struct Cli {
 enum Command {
     /// Run a scenario and write results (default: scenarios/quick.toml on the lab when it can run here).
     Run(RunArgs),
+    /// Predict the topology hints the EndpointSlice controller writes and where kube-proxy
+    /// routes in each zone, from kubectl output; explains why hints are refused.
+    Hints(zonebench::topology::doctor::HintsArgs),
     /// Keep a lab up for exploring, show labs, remove them (and leftovers of killed runs).
     #[command(subcommand)]
     Lab(LabCommand),
@@ -105,6 +108,7 @@ fn main() -> ExitCode {
             let argv = std::iter::once(std::ffi::OsString::from("zonebench agent")).chain(args);
             return zonebench_agent::cli::main_with_args(argv);
         }
+        Command::Hints(a) => return zonebench::topology::doctor::run(&a),
         Command::Lab(LabCommand::DelayForwarder(a)) => {
             return match zonebench::platform::lab::delay::run(&a) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -127,7 +131,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run(args) => cmd_run(args).await,
             Command::Lab(cmd) => cmd_lab(cmd).await,
-            Command::Agent { .. } => unreachable!("handled before the runtime starts"),
+            Command::Agent { .. } | Command::Hints(_) => unreachable!("handled before the runtime starts"),
         }
     });
     match outcome {

@@ -128,6 +128,15 @@ impl KubePlatform {
         self.cluster.as_ref()
     }
 
+    pub fn source(&self) -> &ClusterSource {
+        &self.options.source
+    }
+
+    /// Nodes to place agents on without discovering (`zonebench render`'s placeholders).
+    pub fn set_nodes(&mut self, nodes: Vec<Node>) {
+        self.nodes = nodes;
+    }
+
     fn connected(&self) -> anyhow::Result<&Cluster> {
         self.cluster.as_ref().context("the kube platform is not connected (discover first)")
     }

@@ -154,7 +154,11 @@ async fn render_run(args: &RenderArgs) -> anyhow::Result<ExitCode> {
         let t = kube::discovery::discover(&cluster).await?;
         (t, format!("nodes discovered on {}", cluster.describe()))
     } else {
-        (placeholder_topology(&scenario), "placeholder nodes from the scenario's [lab] table (--discover places them on a cluster's nodes)".to_string())
+        (
+            placeholder_topology(&scenario),
+            "placeholder nodes from the scenario's [lab] table (--discover places them on a cluster's nodes)"
+                .to_string(),
+        )
     };
     let plan = plan::expand(&scenario, &topology)?;
     let mut platform = KubePlatform::new(options)?;
@@ -197,7 +201,8 @@ fn placeholder_topology(s: &Scenario) -> ClusterTopology {
             })
         })
         .collect();
-    let fingerprint = Fingerprint { platform: "kube".into(), zones: s.lab.zones.clone(), nodes: nodes.len(), ..Default::default() };
+    let fingerprint =
+        Fingerprint { platform: "kube".into(), zones: s.lab.zones.clone(), nodes: nodes.len(), ..Default::default() };
     ClusterTopology { nodes, fingerprint }
 }
 
@@ -254,7 +259,8 @@ pub async fn run_kube(
         inspector_image: None,
         run_id: None,
     };
-    let kubeconfig = cluster.kubeconfig.as_ref().map_or("the default kubeconfig".to_string(), |p| p.display().to_string());
+    let kubeconfig =
+        cluster.kubeconfig.as_ref().map_or("the default kubeconfig".to_string(), |p| p.display().to_string());
     let image_shown = options(None).image();
     if targets.iter().all(|(l, _)| l.is_none()) {
         let context = targets.into_iter().next().map(|(_, c)| c);
@@ -271,11 +277,13 @@ pub async fn run_kube(
         let label = label.context("labelled contexts were checked")?;
         platforms.push((label, KubePlatform::new(options(Some(context)))?));
     }
-    let shown: Vec<String> = platforms
-        .iter()
-        .map(|(l, p)| format!("{l}={} ({})", cluster_context(p), p.run().namespace()))
-        .collect();
-    eprintln!("platform: kube on {} clusters in turn: {} ({kubeconfig}; image {image_shown})", shown.len(), shown.join(", "));
+    let shown: Vec<String> =
+        platforms.iter().map(|(l, p)| format!("{l}={} ({})", cluster_context(p), p.run().namespace())).collect();
+    eprintln!(
+        "platform: kube on {} clusters in turn: {} ({kubeconfig}; image {image_shown})",
+        shown.len(),
+        shown.join(", ")
+    );
     run::run_each(&mut platforms, scenario, opts, cancel).await
 }
 

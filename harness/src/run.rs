@@ -110,7 +110,8 @@ async fn drive<P: Platform>(
     let mut plan = plan::expand(scenario, &cluster)?;
     if let Some(label) = label {
         for step in &mut plan.steps {
-            step.variant = if step.variant.is_empty() { label.to_string() } else { format!("{label}/{}", step.variant) };
+            step.variant =
+                if step.variant.is_empty() { label.to_string() } else { format!("{label}/{}", step.variant) };
         }
     }
     let store = match store_slot {
@@ -179,7 +180,8 @@ async fn drive<P: Platform>(
 /// A labelled platform's facts for a multi-platform run's fingerprint: its `extra`, kernel,
 /// zones and node count under `<label>.`.
 fn labelled_extra(from: &Fingerprint, label: &str) -> BTreeMap<String, String> {
-    let mut out: BTreeMap<String, String> = from.extra.iter().map(|(k, v)| (format!("{label}.{k}"), v.clone())).collect();
+    let mut out: BTreeMap<String, String> =
+        from.extra.iter().map(|(k, v)| (format!("{label}.{k}"), v.clone())).collect();
     out.insert(format!("{label}.kernel"), from.kernel.clone());
     out.insert(format!("{label}.zones"), from.zones.join(","));
     out.insert(format!("{label}.nodes"), from.nodes.to_string());

@@ -657,3 +657,87 @@ async fn live_cluster_run() {
     let ns = stderr.split("namespace ").nth(1).and_then(|s| s.split(')').next()).unwrap_or("?").to_string();
     assert!(!listed.contains(&format!("would delete {ns}")), "the run left {ns}: {listed}");
 }
+
+fn signal(child: &tokio::process::Child, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id().unwrap() as i32), sig).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_run_keeps_the_measurements_and_deletes_the_namespace() {
+    let dir = temp_dir("sigterm");
+    let api =
+        FakeApi::start(Kubelet::RunAgents { zonebench: env!("CARGO_BIN_EXE_zonebench").into(), dir: dir.clone() })
+            .await;
+    load_kind(&api);
+    let kc = kubeconfig(&dir, &[("kind-zb", &api.url())]);
+    std::fs::write(dir.join("long.toml"), SMALL.replace("duration = \"300ms\"", "duration = \"1s\"")).unwrap();
+    let out_dir = dir.join("out");
+    let child = zonebench()
+        .args(["run", "--backend", "kube", "--kubeconfig"])
+        .arg(&kc)
+        .arg(dir.join("long.toml"))
+        .arg("--out")
+        .arg(&out_dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(Instant::now() < deadline, "no measurement within 60 s");
+        let measured = std::fs::read_to_string(out_dir.join("results.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .is_some_and(|v| v["measurements"].as_array().is_some_and(|m| !m.is_empty()));
+        if measured {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    signal(&child, nix::sys::signal::Signal::SIGTERM);
+    let out = child.wait_with_output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let r = read_results(&out_dir);
+    assert_eq!(r["status"], "interrupted", "{stderr}");
+    assert!(!r["measurements"].as_array().unwrap().is_empty());
+    assert!(api.writes().iter().any(|w| w.method == "DELETE" && w.path.starts_with("/api/v1/namespaces/zonebench-")));
+    assert!(api.names("", "namespaces").iter().all(|n| !n.starts_with("zonebench-")), "{stderr}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_while_pods_start_still_deletes_the_namespace() {
+    let dir = temp_dir("sigint-deploy");
+    // Pods never become ready here: the signal lands while the run waits for them.
+    let api = FakeApi::start(Kubelet::Ready).await;
+    load_kind(&api);
+    api.hold_pods();
+    let kc = kubeconfig(&dir, &[("kind-zb", &api.url())]);
+    std::fs::write(dir.join("small.toml"), SMALL).unwrap();
+    let child = zonebench()
+        .args(["run", "--backend", "kube", "--kubeconfig"])
+        .arg(&kc)
+        .arg(dir.join("small.toml"))
+        .arg("--out")
+        .arg(dir.join("out"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !api.writes().iter().any(|w| w.path.ends_with("/pods")) {
+        assert!(Instant::now() < deadline, "no pod created within 30 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    signal(&child, nix::sys::signal::Signal::SIGINT);
+    let out = child.wait_with_output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        api.writes().iter().any(|w| w.method == "DELETE" && w.path.starts_with("/api/v1/namespaces/zonebench-")),
+        "{stderr}"
+    );
+    assert!(api.names("", "namespaces").iter().all(|n| !n.starts_with("zonebench-")), "{stderr}");
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -78,6 +78,8 @@ struct State {
     terminating_for: Duration,
     /// Answer every request 401, as a server with other credentials would.
     deny_all: bool,
+    /// Created pods stay Pending (a slow image pull).
+    hold_pods: bool,
 }
 
 pub struct FakeApi {
@@ -123,6 +125,7 @@ impl FakeApi {
             version: fixture("version.json"),
             terminating_for: Duration::from_millis(300),
             deny_all: false,
+            hold_pods: false,
         }));
         // Distinct pod address ranges per process and per server, so agents of parallel
         // tests never contend for a port.
@@ -172,6 +175,10 @@ impl FakeApi {
 
     pub fn deny_all(&self) {
         self.state.lock().unwrap().deny_all = true;
+    }
+
+    pub fn hold_pods(&self) {
+        self.state.lock().unwrap().hold_pods = true;
     }
 
     pub fn set_log(&self, pod: &str, text: &str) {
@@ -462,8 +469,11 @@ fn create(
         let ip = Ipv4Addr::new(127, ip_base[0], ip_base[1], n as u8);
         guard.pod_ips.insert(name.clone(), ip);
         let kubelet = guard.kubelet.clone();
+        let hold = guard.hold_pods;
         drop(guard);
-        start_pod(st, ev, key, name, ip, kubelet);
+        if !hold {
+            start_pod(st, ev, key, name, ip, kubelet);
+        }
     }
     json_response(StatusCode::CREATED, &o)
 }

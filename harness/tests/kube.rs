@@ -741,3 +741,29 @@ async fn sigint_while_pods_start_still_deletes_the_namespace() {
     assert!(api.names("", "namespaces").iter().all(|n| !n.starts_with("zonebench-")), "{stderr}");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[tokio::test]
+async fn render_discover_places_agents_on_the_clusters_nodes_and_writes_nothing() {
+    let api = FakeApi::start(Kubelet::Ready).await;
+    load_kind(&api);
+    let dir = temp_dir("render-discover");
+    let kc = kubeconfig(&dir, &[("kind-zb", &api.url())]);
+    let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/quick.toml");
+    let out =
+        zonebench().arg("render").arg(&scenario).arg("--discover").arg("--kubeconfig").arg(&kc).output().await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    let node_of = |pod: &str| -> String {
+        let p = docs.iter().find(|d| d["kind"] == "Pod" && d["metadata"]["name"] == pod).unwrap();
+        p["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]
+            ["matchFields"][0]["values"][0]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    // Servers on each zone's first ready node, clients on its second; never the control plane.
+    assert_eq!(node_of("srv-a-0"), "zb-worker");
+    assert_eq!(node_of("cli-a-0"), "zb-worker2");
+    assert_eq!(node_of("srv-c-0"), "zb-worker5");
+    assert!(api.writes().is_empty(), "render wrote: {:?}", api.writes());
+}

@@ -71,6 +71,14 @@ pub async fn connect(source: &ClusterSource) -> Result<Cluster, KubeError> {
     })?;
     let version = match tokio::time::timeout(PROBE_TIMEOUT, client.apiserver_version()).await {
         Ok(Ok(info)) => info.git_version,
+        // An answer that refuses us: reachable, but the credentials or RBAC are wrong.
+        Ok(Err(e @ kube::Error::Api(_))) => {
+            return Err(KubeError::Api {
+                cluster: describe(&server, &context),
+                what: "checking access (GET /version)".into(),
+                cause: error_chain(&e),
+            })
+        }
         Ok(Err(e)) => {
             return Err(KubeError::Unreachable { cluster: describe(&server, &context), cause: error_chain(&e) })
         }

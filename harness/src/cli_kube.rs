@@ -148,6 +148,7 @@ async fn render_run(args: &RenderArgs) -> anyhow::Result<ExitCode> {
         scenario: scenario.name.clone(),
         inspector_image: args.inspect_nodes.then(|| args.inspect_image.clone()),
         run_id: Some("render".into()),
+        variants: Vec::new(),
     };
     let (topology, whence) = if args.discover {
         let cluster = kube::client::connect(&options.source).await?;
@@ -258,6 +259,7 @@ pub async fn run_kube(
         scenario: scenario.name.clone(),
         inspector_image: None,
         run_id: None,
+        variants: Vec::new(),
     };
     let kubeconfig =
         cluster.kubeconfig.as_ref().map_or("the default kubeconfig".to_string(), |p| p.display().to_string());

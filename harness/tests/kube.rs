@@ -128,6 +128,7 @@ fn kube_options(dir: &Path, api: &FakeApi, run_id: &str) -> KubeOptions {
         scenario: "t".into(),
         inspector_image: None,
         run_id: Some(run_id.into()),
+        variants: Vec::new(),
     }
 }
 
@@ -766,4 +767,28 @@ async fn render_discover_places_agents_on_the_clusters_nodes_and_writes_nothing(
     assert_eq!(node_of("cli-a-0"), "zb-worker2");
     assert_eq!(node_of("srv-c-0"), "zb-worker5");
     assert!(api.writes().is_empty(), "render wrote: {:?}", api.writes());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn variant_services_are_deployed_with_the_agents_and_their_hints_read_back() {
+    let dir = temp_dir("variant-deploy");
+    let api =
+        FakeApi::start(Kubelet::RunAgents { zonebench: env!("CARGO_BIN_EXE_zonebench").into(), dir: dir.clone() })
+            .await;
+    load_kind(&api);
+    let mut options = kube_options(&dir, &api, "feed0001");
+    options.variants = vec![manifests::RoutingVariant::TopologyAuto];
+    let mut p = KubePlatform::new(options).unwrap();
+    p.discover().await.unwrap();
+    p.deploy(&[AgentRequest { id: "srv-a-0".into(), node: "zb-worker".into() }]).await.unwrap();
+    let svc = api.object("zonebench-feed0001", "services", "zb-echo-topology-auto").unwrap();
+    assert_eq!(svc["metadata"]["annotations"]["service.kubernetes.io/topology-mode"], "Auto");
+    // The EndpointSlice controller's work, as recorded.
+    api.load(fixture("endpointslices-topology-auto.json"));
+    let hints = p.variant_hints(3, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(hints.len(), 1);
+    assert_eq!(hints[0].service, "zb-echo-topology-auto");
+    assert!(hints[0].endpoints.iter().all(|e| e.for_zones.len() == 1));
+    p.teardown().await.unwrap();
+    assert!(api.names("zonebench-feed0001", "services").is_empty());
 }

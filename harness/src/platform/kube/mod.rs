@@ -75,6 +75,8 @@ pub struct KubeOptions {
     pub inspector_image: Option<String>,
     /// A fixed run id (tests); default random.
     pub run_id: Option<String>,
+    /// Echo Services to create with the agents, one per routing variant (for `via = "service"`).
+    pub variants: Vec<RoutingVariant>,
 }
 
 impl KubeOptions {
@@ -137,6 +139,28 @@ impl KubePlatform {
         self.nodes = nodes;
     }
 
+    /// Waits for the EndpointSlices of every variant Service to list all server agents and
+    /// returns what the controller published, hints included (beside which the hints doctor
+    /// sets its prediction). Variants that ask for topology wait up to `within` for hints.
+    pub async fn variant_hints(&self, servers: usize, within: Duration) -> anyhow::Result<Vec<services::ServiceHints>> {
+        let cluster = self.connected()?;
+        let mut out = Vec::new();
+        for v in &self.options.variants {
+            let want_hints = *v != RoutingVariant::None;
+            let h = services::wait_for_endpoints(
+                cluster,
+                &self.run.namespace(),
+                &v.service_name(),
+                servers,
+                want_hints,
+                within,
+            )
+            .await?;
+            out.push(h);
+        }
+        Ok(out)
+    }
+
     fn connected(&self) -> anyhow::Result<&Cluster> {
         self.cluster.as_ref().context("the kube platform is not connected (discover first)")
     }
@@ -151,7 +175,7 @@ impl KubePlatform {
             image: &image,
             token: &self.token,
             agents: &pods,
-            variants: &[],
+            variants: &self.options.variants,
             inspector_image: self.options.inspector_image.as_deref(),
         })?;
         Ok(m)

@@ -512,6 +512,9 @@ async fn labelled_contexts_run_each_cluster_into_one_run_with_the_label_as_varia
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
+    // The summary keeps the clusters apart.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("tcp-rr [A]: p50 latency") && stdout.contains("tcp-rr [B]: p50 latency"), "{stdout}");
     let r = read_results(&dir.join("out"));
     let ms = r["measurements"].as_array().unwrap();
     let variants = |v: &str| ms.iter().filter(|m| m["variant"] == v).count();

@@ -16,6 +16,8 @@ use zonebench::run::{self, RunOptions};
 use zonebench::scenario::{PlatformChoice, Scenario};
 use zonebench::summary;
 
+mod cli_kube;
+
 #[derive(Parser, Debug)]
 #[command(name = "zonebench", version, about = "Kubernetes network benchmarking harness: measures zone locality")]
 struct Cli {
@@ -33,6 +35,10 @@ enum Command {
     /// Keep a lab up for exploring, show labs, remove them (and leftovers of killed runs).
     #[command(subcommand)]
     Lab(LabCommand),
+    /// Print every manifest a kube run would create (multi-document YAML), for review and GitOps.
+    Render(cli_kube::RenderArgs),
+    /// Delete what killed kube runs left on a cluster (namespaces labelled managed-by=zonebench).
+    Gc(cli_kube::GcArgs),
     /// The embedded agent (`zonebench agent serve …`, `zonebench agent client …`), the same
     /// as the `zonebench-agent` binary; the coordinator launches itself this way in pods.
     #[command(disable_help_flag = true)]
@@ -73,6 +79,7 @@ enum PlatformArg {
     Auto,
     Lab,
     Local,
+    Kube,
 }
 
 #[derive(Args, Debug)]
@@ -83,9 +90,14 @@ struct RunArgs {
     /// Override a scenario field: `--set lab.inter_zone_delay=500us` (repeatable).
     #[arg(long = "set", value_name = "KEY.PATH=VALUE")]
     set: Vec<String>,
-    /// Where to run (overrides the scenario's `platform`).
-    #[arg(long, value_enum)]
+    /// Where to run (overrides the scenario's `platform`); `--platform` is the same flag.
+    #[arg(long = "backend", visible_alias = "platform", value_enum)]
     platform: Option<PlatformArg>,
+    #[command(flatten)]
+    cluster: cli_kube::ClusterArgs,
+    /// Agent image on a cluster (over the scenario's kube.image).
+    #[arg(long)]
+    image: Option<String>,
     /// Run directory (default results/runs/<time>-<scenario>).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -131,6 +143,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run(args) => cmd_run(args).await,
             Command::Lab(cmd) => cmd_lab(cmd).await,
+            Command::Render(args) => cli_kube::cmd_render(args).await,
+            Command::Gc(args) => cli_kube::cmd_gc(args).await,
             Command::Agent { .. } | Command::Hints(_) => unreachable!("handled before the runtime starts"),
         }
     });
@@ -155,8 +169,22 @@ async fn cmd_run(args: RunArgs) -> anyhow::Result<ExitCode> {
         Some(PlatformArg::Auto) => PlatformChoice::Auto,
         Some(PlatformArg::Lab) => PlatformChoice::Lab,
         Some(PlatformArg::Local) => PlatformChoice::Local,
+        Some(PlatformArg::Kube) => PlatformChoice::Kube,
+        // Naming a cluster means running on it.
+        None if args.cluster.given() && scenario.platform == PlatformChoice::Auto => PlatformChoice::Kube,
         None => scenario.platform,
     };
+    let targets = match args.cluster.targets() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    if choice != PlatformChoice::Kube && (args.cluster.given() || args.image.is_some()) {
+        eprintln!("error: --kubeconfig, --context and --image need --backend kube");
+        return Ok(ExitCode::from(2));
+    }
     let out_dir = args.out.clone().unwrap_or_else(|| {
         let stamp = zonebench::results::now_rfc3339().replace([':', '-'], "");
         PathBuf::from("results/runs").join(format!("{stamp}-{}", scenario.name))
@@ -165,6 +193,10 @@ async fn cmd_run(args: RunArgs) -> anyhow::Result<ExitCode> {
     spawn_signal_handler(cancel.clone());
     let opts = RunOptions { out_dir, progress: true };
 
+    if choice == PlatformChoice::Kube {
+        let outcome = cli_kube::run_kube(&scenario, &args.cluster, targets, args.image.clone(), &opts, &cancel).await?;
+        return Ok(report_outcome(&outcome));
+    }
     let program = agent_program(args.agent_bin.as_deref())?;
     let lab_check = lab_available();
     let use_lab = match (choice, &lab_check) {
@@ -179,6 +211,7 @@ async fn cmd_run(args: RunArgs) -> anyhow::Result<ExitCode> {
             eprintln!("platform: local (agents on loopback; zones are labels only)");
             false
         }
+        (PlatformChoice::Kube, _) => unreachable!("the kube platform returned above"),
     };
     let outcome = if use_lab {
         let l = &scenario.lab;
@@ -197,14 +230,19 @@ async fn cmd_run(args: RunArgs) -> anyhow::Result<ExitCode> {
         let mut p = LocalPlatform::new(scenario.lab.zones.clone(), scenario.lab.nodes_per_zone, program)?;
         run::run(&mut p, &scenario, &opts, &cancel).await?
     };
+    Ok(report_outcome(&outcome))
+}
+
+/// Prints a run's summary and says where its results are; the exit code of its status.
+fn report_outcome(outcome: &run::RunOutcome) -> ExitCode {
     print!("{}", summary::render(&outcome.results));
     eprintln!("results: {}", outcome.dir.join("results.json").display());
-    Ok(match outcome.status {
+    match outcome.status {
         RunStatus::Complete if outcome.results.failures.is_empty() => ExitCode::SUCCESS,
         RunStatus::Complete | RunStatus::Failed => ExitCode::FAILURE,
         RunStatus::Interrupted => ExitCode::from(130),
         RunStatus::Running => ExitCode::FAILURE,
-    })
+    }
 }
 
 /// SIGINT/SIGTERM cancel the run; a second signal exits at once.

@@ -13,7 +13,7 @@ use zonebench_agent::spec::{TestResult, TestSpec};
 
 use crate::control_client::ControlClient;
 use crate::plan::{self, Plan, Step};
-use crate::platform::{DeployedAgent, Platform};
+use crate::platform::{DeployedAgent, Fingerprint, Platform};
 use crate::results::store::RunStore;
 use crate::results::{now_rfc3339, Endpoint, Failure, Measurement, RunResults, RunStatus, SCHEMA_VERSION};
 use crate::scenario::Scenario;
@@ -40,10 +40,45 @@ pub async fn run<P: Platform>(
     cancel: &CancellationToken,
 ) -> anyhow::Result<RunOutcome> {
     let mut store: Option<RunStore> = None;
-    let outcome = drive(platform, scenario, opts, cancel, &mut store).await;
+    let outcome = drive(platform, scenario, opts, cancel, None, &mut store).await;
     // Teardown on every path, before anything else can fail.
     let teardown = platform.teardown().await;
+    finish(outcome, teardown, store, cancel)
+}
 
+/// Runs `scenario` on each labelled platform in turn (several clusters: `--context A=ctx-a
+/// --context B=ctx-b`) into one run, each measurement's `variant` naming its platform. Each
+/// platform is torn down when its turn ends; an error or a signal stops the remaining ones.
+pub async fn run_each<P: Platform>(
+    platforms: &mut [(String, P)],
+    scenario: &Scenario,
+    opts: &RunOptions,
+    cancel: &CancellationToken,
+) -> anyhow::Result<RunOutcome> {
+    let mut store: Option<RunStore> = None;
+    let mut outcome = Ok(());
+    let mut teardown = Ok(());
+    for (label, platform) in platforms.iter_mut() {
+        if outcome.is_ok() && !cancel.is_cancelled() {
+            outcome = drive(platform, scenario, opts, cancel, Some(label.as_str()), &mut store)
+                .await
+                .with_context(|| format!("platform {label}"));
+        }
+        // Every platform is torn down, run or not (teardown is safe before deploy).
+        let t = platform.teardown().await.with_context(|| format!("platform {label}"));
+        if teardown.is_ok() {
+            teardown = t;
+        }
+    }
+    finish(outcome, teardown, store, cancel)
+}
+
+fn finish(
+    outcome: anyhow::Result<()>,
+    teardown: anyhow::Result<()>,
+    store: Option<RunStore>,
+    cancel: &CancellationToken,
+) -> anyhow::Result<RunOutcome> {
     let (status, error) = match (&outcome, cancel.is_cancelled()) {
         (_, true) => (RunStatus::Interrupted, Some("interrupted by a signal".to_string())),
         (Ok(()), false) => (RunStatus::Complete, None),
@@ -68,24 +103,45 @@ async fn drive<P: Platform>(
     scenario: &Scenario,
     opts: &RunOptions,
     cancel: &CancellationToken,
+    label: Option<&str>,
     store_slot: &mut Option<RunStore>,
 ) -> anyhow::Result<()> {
     let cluster = until_cancelled(cancel, platform.discover()).await?.context("discovering the platform")?;
-    let plan = plan::expand(scenario, &cluster)?;
-    let results = RunResults {
-        schema_version: SCHEMA_VERSION,
-        scenario: scenario.name.clone(),
-        started_at: now_rfc3339(),
-        finished_at: None,
-        status: RunStatus::Running,
-        fingerprint: cluster.fingerprint.clone(),
-        measurements: Vec::new(),
-        failures: Vec::new(),
-        error: None,
+    let mut plan = plan::expand(scenario, &cluster)?;
+    if let Some(label) = label {
+        for step in &mut plan.steps {
+            step.variant =
+                if step.variant.is_empty() { label.to_string() } else { format!("{label}/{}", step.variant) };
+        }
+    }
+    let store = match store_slot {
+        Some(store) => {
+            merge_fingerprint(&mut store.results.fingerprint, &cluster.fingerprint, label.unwrap_or("?"));
+            store.flush()?;
+            store
+        }
+        None => {
+            let mut fingerprint = cluster.fingerprint.clone();
+            if let Some(label) = label {
+                fingerprint.extra = labelled_extra(&cluster.fingerprint, label);
+            }
+            let results = RunResults {
+                schema_version: SCHEMA_VERSION,
+                scenario: scenario.name.clone(),
+                started_at: now_rfc3339(),
+                finished_at: None,
+                status: RunStatus::Running,
+                fingerprint,
+                measurements: Vec::new(),
+                failures: Vec::new(),
+                error: None,
+            };
+            let store = store_slot.insert(RunStore::create(&opts.out_dir, results)?);
+            let scenario_toml = toml::to_string_pretty(scenario).unwrap_or_default();
+            store.write_file("scenario.toml", scenario_toml.as_bytes())?;
+            store
+        }
     };
-    let store = store_slot.insert(RunStore::create(&opts.out_dir, results)?);
-    let scenario_toml = toml::to_string_pretty(scenario).unwrap_or_default();
-    store.write_file("scenario.toml", scenario_toml.as_bytes())?;
 
     let agents = until_cancelled(cancel, platform.deploy(&plan.agent_requests())).await?.context("deploying agents")?;
     let agents: BTreeMap<String, DeployedAgent> = agents.into_iter().map(|a| (a.id.clone(), a)).collect();
@@ -119,6 +175,28 @@ async fn drive<P: Platform>(
     }
     bar.finish_and_clear();
     Ok(())
+}
+
+/// A labelled platform's facts for a multi-platform run's fingerprint: its `extra`, kernel,
+/// zones and node count under `<label>.`.
+fn labelled_extra(from: &Fingerprint, label: &str) -> BTreeMap<String, String> {
+    let mut out: BTreeMap<String, String> =
+        from.extra.iter().map(|(k, v)| (format!("{label}.{k}"), v.clone())).collect();
+    out.insert(format!("{label}.kernel"), from.kernel.clone());
+    out.insert(format!("{label}.zones"), from.zones.join(","));
+    out.insert(format!("{label}.nodes"), from.nodes.to_string());
+    out
+}
+
+/// Adds a further labelled platform to a run's fingerprint: its facts, zones and nodes.
+fn merge_fingerprint(into: &mut Fingerprint, from: &Fingerprint, label: &str) {
+    into.extra.extend(labelled_extra(from, label));
+    for z in &from.zones {
+        if !into.zones.contains(z) {
+            into.zones.push(z.clone());
+        }
+    }
+    into.nodes += from.nodes;
 }
 
 /// Runs one step; on cancellation, cancels the agent's test and returns an error.

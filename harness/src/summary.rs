@@ -34,18 +34,19 @@ pub fn cell_value(ms: &[&Measurement]) -> Option<f64> {
 pub fn render(r: &RunResults) -> String {
     let mut out = String::new();
     let zones = &r.fingerprint.zones;
-    // Tests in the order they first appear.
-    let mut names: Vec<(&str, TestKind)> = Vec::new();
+    // Tests (and variants: routing, or the cluster of a multi-cluster run) in the order they first appear.
+    let mut names: Vec<(&str, &str, TestKind)> = Vec::new();
     for m in &r.measurements {
-        if !names.iter().any(|(n, _)| *n == m.name) {
-            names.push((&m.name, m.test));
+        if !names.iter().any(|(n, v, _)| *n == m.name && *v == m.variant) {
+            names.push((&m.name, &m.variant, m.test));
         }
     }
-    for (name, kind) in names {
+    for (name, variant, kind) in names {
         let what = if is_throughput(kind) { "throughput" } else { "p50 latency" };
-        let _ = writeln!(out, "\n{name}: {what} (rows: client zone, columns: server zone that answered)");
+        let shown = if variant.is_empty() { name.to_string() } else { format!("{name} [{variant}]") };
+        let _ = writeln!(out, "\n{shown}: {what} (rows: client zone, columns: server zone that answered)");
         let mut cells: BTreeMap<(&str, &str), Vec<&Measurement>> = BTreeMap::new();
-        for m in r.measurements.iter().filter(|m| m.name == name) {
+        for m in r.measurements.iter().filter(|m| m.name == name && m.variant == variant) {
             cells.entry((&m.client.zone, &m.server.zone)).or_default().push(m);
         }
         let _ = write!(out, "  {:>8}", "");

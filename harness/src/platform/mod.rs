@@ -2,7 +2,8 @@
 //! discover the cluster, deploy agents on chosen nodes, reach their control APIs, tear down.
 //!
 //! - [`lab`]: a multi-zone cluster emulated with network namespaces on one Linux host (root);
-//! - [`local`]: agents as processes on loopback, zones by label only.
+//! - [`local`]: agents as processes on loopback, zones by label only;
+//! - [`kube`]: a real cluster through kube-rs.
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -10,6 +11,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+pub mod kube;
 pub mod lab;
 pub mod local;
 pub mod spawn;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use zonebench_agent::spec::TestKind;
 
+use crate::platform::kube::KubeSettings;
 use crate::platform::lab::LabConfig;
 
 mod overrides;
@@ -26,6 +27,8 @@ pub enum PlatformChoice {
     Auto,
     Lab,
     Local,
+    /// A Kubernetes cluster from the kubeconfig (`--kubeconfig`, `--context`).
+    Kube,
 }
 
 /// Which (client zone, server zone) pairs a test measures.
@@ -72,6 +75,9 @@ pub struct Scenario {
     pub platform: PlatformChoice,
     #[serde(default)]
     pub lab: LabConfig,
+    /// Agent pods on a cluster (the kube platform).
+    #[serde(default)]
+    pub kube: KubeSettings,
     #[serde(default)]
     pub agents: Agents,
     #[serde(default)]
@@ -239,6 +245,7 @@ impl Scenario {
             return bad("name".into(), "must be letters, digits, '-' or '_' (it names the run directory)");
         }
         self.lab.validate()?;
+        self.kube.validate()?;
         if self.agents.servers_per_zone == 0 || self.agents.servers_per_zone > 16 {
             return bad("agents.servers_per_zone".into(), "must be 1 to 16");
         }

@@ -1,0 +1,305 @@
+//! The kube platform: the same scenarios on a real cluster (EKS, GKE, kind, on-premises)
+//! through kube-rs, with the care a tool needs to be let into one: least privilege (pods
+//! pass the `restricted` Pod Security Standard, which the run's namespace enforces), no
+//! leftovers (one labelled namespace per run, deleted on every exit path; `zonebench gc`
+//! for killed runs) and clear errors (every message names the cluster).
+//!
+//! - [`client`]: kubeconfig, context, connection check;
+//! - [`discovery`]: nodes, zones and the fingerprint (version, CNI, kube-proxy mode);
+//! - [`manifests`]: every object a run creates, as pure functions (`zonebench render`);
+//! - [`pss`]: the restricted Pod Security Standard checked on pod specs;
+//! - [`pods`]: creating the run's objects and waiting for agents to become ready;
+//! - [`portforward`]: loopback listeners bridged to port-forwards, for the control API;
+//! - [`services`]: Services per routing variant, EndpointSlice hints, service scaling,
+//!   the node inspector's reports;
+//! - [`gc`]: removing what killed runs left;
+//! - [`settings`]: the scenario's `[kube]` table.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{DeleteParams, PostParams};
+use kube::Api;
+
+use super::{AgentRequest, ClusterTopology, ControlEndpoint, DeployedAgent, Node, Platform};
+use crate::control_client::ControlClient;
+
+pub mod client;
+pub mod discovery;
+pub mod gc;
+pub mod manifests;
+pub mod pods;
+pub mod portforward;
+pub mod pss;
+pub mod services;
+pub mod settings;
+
+pub use client::{Cluster, ClusterSource};
+pub use manifests::{RoutingVariant, RunMeta};
+pub use settings::KubeSettings;
+
+/// How long an agent may take to answer through its port-forward once its pod is ready.
+const HEALTHY_WITHIN: Duration = Duration::from_secs(30);
+/// How long teardown waits for the namespace to be gone before leaving it to the cluster.
+const NAMESPACE_GONE_WITHIN: Duration = Duration::from_secs(90);
+
+/// Everything that goes wrong talking to a cluster, each naming the cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    #[error("kubeconfig {origin}: {cause}")]
+    Kubeconfig { origin: String, cause: String },
+    #[error("cannot reach the Kubernetes API at {cluster}: {cause}")]
+    Unreachable { cluster: String, cause: String },
+    #[error("cluster {cluster}: {what}: {cause}")]
+    Api { cluster: String, what: String, cause: String },
+    #[error("cluster {cluster}: none of its {nodes} nodes carries the label topology.kubernetes.io/zone (scripts/kind-cluster.sh shows how to label them)")]
+    NoZones { cluster: String, nodes: usize },
+    #[error("cluster {cluster}: {message}")]
+    Pods { cluster: String, message: String },
+    #[error(transparent)]
+    Manifest(#[from] manifests::ManifestError),
+}
+
+/// What a kube run needs besides the scenario's tests.
+#[derive(Debug, Clone, Default)]
+pub struct KubeOptions {
+    pub source: ClusterSource,
+    /// `--image`, over the scenario's `kube.image`.
+    pub image: Option<String>,
+    pub settings: KubeSettings,
+    pub scenario: String,
+    /// `--inspect-nodes`: the inspector image. Deploys the privileged DaemonSet (only then).
+    pub inspector_image: Option<String>,
+    /// A fixed run id (tests); default random.
+    pub run_id: Option<String>,
+    /// Echo Services to create with the agents, one per routing variant (for `via = "service"`).
+    pub variants: Vec<RoutingVariant>,
+}
+
+impl KubeOptions {
+    pub fn image(&self) -> String {
+        self.image.clone().or_else(|| self.settings.image.clone()).unwrap_or_else(settings::default_image)
+    }
+}
+
+/// A fresh run id: 8 hex digits (namespace `zonebench-<id>`).
+pub fn fresh_run_id() -> anyhow::Result<String> {
+    Ok(crate::platform::random_token()?[..8].to_string())
+}
+
+/// The kube platform for one cluster.
+pub struct KubePlatform {
+    options: KubeOptions,
+    run: RunMeta,
+    token: String,
+    cluster: Option<Cluster>,
+    nodes: Vec<Node>,
+    /// Set before the namespace create is sent, so teardown deletes it even when the
+    /// create's answer was lost to a signal.
+    namespace_requested: bool,
+    bridges: Vec<portforward::Bridge>,
+}
+
+impl KubePlatform {
+    pub fn new(options: KubeOptions) -> anyhow::Result<KubePlatform> {
+        let run_id = match &options.run_id {
+            Some(id) => id.clone(),
+            None => fresh_run_id()?,
+        };
+        let run = RunMeta { run_id, scenario: options.scenario.clone() };
+        Ok(KubePlatform {
+            options,
+            run,
+            token: crate::platform::random_token()?,
+            cluster: None,
+            nodes: Vec::new(),
+            namespace_requested: false,
+            bridges: Vec::new(),
+        })
+    }
+
+    pub fn run(&self) -> &RunMeta {
+        &self.run
+    }
+
+    /// The connected cluster (after `discover`).
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.cluster.as_ref()
+    }
+
+    pub fn source(&self) -> &ClusterSource {
+        &self.options.source
+    }
+
+    /// Nodes to place agents on without discovering (`zonebench render`'s placeholders).
+    pub fn set_nodes(&mut self, nodes: Vec<Node>) {
+        self.nodes = nodes;
+    }
+
+    /// Waits for the EndpointSlices of every variant Service to list all server agents and
+    /// returns what the controller published, hints included (beside which the hints doctor
+    /// sets its prediction). Variants that ask for topology wait up to `within` for hints.
+    pub async fn variant_hints(&self, servers: usize, within: Duration) -> anyhow::Result<Vec<services::ServiceHints>> {
+        let cluster = self.connected()?;
+        let mut out = Vec::new();
+        for v in &self.options.variants {
+            let want_hints = *v != RoutingVariant::None;
+            let h = services::wait_for_endpoints(
+                cluster,
+                &self.run.namespace(),
+                &v.service_name(),
+                servers,
+                want_hints,
+                within,
+            )
+            .await?;
+            out.push(h);
+        }
+        Ok(out)
+    }
+
+    fn connected(&self) -> anyhow::Result<&Cluster> {
+        self.cluster.as_ref().context("the kube platform is not connected (discover first)")
+    }
+
+    /// The manifests `deploy` creates for `agents` on the discovered nodes.
+    pub fn manifests(&self, agents: &[AgentRequest]) -> anyhow::Result<manifests::RunManifests> {
+        let pods = agent_pods(agents, &self.nodes)?;
+        let image = self.options.image();
+        let m = manifests::run_manifests(&manifests::RunInput {
+            run: &self.run,
+            settings: &self.options.settings,
+            image: &image,
+            token: &self.token,
+            agents: &pods,
+            variants: &self.options.variants,
+            inspector_image: self.options.inspector_image.as_deref(),
+        })?;
+        Ok(m)
+    }
+}
+
+/// Agent pods for requests, each in the zone of its node.
+pub fn agent_pods(agents: &[AgentRequest], nodes: &[Node]) -> anyhow::Result<Vec<manifests::AgentPod>> {
+    agents
+        .iter()
+        .map(|a| {
+            let node = nodes.iter().find(|n| n.name == a.node).with_context(|| format!("no node {}", a.node))?;
+            Ok(manifests::AgentPod { id: a.id.clone(), node: a.node.clone(), zone: node.zone.clone() })
+        })
+        .collect()
+}
+
+impl Platform for KubePlatform {
+    fn name(&self) -> &'static str {
+        "kube"
+    }
+
+    async fn discover(&mut self) -> anyhow::Result<ClusterTopology> {
+        let cluster = client::connect(&self.options.source).await?;
+        let topology = discovery::discover(&cluster).await?;
+        self.nodes = topology.nodes.clone();
+        self.cluster = Some(cluster);
+        Ok(topology)
+    }
+
+    async fn deploy(&mut self, agents: &[AgentRequest]) -> anyhow::Result<Vec<DeployedAgent>> {
+        let manifests = self.manifests(agents)?;
+        let cluster = self.connected()?.clone();
+        let ns = self.run.namespace();
+        self.namespace_requested = true;
+        pods::create_run_objects(&cluster, &manifests).await?;
+        let pod_api: Api<Pod> = Api::namespaced(cluster.client.clone(), &ns);
+        let names: Vec<String> = manifests.pods.iter().filter_map(|p| p.metadata.name.clone()).collect();
+        let ready =
+            pods::wait_ready(&cluster, &pod_api, &self.run.selector(), &names, self.options.settings.ready_timeout())
+                .await?;
+
+        let by_agent: BTreeMap<String, &AgentRequest> = agents.iter().map(|a| (a.id.clone(), a)).collect();
+        let mut deployed = Vec::new();
+        for pod in &ready {
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            let labels = pod.metadata.labels.clone().unwrap_or_default();
+            let id = labels.get(manifests::AGENT_LABEL).cloned().unwrap_or_default();
+            let request = by_agent.get(&id).with_context(|| format!("pod {name} is no agent of this run"))?;
+            let ip: IpAddr = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.pod_ip.as_deref())
+                .with_context(|| format!("pod {name} is ready but has no IP"))?
+                .parse()
+                .with_context(|| format!("pod {name}'s IP"))?;
+            let bridge = portforward::Bridge::start(pod_api.clone(), &name, manifests::AGENT_CONTROL_PORT)
+                .await
+                .context("listening on loopback for a port-forward")?;
+            let control = ControlEndpoint::Tcp(bridge.addr());
+            let client = ControlClient::new(control.clone(), self.token.clone());
+            if let Err(e) = client.wait_healthy(HEALTHY_WITHIN).await {
+                let why = bridge.last_error().map(|w| format!(" ({w})")).unwrap_or_default();
+                anyhow::bail!("agent {id} in pod {ns}/{name} does not answer through port-forward{why}: {e:#}");
+            }
+            let info = client.info().await.with_context(|| format!("agent {id}'s /v1/info"))?;
+            self.bridges.push(bridge);
+            let port = |n: &str| -> anyhow::Result<u16> {
+                crate::platform::info_port(&info, n).with_context(|| format!("agent {id}'s /v1/info has no {n} port"))
+            };
+            let zone = self.nodes.iter().find(|n| n.name == request.node).map(|n| n.zone.clone()).unwrap_or_default();
+            deployed.push(DeployedAgent {
+                id: id.clone(),
+                node: request.node.clone(),
+                zone,
+                ip,
+                tcp_port: port("tcp")?,
+                udp_port: port("udp")?,
+                http_port: port("http")?,
+                control,
+                token: self.token.clone(),
+            });
+        }
+        Ok(deployed)
+    }
+
+    async fn teardown(&mut self) -> anyhow::Result<()> {
+        self.bridges.clear();
+        if !self.namespace_requested {
+            return Ok(());
+        }
+        let cluster = self.connected()?.clone();
+        delete_namespace(&cluster, &self.run.namespace(), NAMESPACE_GONE_WITHIN).await?;
+        self.namespace_requested = false;
+        Ok(())
+    }
+}
+
+/// Deletes a namespace (and so everything in it) and waits until it is gone or `within`
+/// passes; a namespace still terminating then is left to the cluster, with a warning.
+pub async fn delete_namespace(cluster: &Cluster, name: &str, within: Duration) -> Result<(), KubeError> {
+    let api: Api<Namespace> = Api::all(cluster.client.clone());
+    match api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
+        Err(e) => return Err(cluster.api_error(format!("deleting namespace {name}"), &e)),
+    }
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match api.get_opt(name).await {
+            Ok(None) => return Ok(()),
+            Ok(Some(_)) if tokio::time::Instant::now() >= deadline => {
+                tracing::warn!(
+                    "namespace {name} is still terminating after {within:?}; the cluster finishes it (`zonebench gc` lists it while it stays)"
+                );
+                return Ok(());
+            }
+            Ok(Some(_)) => tokio::time::sleep(Duration::from_millis(500)).await,
+            Err(e) => return Err(cluster.api_error(format!("waiting for namespace {name} to go"), &e)),
+        }
+    }
+}
+
+/// Creating with `PostParams` defaults; a helper so call sites read as what they create.
+pub(crate) fn post() -> PostParams {
+    PostParams { dry_run: false, field_manager: Some(manifests::MANAGER.to_string()) }
+}

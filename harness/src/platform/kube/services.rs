@@ -1,0 +1,303 @@
+//! Services on a cluster: the echo Service of each routing variant, waiting for the
+//! EndpointSlice controller to publish its endpoints and reading the zone hints it wrote
+//! (set beside the hints doctor's prediction by the caller); service scaling with
+//! selector-less Services whose EndpointSlices point at the echo pods (no extra pods),
+//! created and deleted in batches with progress; and the node inspector's reports.
+
+use std::time::Duration;
+
+use futures::future::join_all;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{DeleteParams, ListParams, LogParams};
+use kube::Api;
+use serde::{Deserialize, Serialize};
+
+use super::client::Cluster;
+use super::manifests::{self, EchoEndpoint, RoutingVariant, RunMeta};
+use super::{post, KubeError};
+
+/// One endpoint as an EndpointSlice publishes it, with the zones it is hinted for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointHint {
+    pub address: String,
+    pub node: Option<String>,
+    pub zone: Option<String>,
+    pub ready: bool,
+    /// `hints.forZones`; empty when the controller wrote none.
+    pub for_zones: Vec<String>,
+}
+
+/// A Service's routing configuration and its endpoints' hints, as the cluster has them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceHints {
+    pub namespace: String,
+    pub service: String,
+    /// The `service.kubernetes.io/topology-mode` annotation.
+    pub topology_mode: Option<String>,
+    pub traffic_distribution: Option<String>,
+    pub endpoints: Vec<EndpointHint>,
+}
+
+/// The endpoints of a Service's slices, sorted by address.
+pub fn slice_hints(slices: &[EndpointSlice]) -> Vec<EndpointHint> {
+    let mut out: Vec<EndpointHint> = slices
+        .iter()
+        .flat_map(|s| s.endpoints.iter())
+        .flat_map(|e| {
+            let ready = e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+            let for_zones: Vec<String> = e
+                .hints
+                .as_ref()
+                .and_then(|h| h.for_zones.as_ref())
+                .map(|z| z.iter().map(|z| z.name.clone()).collect())
+                .unwrap_or_default();
+            e.addresses.iter().map(move |a| EndpointHint {
+                address: a.clone(),
+                node: e.node_name.clone(),
+                zone: e.zone.clone(),
+                ready,
+                for_zones: for_zones.clone(),
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.address.cmp(&b.address));
+    out
+}
+
+/// A Service and its slices as [`ServiceHints`].
+pub fn service_hints(service: &Service, slices: &[EndpointSlice]) -> ServiceHints {
+    ServiceHints {
+        namespace: service.metadata.namespace.clone().unwrap_or_default(),
+        service: service.metadata.name.clone().unwrap_or_default(),
+        topology_mode: service
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| {
+                a.get(manifests::TOPOLOGY_MODE).or_else(|| a.get("service.kubernetes.io/topology-aware-hints"))
+            })
+            .cloned(),
+        traffic_distribution: service.spec.as_ref().and_then(|s| s.traffic_distribution.clone()),
+        endpoints: slice_hints(slices),
+    }
+}
+
+async fn slices_of(cluster: &Cluster, namespace: &str, service: &str) -> Result<Vec<EndpointSlice>, KubeError> {
+    Api::<EndpointSlice>::namespaced(cluster.client.clone(), namespace)
+        .list(&ListParams::default().labels(&format!("{}={service}", manifests::SERVICE_NAME_LABEL)))
+        .await
+        .map(|l| l.items)
+        .map_err(|e| cluster.api_error(format!("listing EndpointSlices of {namespace}/{service}"), &e))
+}
+
+/// A live Service's hints (`zonebench hints -n NAMESPACE SERVICE` reads them).
+pub async fn live_hints(cluster: &Cluster, namespace: &str, service: &str) -> Result<ServiceHints, KubeError> {
+    let svc = Api::<Service>::namespaced(cluster.client.clone(), namespace)
+        .get(service)
+        .await
+        .map_err(|e| cluster.api_error(format!("reading Service {namespace}/{service}"), &e))?;
+    let slices = slices_of(cluster, namespace, service).await?;
+    Ok(service_hints(&svc, &slices))
+}
+
+/// Creates the echo Service of each variant in the run's namespace.
+pub async fn create_variant_services(
+    cluster: &Cluster,
+    run: &RunMeta,
+    variants: &[RoutingVariant],
+) -> Result<Vec<Service>, KubeError> {
+    let ns = run.namespace();
+    let api: Api<Service> = Api::namespaced(cluster.client.clone(), &ns);
+    let mut out = Vec::new();
+    for v in variants {
+        let svc = manifests::variant_service(run, *v);
+        let created = api
+            .create(&post(), &svc)
+            .await
+            .map_err(|e| cluster.api_error(format!("creating Service {ns}/{}", v.service_name()), &e))?;
+        out.push(created);
+    }
+    Ok(out)
+}
+
+/// Polls a Service's EndpointSlices until `expected` ready endpoints are published and, when
+/// `want_hints`, each carries hints (or `within` passes: then what is there is returned,
+/// since a controller that writes no hints is an answer, not an error).
+pub async fn wait_for_endpoints(
+    cluster: &Cluster,
+    namespace: &str,
+    service: &str,
+    expected: usize,
+    want_hints: bool,
+    within: Duration,
+) -> Result<ServiceHints, KubeError> {
+    let svc = Api::<Service>::namespaced(cluster.client.clone(), namespace)
+        .get(service)
+        .await
+        .map_err(|e| cluster.api_error(format!("reading Service {namespace}/{service}"), &e))?;
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let slices = slices_of(cluster, namespace, service).await?;
+        let hints = service_hints(&svc, &slices);
+        let ready: Vec<&EndpointHint> = hints.endpoints.iter().filter(|e| e.ready).collect();
+        let complete = ready.len() >= expected && (!want_hints || ready.iter().all(|e| !e.for_zones.is_empty()));
+        if complete {
+            return Ok(hints);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            if ready.len() < expected {
+                return Err(KubeError::Pods {
+                    cluster: cluster.describe(),
+                    message: format!(
+                        "Service {namespace}/{service} has {} of {expected} ready endpoints after {within:?}",
+                        ready.len()
+                    ),
+                });
+            }
+            return Ok(hints);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Creates scaling Services `range` (each with its EndpointSlice) `batch` at a time,
+/// calling `progress(done, total)` after each batch.
+pub async fn create_scale_services(
+    cluster: &Cluster,
+    run: &RunMeta,
+    range: std::ops::Range<u32>,
+    echo: &[EchoEndpoint],
+    batch: usize,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<(), KubeError> {
+    let ns = run.namespace();
+    let services: Api<Service> = Api::namespaced(cluster.client.clone(), &ns);
+    let slices: Api<EndpointSlice> = Api::namespaced(cluster.client.clone(), &ns);
+    let indices: Vec<u32> = range.collect();
+    let total = indices.len();
+    let mut done = 0;
+    for chunk in indices.chunks(batch.max(1)) {
+        let results = join_all(chunk.iter().map(|&i| {
+            let (services, slices) = (services.clone(), slices.clone());
+            let svc = manifests::scale_service(run, i);
+            let slice = manifests::scale_endpoint_slice(run, i, echo);
+            async move {
+                services.create(&post(), &svc).await.map_err(|e| (i, "Service", e))?;
+                slices.create(&post(), &slice).await.map_err(|e| (i, "EndpointSlice", e))?;
+                Ok::<(), (u32, &str, kube::Error)>(())
+            }
+        }))
+        .await;
+        for r in results {
+            r.map_err(|(i, kind, e)| {
+                cluster.api_error(format!("creating {kind} {ns}/{}", manifests::scale_service_name(i)), &e)
+            })?;
+        }
+        done += chunk.len();
+        progress(done, total);
+    }
+    Ok(())
+}
+
+/// Deletes scaling Services `range` (their EndpointSlices with them) `batch` at a time.
+pub async fn delete_scale_services(
+    cluster: &Cluster,
+    run: &RunMeta,
+    range: std::ops::Range<u32>,
+    batch: usize,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<(), KubeError> {
+    let ns = run.namespace();
+    let services: Api<Service> = Api::namespaced(cluster.client.clone(), &ns);
+    let slices: Api<EndpointSlice> = Api::namespaced(cluster.client.clone(), &ns);
+    let indices: Vec<u32> = range.collect();
+    let total = indices.len();
+    let mut done = 0;
+    for chunk in indices.chunks(batch.max(1)) {
+        let results = join_all(chunk.iter().map(|&i| {
+            let (services, slices) = (services.clone(), slices.clone());
+            async move {
+                let name = manifests::scale_service_name(i);
+                // Our slices have no owner reference to the Service, so they go explicitly.
+                for r in [
+                    services.delete(&name, &DeleteParams::default()).await.map(|_| ()),
+                    slices.delete(&name, &DeleteParams::default()).await.map(|_| ()),
+                ] {
+                    match r {
+                        Ok(()) => {}
+                        Err(kube::Error::Api(s)) if s.code == 404 => {}
+                        Err(e) => return Err((i, e)),
+                    }
+                }
+                Ok(())
+            }
+        }))
+        .await;
+        for r in results {
+            r.map_err(|(i, e)| cluster.api_error(format!("deleting {ns}/{}", manifests::scale_service_name(i)), &e))?;
+        }
+        done += chunk.len();
+        progress(done, total);
+    }
+    Ok(())
+}
+
+/// One node inspector report (a JSON line of [`manifests::INSPECTOR_SCRIPT`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeReport {
+    pub node: String,
+    pub iptables_rules: u64,
+    pub iptables_legacy_rules: u64,
+    pub nft_rules: u64,
+    /// kube-proxy's `kubeproxy_sync_proxy_rules_duration_seconds` sum and count (absent when
+    /// its metrics port does not answer on the node).
+    pub sync_seconds_sum: Option<f64>,
+    pub sync_count: Option<u64>,
+}
+
+/// The last report in an inspector pod's log.
+pub fn last_report(log: &str) -> Option<NodeReport> {
+    log.lines().rev().find_map(|l| serde_json::from_str(l.trim()).ok())
+}
+
+/// The latest report of every inspector pod of the run.
+pub async fn node_reports(cluster: &Cluster, run: &RunMeta) -> Result<Vec<NodeReport>, KubeError> {
+    let ns = run.namespace();
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &ns);
+    let selector = format!("{}=zonebench-inspector,{}={}", manifests::NAME_LABEL, manifests::RUN_LABEL, run.run_id);
+    let list = pods
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(|e| cluster.api_error("listing the node inspector's pods", &e))?;
+    let mut out = Vec::new();
+    for p in list.items {
+        let name = p.metadata.name.unwrap_or_default();
+        let log = pods
+            .logs(&name, &LogParams { tail_lines: Some(5), ..Default::default() })
+            .await
+            .map_err(|e| cluster.api_error(format!("reading the log of {ns}/{name}"), &e))?;
+        match last_report(&log) {
+            Some(r) => out.push(r),
+            None => tracing::warn!("node inspector {ns}/{name} has not reported yet"),
+        }
+    }
+    out.sort_by(|a, b| a.node.cmp(&b.node));
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_inspector_log_yields_its_last_complete_report() {
+        let log = "{\"node\":\"n1\",\"iptables_rules\":10,\"iptables_legacy_rules\":0,\"nft_rules\":3,\"sync_seconds_sum\":null,\"sync_count\":null}\n\
+                   {\"node\":\"n1\",\"iptables_rules\":12,\"iptables_legacy_rules\":0,\"nft_rules\":3,\"sync_seconds_sum\":1.5,\"sync_count\":30}\n\
+                   bash: warning: something\n";
+        let r = last_report(log).unwrap();
+        assert_eq!(r.iptables_rules, 12);
+        assert_eq!(r.sync_count, Some(30));
+        assert_eq!(last_report("nothing yet\n"), None);
+    }
+}

@@ -9,14 +9,22 @@
 //! - [`plan`]: a scenario expanded into agent placements and ordered steps.
 //! - [`platform`]: where agents run (`lab` network namespaces, `local` loopback processes).
 //! - [`dataplane`]: Service VIP dataplanes a lab node programs (iptables, nftables, eBPF).
-//! - [`run`]: the orchestrator; [`results`]: results.json/csv; [`summary`]: the zone matrix.
+//! - [`run`]: the orchestrator; [`results`]: results.json/csv, reading runs back, history;
+//!   [`summary`]: the zone matrix.
+//! - [`analysis`]: noise figures, comparisons and regression verdicts; [`report`]: the
+//!   HTML report and its charts, trends; [`render_cronjob`]: the nightly CronJob;
+//!   [`commands`]: those CLI commands.
 //! - `sys`: the only unsafe code (child processes die with the coordinator).
 #![deny(unsafe_code)]
 
+pub mod analysis;
+pub mod commands;
 pub mod control_client;
 pub mod dataplane;
 pub mod plan;
 pub mod platform;
+pub mod render_cronjob;
+pub mod report;
 pub mod results;
 pub mod run;
 pub mod scenario;

@@ -30,6 +30,17 @@ enum Command {
     /// Keep a lab up for exploring, show labs, remove them (and leftovers of killed runs).
     #[command(subcommand)]
     Lab(LabCommand),
+    /// Write RUN_DIR/report.html (zone matrices, percentile plots, tables) and charts/*.svg.
+    Report(zonebench::commands::ReportArgs),
+    /// Compare a candidate run with a base run or baseline; exit 3 on a significant regression.
+    Compare(zonebench::commands::CompareArgs),
+    /// The nightly history file (results/history.csv).
+    #[command(subcommand)]
+    History(zonebench::commands::HistoryCommand),
+    /// Draw the history's figures over time as SVG.
+    Trend(zonebench::commands::TrendArgs),
+    /// Kubernetes manifests: `--cronjob` prints a nightly CronJob with its RBAC.
+    Render(zonebench::commands::RenderArgs),
     /// The embedded agent (`zonebench agent serve …`, `zonebench agent client …`), the same
     /// as the `zonebench-agent` binary; the coordinator launches itself this way in pods.
     #[command(disable_help_flag = true)]
@@ -127,6 +138,11 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run(args) => cmd_run(args).await,
             Command::Lab(cmd) => cmd_lab(cmd).await,
+            Command::Report(a) => zonebench::commands::report(a),
+            Command::Compare(a) => zonebench::commands::compare_cmd(a),
+            Command::History(c) => zonebench::commands::history_cmd(c),
+            Command::Trend(a) => zonebench::commands::trend_cmd(a),
+            Command::Render(a) => zonebench::commands::render_cmd(a),
             Command::Agent { .. } => unreachable!("handled before the runtime starts"),
         }
     });

@@ -11,9 +11,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 use zonebench_agent::spec::{TestResult, TestSpec};
 
+use crate::analysis::noise;
 use crate::control_client::ControlClient;
 use crate::plan::{self, Plan, Step};
 use crate::platform::{DeployedAgent, Platform};
+use crate::report::{self, ReportOptions};
+use crate::results::load::{self, LoadedRun};
 use crate::results::store::RunStore;
 use crate::results::{now_rfc3339, Endpoint, Failure, Measurement, RunResults, RunStatus, SCHEMA_VERSION};
 use crate::scenario::Scenario;
@@ -58,7 +61,25 @@ pub async fn run<P: Platform>(
     store.results.status = status;
     store.results.error = error;
     store.results.finished_at = Some(now_rfc3339());
+    store.results.noise = Some(noise::compute(&store.results.measurements, scenario.defaults.max_spread_pct));
     store.flush().context("writing the final results")?;
+    // The results are stored: a report that cannot be drawn is logged, never fatal, and
+    // never changes how the run ends.
+    let loaded = LoadedRun {
+        path: store.dir().join("results.json"),
+        locality: vec![None; store.results.measurements.len()],
+        results: store.results.clone(),
+        cost_per_gb_cross_zone: None,
+    };
+    let loaded = load::load(store.dir()).unwrap_or(loaded);
+    let drawn = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        report::write(store.dir(), &loaded, &ReportOptions::default()).map_err(|e| e.to_string())
+    }))
+    .unwrap_or_else(|_| Err("the chart code panicked".to_string()));
+    if let Err(e) = drawn {
+        tracing::warn!("the report was not written: {e}");
+        eprintln!("warning: the report was not written ({e}); `zonebench report {}` retries", store.dir().display());
+    }
     teardown.context("tearing down the platform")?;
     Ok(RunOutcome { status, results: store.results.clone(), dir: store.dir().to_path_buf() })
 }
@@ -82,6 +103,7 @@ async fn drive<P: Platform>(
         measurements: Vec::new(),
         failures: Vec::new(),
         error: None,
+        noise: None,
     };
     let store = store_slot.insert(RunStore::create(&opts.out_dir, results)?);
     let scenario_toml = toml::to_string_pretty(scenario).unwrap_or_default();

@@ -213,18 +213,15 @@ pub fn render(scenario_path: &Path, opts: &CronJobOptions) -> Result<String, Ren
     let config =
         ConfigMap { metadata: meta(&format!("{name}-scenario"), Some(&ns)), data: Some(data), ..Default::default() };
 
-    let run = "zonebench run /etc/zonebench/scenario.toml --platform kube --out \"$RUN\"";
-    let (command, args) = if opts.baseline.is_some() {
-        // The verdict is the compare's exit code: 3 on a regression fails the Job.
-        let script = format!(
-            "set -eu\nRUN=/results/$(date -u +%Y%m%dT%H%M%SZ)-{}\n{run}\nzonebench compare /etc/zonebench/baseline.json \"$RUN\" --format markdown\n",
-            scenario.name
-        );
-        (Some(vec!["/bin/sh".to_string(), "-c".to_string()]), vec![script])
-    } else {
-        let script = format!("set -eu\nRUN=/results/$(date -u +%Y%m%dT%H%M%SZ)-{}\n{run}\n", scenario.name);
-        (Some(vec!["/bin/sh".to_string(), "-c".to_string()]), vec![script])
-    };
+    // A shell names the run directory by date; with a baseline the verdict is compare's
+    // exit code, so a regression (3) fails the Job.
+    let mut script = format!(
+        "set -eu\nRUN=/results/$(date -u +%Y%m%dT%H%M%SZ)-{}\nzonebench run /etc/zonebench/scenario.toml --platform kube --out \"$RUN\"\n",
+        scenario.name
+    );
+    if opts.baseline.is_some() {
+        script.push_str("zonebench compare /etc/zonebench/baseline.json \"$RUN\" --format markdown\n");
+    }
     let results_volume = match &opts.results_pvc {
         Some(claim) => Volume {
             name: "results".into(),
@@ -241,8 +238,8 @@ pub fn render(scenario_path: &Path, opts: &CronJobOptions) -> Result<String, Ren
     let container = Container {
         name: "zonebench".into(),
         image: Some(opts.image.clone()),
-        command,
-        args: Some(args),
+        command: Some(vec!["/bin/sh".to_string(), "-c".to_string()]),
+        args: Some(vec![script]),
         volume_mounts: Some(vec![
             VolumeMount {
                 name: "scenario".into(),

@@ -11,8 +11,10 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use hdrhistogram::Histogram;
 use serde::Serialize;
-use zonebench_agent::spec::TestKind;
+use zonebench_agent::histogram;
+use zonebench_agent::spec::{LatencySummary, TestKind};
 use zonebench_agent::units::{format_bps, format_ns};
 
 use crate::results::Measurement;
@@ -97,6 +99,36 @@ pub fn group(ms: &[Measurement]) -> Vec<(Key, Vec<&Measurement>)> {
             Some((k, v))
         })
         .collect()
+}
+
+/// Stream tests report throughput; the others latency.
+pub fn is_throughput(kind: TestKind) -> bool {
+    matches!(kind, TestKind::TcpStream | TestKind::UdpStream)
+}
+
+pub fn latency_of(m: &Measurement) -> Option<&LatencySummary> {
+    m.latency.as_ref()
+}
+
+pub fn connect_of(m: &Measurement) -> Option<&LatencySummary> {
+    m.connect.as_ref()
+}
+
+/// The merged histogram of `pick` over `ms` (percentiles of repeats and pairs are taken
+/// from the merge, never averaged); `None` when none has a histogram that decodes.
+pub fn merged<'a>(
+    ms: impl IntoIterator<Item = &'a Measurement>,
+    pick: fn(&Measurement) -> Option<&LatencySummary>,
+) -> Option<Histogram<u64>> {
+    let mut h = histogram::new();
+    for m in ms {
+        let Some(s) = pick(m) else { continue };
+        match histogram::decode(&s.histogram) {
+            Ok(d) => histogram::merge(&mut h, &d),
+            Err(e) => tracing::warn!("skipping a histogram of {} that does not decode: {e}", m.name),
+        }
+    }
+    (!h.is_empty()).then_some(h)
 }
 
 /// A figure compared across runs and watched for noise across repeats.

@@ -343,7 +343,7 @@ fn draw_lines<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, title: &str, l:
     let ((x0, x1), (_, y1)) = bounds(l.series.iter().flat_map(|s| s.points.iter().copied()));
     let y_top = y1 * 1.1;
     let mut builder = ChartBuilder::on(root);
-    builder.caption(title, (FONT, 18)).margin(12).x_label_area_size(45).y_label_area_size(80);
+    builder.caption(title, (FONT, 18)).margin(12).margin_right(36).x_label_area_size(45).y_label_area_size(80);
     let x_fmt = |v: &f64| l.x_units.format(*v);
     let y_fmt = |v: &f64| l.y_units.format(*v);
     macro_rules! body {
@@ -401,7 +401,7 @@ fn draw_percentiles<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, title: &s
     let ((_, x1), (y0, y1)) = bounds(pts);
     let x_max = 10f64.powf(x1.max(10.0).log10().ceil());
     let mut builder = ChartBuilder::on(root);
-    builder.caption(title, (FONT, 18)).margin(12).x_label_area_size(45).y_label_area_size(80);
+    builder.caption(title, (FONT, 18)).margin(12).margin_right(36).x_label_area_size(45).y_label_area_size(80);
     // Latency tails run orders of magnitude past the median; a log axis keeps the body of
     // the distribution (where same and cross zone differ) readable.
     if y0 > 0.0 && y1 / y0 > 10.0 {
@@ -448,9 +448,12 @@ fn draw_bars<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, title: &str, b: 
     let n = b.categories.len().max(1) as f64;
     let data_max = b.series.iter().flat_map(|(_, v)| v.iter().flatten()).copied().fold(0.0f64, f64::max);
     let y_top = b.y_max.unwrap_or(if data_max > 0.0 { data_max * 1.15 } else { 1.0 });
+    // With several series the legend sits right of the bars, in a margin of its own.
+    let legend_w: u32 = if b.series.len() > 1 { 130 } else { 0 };
     let mut chart = ChartBuilder::on(root)
         .caption(title, (FONT, 18))
         .margin(12)
+        .margin_right(12 + legend_w)
         .x_label_area_size(40)
         .y_label_area_size(80)
         .build_cartesian_2d(0.0..n, 0.0..y_top)?;
@@ -494,9 +497,10 @@ fn draw_bars<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, title: &str, b: 
     });
     chart.draw_series(names)?;
     if b.series.len() > 1 {
+        let plot_w = chart.plotting_area().dim_in_pixel().0 as i32;
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
+            .position(SeriesLabelPosition::Coordinate(plot_w + 10, 10))
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK.mix(0.3))
             .label_font((FONT, 13))

@@ -66,9 +66,9 @@ pub fn render(p: &Page<'_>) -> String {
     );
     let status = serde_json::to_value(r.status).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
     let _ = write!(out, "<h1>zonebench report: {}</h1>\n<p class=\"sub\">", escape(&r.scenario));
-    let _ = write!(
+    let _ = writeln!(
         out,
-        "{} measurement(s), status <b class=\"{}\">{}</b>, started {}{}</p>\n",
+        "{} measurement(s), status <b class=\"{}\">{}</b>, started {}{}</p>",
         r.measurements.len(),
         if status == "complete" { "" } else { "bad" },
         escape(&status),

@@ -8,18 +8,14 @@
 use std::collections::BTreeMap;
 
 use hdrhistogram::Histogram;
-use zonebench_agent::histogram;
 use zonebench_agent::spec::{LatencySummary, TestKind};
 
 use super::chart::{Bars, Chart, Heatmap, Kind, Lines, Percentiles, Series, Units};
+pub use crate::analysis::metrics::{connect_of, is_throughput, latency_of, merged};
 use crate::analysis::metrics::{Key, Metric};
 use crate::analysis::noise::{self, NoiseReport};
 use crate::results::load::{LoadedRun, Locality};
 use crate::results::Measurement;
-
-pub fn is_throughput(kind: TestKind) -> bool {
-    matches!(kind, TestKind::TcpStream | TestKind::UdpStream)
-}
 
 /// A file-name-safe id.
 pub fn slug(parts: &[&str]) -> String {
@@ -27,30 +23,6 @@ pub fn slug(parts: &[&str]) -> String {
     let s: String =
         joined.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
     s.split('-').filter(|p| !p.is_empty()).collect::<Vec<_>>().join("-")
-}
-
-/// The merged histogram of `pick` over `ms`; `None` when none has one that decodes.
-pub fn merged<'a>(
-    ms: impl IntoIterator<Item = &'a Measurement>,
-    pick: fn(&Measurement) -> Option<&LatencySummary>,
-) -> Option<Histogram<u64>> {
-    let mut h = histogram::new();
-    for m in ms {
-        let Some(s) = pick(m) else { continue };
-        match histogram::decode(&s.histogram) {
-            Ok(d) => histogram::merge(&mut h, &d),
-            Err(e) => tracing::warn!("skipping a histogram of {} that does not decode: {e}", m.name),
-        }
-    }
-    (!h.is_empty()).then_some(h)
-}
-
-pub fn latency_of(m: &Measurement) -> Option<&LatencySummary> {
-    m.latency.as_ref()
-}
-
-pub fn connect_of(m: &Measurement) -> Option<&LatencySummary> {
-    m.connect.as_ref()
 }
 
 fn mean(v: impl Iterator<Item = f64>) -> Option<f64> {
@@ -151,7 +123,7 @@ pub fn test_sections(run: &LoadedRun, noise: &NoiseReport) -> Vec<TestSection> {
         for cz in &zones {
             for sz in &zones {
                 let Some(group) = pairs.get(&(cz.as_str(), sz.as_str())) else { continue };
-                let row = pair_row(cz, sz, group, noise, kind);
+                let row = pair_row(cz, sz, group, noise);
                 let cell = if is_throughput(kind) { row.throughput } else { row.latency.map(|l| l[0]) };
                 if let (Some(ri), Some(ci)) = (zones.iter().position(|z| z == cz), zones.iter().position(|z| z == sz)) {
                     cells[ri][ci] = cell;
@@ -184,7 +156,7 @@ pub fn test_sections(run: &LoadedRun, noise: &NoiseReport) -> Vec<TestSection> {
     out
 }
 
-fn pair_row(cz: &str, sz: &str, group: &[&Measurement], noise: &NoiseReport, kind: TestKind) -> PairRow {
+fn pair_row(cz: &str, sz: &str, group: &[&Measurement], noise: &NoiseReport) -> PairRow {
     let lat = merged(group.iter().copied(), latency_of)
         .map(|h| [0.5, 0.9, 0.99, 0.999].map(|q| h.value_at_quantile(q) as f64));
     let con = merged(group.iter().copied(), connect_of).map(|h| [0.5, 0.99].map(|q| h.value_at_quantile(q) as f64));
@@ -193,7 +165,6 @@ fn pair_row(cz: &str, sz: &str, group: &[&Measurement], noise: &NoiseReport, kin
     let errors = group.iter().filter_map(|m| m.metrics.errors).sum();
     let ng = noise.find(&Key::of(group[0]));
     let spread_pct = ng.and_then(|g| g.metrics.values().map(|f| f.spread_pct).reduce(f64::max));
-    let _ = kind;
     PairRow {
         client_zone: cz.to_string(),
         server_zone: sz.to_string(),
@@ -369,7 +340,8 @@ pub fn topology_section(run: &LoadedRun) -> Option<TopologySection> {
     let mut names: Vec<String> = Vec::new();
     let mut variants: Vec<String> = Vec::new();
     let mut zones: Vec<String> = Vec::new();
-    let mut groups: BTreeMap<(String, String, String), Vec<(&Measurement, &Locality)>> = BTreeMap::new();
+    type Group<'a> = Vec<(&'a Measurement, &'a Locality)>;
+    let mut groups: BTreeMap<(String, String, String), Group<'_>> = BTreeMap::new();
     for (m, l) in &measured {
         let variant = if m.variant.is_empty() { "(none)".to_string() } else { m.variant.clone() };
         for (list, v) in [(&mut names, &m.name), (&mut variants, &variant), (&mut zones, &m.client.zone)] {
@@ -432,7 +404,7 @@ pub fn topology_section(run: &LoadedRun) -> Option<TopologySection> {
         charts.push(Chart {
             id: slug(&[name, "in-zone-fraction"]),
             title: format!("{name}: answers from the client's own zone, per variant"),
-            width: 200 + 150 * cats.len() as u32,
+            width: 330 + 150 * cats.len() as u32,
             height: 420,
             kind: Kind::Bars(Bars {
                 categories: cats.clone(),

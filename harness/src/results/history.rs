@@ -10,8 +10,7 @@ use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::Path;
 
-use crate::analysis::metrics::Metric;
-use crate::report::sections::{connect_of, is_throughput, latency_of, merged};
+use crate::analysis::metrics::{connect_of, is_throughput, latency_of, merged, Metric};
 use crate::results::{Measurement, RunResults};
 
 pub const DEFAULT_FILE: &str = "results/history.csv";

@@ -36,14 +36,15 @@ fn chromium(args: &[&str], page: &Path) -> std::process::Output {
         .arg(format!("file://{}", page.display()))
         .output()
         .unwrap();
-    let _ = std::fs::remove_dir_all(profile);
+    drop(profile);
     assert!(out.status.success(), "chromium failed: {}", String::from_utf8_lossy(&out.stderr));
     out
 }
 
 #[test]
 fn the_report_opens_in_headless_chromium_with_its_charts_drawn() {
-    let dir = write_run(&scratch("browser"), &recorded_run());
+    let tmp = scratch("browser");
+    let dir = write_run(&tmp, &recorded_run());
     let o = run(zonebench().arg("report").arg(&dir));
     assert_eq!(o.status.code(), Some(0));
     let page = dir.join("report.html");
@@ -74,5 +75,4 @@ fn the_report_opens_in_headless_chromium_with_its_charts_drawn() {
     assert!(reddish > 10_000, "heatmap cells painted: {reddish} red pixels");
     assert!(blue_line > 200, "percentile curves painted: {blue_line} blue pixels");
     assert!(non_white * 10 > px.len(), "the page is not blank: {non_white} of {}", px.len());
-    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -14,7 +14,7 @@ fn stdout(o: &std::process::Output) -> String {
 }
 
 /// The recorded run and a copy whose cross-zone tcp-rr latencies are 30 % higher.
-fn base_and_slower(tag: &str) -> (std::path::PathBuf, std::path::PathBuf, BTreeSet<String>) {
+fn base_and_slower(tag: &str) -> (Scratch, std::path::PathBuf, std::path::PathBuf, BTreeSet<String>) {
     let dir = scratch(tag);
     let base = write_run(&dir.join("base"), &recorded_run());
     let mut slow = recorded_run();
@@ -31,12 +31,13 @@ fn base_and_slower(tag: &str) -> (std::path::PathBuf, std::path::PathBuf, BTreeS
     }
     assert_eq!(named.len(), 6, "3 zones have 6 cross-zone pairs");
     let cand = write_run(&dir.join("cand"), &slow);
-    (base, cand, named)
+    (dir, base, cand, named)
 }
 
 #[test]
 fn a_run_compared_with_itself_has_no_regression() {
-    let dir = write_run(&scratch("self"), &recorded_run());
+    let tmp = scratch("self");
+    let dir = write_run(&tmp, &recorded_run());
     let o = run(zonebench().args(["compare"]).arg(&dir).arg(&dir));
     assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
     let text = stdout(&o);
@@ -46,7 +47,7 @@ fn a_run_compared_with_itself_has_no_regression() {
 
 #[test]
 fn a_thirty_percent_slower_cross_zone_tcp_rr_exits_3_and_is_named() {
-    let (base, cand, named) = base_and_slower("slow");
+    let (_tmp, base, cand, named) = base_and_slower("slow");
     let o = run(zonebench().arg("compare").arg(&base).arg(&cand));
     assert_eq!(o.status.code(), Some(3), "{}", stdout(&o));
     let text = stdout(&o);
@@ -66,7 +67,7 @@ fn a_thirty_percent_slower_cross_zone_tcp_rr_exits_3_and_is_named() {
 
 #[test]
 fn every_format_carries_the_verdict() {
-    let (base, cand, named) = base_and_slower("formats");
+    let (_tmp, base, cand, named) = base_and_slower("formats");
     let o = run(zonebench().arg("compare").arg(&base).arg(&cand).args(["--format", "json"]));
     assert_eq!(o.status.code(), Some(3));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -91,7 +92,7 @@ fn every_format_carries_the_verdict() {
 
 #[test]
 fn junit_output_parses_as_junit_xml_with_a_failure_per_regressed_measurement() {
-    let (base, cand, named) = base_and_slower("junit");
+    let (_tmp, base, cand, named) = base_and_slower("junit");
     let out_file = cand.join("junit.xml");
     let o =
         run(zonebench().arg("compare").arg(&base).arg(&cand).args(["--format", "junit", "--output"]).arg(&out_file));

@@ -31,7 +31,8 @@ fn png_pixels(path: &Path) -> (Vec<[u8; 3]>, usize) {
 
 #[test]
 fn a_recorded_run_gets_a_self_contained_report_and_charts_that_parse() {
-    let dir = write_run(&scratch("report"), &recorded_run());
+    let tmp = scratch("report");
+    let dir = write_run(&tmp, &recorded_run());
     let o = run(zonebench().arg("report").arg(&dir).arg("--png"));
     assert_eq!(o.status.code(), Some(0));
     let svgs = files_with(&dir.join("charts"), "svg");
@@ -144,7 +145,8 @@ fn the_service_sweep_and_topology_variants_are_charted_when_present() {
     let mut r = rec.clone();
     r["measurements"] = serde_json::Value::Array(ms);
     r["cost"] = serde_json::json!({ "per_gb_cross_zone": 0.02 });
-    let dir = write_run(&scratch("sweep"), &r);
+    let tmp = scratch("sweep");
+    let dir = write_run(&tmp, &r);
     let o = run(zonebench().arg("report").arg(&dir));
     assert_eq!(o.status.code(), Some(0));
 

@@ -154,7 +154,8 @@ fn markdown(c: &Comparison) -> String {
                 md_escape(&notes(r, c.max_spread_pct)),
             );
         }
-        let _ = writeln!(out, "\n{} other metric(s) unchanged.", c.counts.unchanged.saturating_sub(c.counts.noisy));
+        let quiet = c.rows.iter().filter(|r| r.verdict == Verdict::Unchanged && !r.noisy).count();
+        let _ = writeln!(out, "\n{quiet} other metric(s) unchanged.");
     }
     if !c.only_in_base.is_empty() || !c.only_in_candidate.is_empty() {
         let _ = writeln!(out, "\n### Measured on one side only\n");

@@ -12,8 +12,6 @@ pub mod html;
 pub mod sections;
 pub mod trend;
 
-use chart::Chart;
-
 use crate::results::load::{self, LoadedRun};
 use crate::results::store::write_atomic;
 
@@ -38,23 +36,6 @@ pub enum ReportError {
 pub struct ReportFiles {
     pub html: PathBuf,
     pub charts: Vec<PathBuf>,
-}
-
-/// Every chart of a run, in page order.
-pub fn all_charts(run: &LoadedRun) -> Vec<Chart> {
-    let noise = sections::noise_of(run);
-    let mut out = Vec::new();
-    for t in sections::test_sections(run, &noise) {
-        out.push(t.heatmap);
-        out.extend(t.percentiles);
-    }
-    if let Some(s) = sections::sweep_section(run) {
-        out.extend(s.charts);
-    }
-    if let Some(t) = sections::topology_section(run) {
-        out.extend(t.charts);
-    }
-    out
 }
 
 /// Reads `RUN_DIR` (or a results.json) and writes the report beside it.

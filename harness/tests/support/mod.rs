@@ -19,13 +19,46 @@ pub fn run(cmd: &mut Command) -> Output {
     out
 }
 
-/// A fresh, empty directory under the system temp dir.
-pub fn scratch(tag: &str) -> PathBuf {
+/// A fresh, empty directory under the system temp dir, removed when dropped unless the
+/// test is failing (then it stays for a look). Bind it: a temporary is dropped at once.
+#[must_use]
+pub struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for Scratch {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.as_os_str()
+    }
+}
+
+impl AsRef<Path> for Scratch {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("kept {} for a look", self.0.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+pub fn scratch(tag: &str) -> Scratch {
     let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
     let d = std::env::temp_dir().join(format!("zb-{tag}-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
-    d
+    Scratch(d)
 }
 
 /// A real run recorded on the lab (scenarios/quick.toml: 3 zones, tcp-rr, tcp-crr, http,

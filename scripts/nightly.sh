@@ -20,6 +20,9 @@
 #                  REQUIRE_BASELINE=1, which makes a missing baseline an error
 #   HISTORY        history file (default results/history.csv)
 #   THRESHOLD_PCT  relative change that counts (default 5)
+#   METRICS        the metrics that can fail the night, space-separated (default all: p50 p99
+#                  connect_p50 connect_p99 throughput loss_pct); tails need many repeats to
+#                  judge on a busy machine, so a gate may leave them out
 #
 # Exit: 0 no regression, 3 a significant regression, 1 the run or a step failed, 2 usage.
 set -uo pipefail
@@ -74,6 +77,9 @@ if [[ ! -f $baseline ]]; then
 fi
 
 compare=("$ZONEBENCH" compare "$baseline" "$out" --threshold-pct "$threshold")
+for m in ${METRICS:-}; do
+  compare+=(--metric "$m")
+done
 "${compare[@]}" --format markdown --output "$out/compare.md"
 verdict=$?
 "${compare[@]}" --format junit --output "$out/junit.xml" 2>/dev/null

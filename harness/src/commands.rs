@@ -45,6 +45,9 @@ pub struct CompareArgs {
     /// candidate's max_spread_pct, else 10).
     #[arg(long, value_parser = positive_f64)]
     pub max_spread_pct: Option<f64>,
+    /// Compare only these metrics (repeatable; default all).
+    #[arg(long = "metric", value_enum)]
+    pub metrics: Vec<crate::analysis::metrics::Metric>,
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
     /// Write the output to this file instead of stdout.
@@ -136,6 +139,7 @@ pub fn compare_cmd(a: CompareArgs) -> anyhow::Result<ExitCode> {
         loss_threshold_pp: a.loss_threshold_pp,
         alpha: a.alpha,
         max_spread_pct: a.max_spread_pct,
+        metrics: a.metrics,
     };
     let (bp, cp) = (base.path.display().to_string(), cand.path.display().to_string());
     let c = compare((&bp, &base.results), (&cp, &cand.results), &opts);

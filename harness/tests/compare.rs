@@ -75,7 +75,7 @@ fn every_format_carries_the_verdict() {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|r| r["verdict"] == "regression" && r["metric"] == "latency_p50")
+        .filter(|r| r["verdict"] == "regression" && r["metric"] == "p50")
         .map(|r| r["label"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(p50, named);

@@ -32,11 +32,20 @@ pub struct CompareOptions {
     /// Spread above which a side's repeats are flagged noisy; default: the candidate's
     /// `noise.max_spread_pct`, else [`DEFAULT_MAX_SPREAD_PCT`].
     pub max_spread_pct: Option<f64>,
+    /// The metrics to compare (empty: all). A nightly gate may leave out the tails, which
+    /// need many repeats to judge on a busy machine.
+    pub metrics: Vec<Metric>,
 }
 
 impl Default for CompareOptions {
     fn default() -> Self {
-        CompareOptions { threshold_pct: 5.0, loss_threshold_pp: 0.5, alpha: 0.05, max_spread_pct: None }
+        CompareOptions {
+            threshold_pct: 5.0,
+            loss_threshold_pp: 0.5,
+            alpha: 0.05,
+            max_spread_pct: None,
+            metrics: vec![],
+        }
     }
 }
 
@@ -198,7 +207,7 @@ pub fn compare(base: (&str, &RunResults), candidate: (&str, &RunResults), opts: 
             }
         }
         let (bf, cf) = (figures(bms), figures(cms));
-        for metric in Metric::ALL {
+        for metric in Metric::ALL.into_iter().filter(|m| opts.metrics.is_empty() || opts.metrics.contains(m)) {
             let (bv, cv) = (metric.values(bms), metric.values(cms));
             let (Some(bm), Some(cm)) = (median(&bv), median(&cv)) else { continue };
             let spread = |f: &Option<BTreeMap<String, super::noise::NoiseFigure>>| {
@@ -328,7 +337,11 @@ fn status_str(r: &RunResults) -> String {
     serde_json::to_value(r.status).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
 }
 
-/// Field-by-field differences of the two fingerprints (`extra.*` flattened).
+/// Fingerprint fields that name one run's own objects and so differ between any two runs.
+const PER_RUN_FIELDS: [&str; 1] = ["extra.lab_id"];
+
+/// Field-by-field differences of the two fingerprints (`extra.*` flattened), ignoring the
+/// per-run ids of [`PER_RUN_FIELDS`].
 pub fn fingerprint_diff(b: &RunResults, c: &RunResults) -> Vec<FieldDiff> {
     let flat = |r: &RunResults| -> BTreeMap<String, String> {
         let mut out = BTreeMap::new();
@@ -354,7 +367,7 @@ pub fn fingerprint_diff(b: &RunResults, c: &RunResults) -> Vec<FieldDiff> {
     fields.dedup();
     fields
         .into_iter()
-        .filter(|f| fb.get(*f) != fc.get(*f))
+        .filter(|f| !PER_RUN_FIELDS.contains(&f.as_str()) && fb.get(*f) != fc.get(*f))
         .map(|f| FieldDiff {
             field: f.clone(),
             base: fb.get(f).cloned().unwrap_or_else(|| "(absent)".into()),
@@ -462,6 +475,24 @@ mod tests {
         assert_eq!(fields, vec!["extra.inter_zone_delay", "kernel"]);
         assert_eq!(cmp.only_in_base, vec!["tcp-rr a→b"]);
         assert_eq!(cmp.only_in_candidate, vec!["tcp-rr b→a"]);
+    }
+
+    #[test]
+    fn only_the_chosen_metrics_are_compared() {
+        let b = run(vec![rr("a", "b", 0, 100)]);
+        let c = run(vec![rr("a", "b", 0, 130)]);
+        let opts = CompareOptions { metrics: vec![Metric::Throughput], ..Default::default() };
+        let cmp = compare(("b", &b), ("c", &c), &opts);
+        assert!(cmp.rows.iter().all(|r| r.metric == Metric::Throughput));
+        assert_eq!(cmp.counts.regressions, 1);
+    }
+
+    #[test]
+    fn a_per_run_lab_id_is_no_fingerprint_difference() {
+        let b = run(vec![rr("a", "b", 0, 100)]);
+        let mut c = b.clone();
+        c.fingerprint.extra.insert("lab_id".into(), "zb1234".into());
+        assert!(compare(("b", &b), ("c", &c), &CompareOptions::default()).fingerprint_differences.is_empty());
     }
 
     #[test]

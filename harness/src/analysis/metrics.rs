@@ -132,14 +132,26 @@ pub fn merged<'a>(
 }
 
 /// A figure compared across runs and watched for noise across repeats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
+/// Named as in the noise section and on the command line (`p50`, `connect_p99`, …).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, clap::ValueEnum)]
 pub enum Metric {
+    #[value(name = "p50")]
+    #[serde(rename = "p50")]
     LatencyP50,
+    #[value(name = "p99")]
+    #[serde(rename = "p99")]
     LatencyP99,
+    #[value(name = "connect_p50")]
+    #[serde(rename = "connect_p50")]
     ConnectP50,
+    #[value(name = "connect_p99")]
+    #[serde(rename = "connect_p99")]
     ConnectP99,
+    #[value(name = "throughput")]
+    #[serde(rename = "throughput")]
     Throughput,
+    #[value(name = "loss_pct")]
+    #[serde(rename = "loss_pct")]
     LossPct,
 }
 

@@ -59,8 +59,8 @@ fn the_report_opens_in_headless_chromium_with_its_charts_drawn() {
     assert!(dom.matches("<polyline").count() >= 6, "percentile curves are in the DOM");
     assert!(dom.contains("tcp-rr: latency by percentile"));
 
-    // The screenshot: charts are painted, not just present. The first heatmap's cells are
-    // saturated colours (pale yellow to deep red) that nothing else on the page uses.
+    // The screenshot: charts are painted, not just present. Heatmap cells take colours of
+    // the latency ramp (pale yellow to deep red) that nothing else on the page uses.
     let shot = dir.join("screenshot.png");
     chromium(&["--window-size=1200,2000", &format!("--screenshot={}", shot.display())], &page);
     let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&shot).unwrap()));
@@ -69,10 +69,15 @@ fn the_report_opens_in_headless_chromium_with_its_charts_drawn() {
     let info = reader.next_frame(&mut buf).unwrap();
     let ch = info.color_type.samples();
     let px: Vec<&[u8]> = buf[..info.buffer_size()].chunks(ch).collect();
-    let reddish = px.iter().filter(|p| p[0] > 150 && p[1] < 120 && p[2] < 120).count();
+    // A heatmap cell's colour lies on the latency ramp from (255, 245, 200) to (189, 0, 38).
+    let on_ramp = |p: &&&[u8]| {
+        let t = (245.0 - f64::from(p[1])) / 245.0;
+        (f64::from(p[0]) - (255.0 - 66.0 * t)).abs() <= 6.0 && (f64::from(p[2]) - (200.0 - 162.0 * t)).abs() <= 6.0
+    };
+    let cells = px.iter().filter(on_ramp).count();
     let blue_line = px.iter().filter(|p| p[0] < 40 && (90..140).contains(&p[1]) && p[2] > 150).count();
     let non_white = px.iter().filter(|p| p[..3].iter().any(|c| *c < 230)).count();
-    assert!(reddish > 10_000, "heatmap cells painted: {reddish} red pixels");
+    assert!(cells > 10_000, "heatmap cells painted: {cells} pixels in the heatmap colours");
     assert!(blue_line > 200, "percentile curves painted: {blue_line} blue pixels");
     assert!(non_white * 10 > px.len(), "the page is not blank: {non_white} of {}", px.len());
 }

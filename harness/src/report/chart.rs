@@ -266,10 +266,12 @@ fn draw_heatmap<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, title: &str, 
     for (row, cells) in h.cells.iter().enumerate() {
         for (col, v) in cells.iter().enumerate() {
             let (x, y) = (col as u32, n - 1 - row as u32);
+            // Colour by ratio to the smallest cell, on a log scale spanning at least 2×, so
+            // cells within a few percent look alike and a zone boundary that doubles latency
+            // stands out.
             let t = match v {
-                Some(v) if hi > lo => (v - lo) / (hi - lo),
-                Some(_) => 0.5,
-                None => 0.0,
+                Some(v) if lo > 0.0 && *v > 0.0 => (v / lo).ln() / (hi / lo).ln().max(2f64.ln()),
+                _ => 0.0,
             };
             let fill = if v.is_some() { ramp(t, h.higher_is_worse) } else { RGBColor(235, 235, 235) };
             chart.draw_series(std::iter::once(Rectangle::new(
@@ -470,17 +472,14 @@ fn draw_bars<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, title: &str, b: 
         .draw()?;
     let k = b.series.len().max(1) as f64;
     let width = 0.8 / k;
-    for (si, (label, values)) in b.series.iter().enumerate() {
+    for (si, (_, values)) in b.series.iter().enumerate() {
         let color = PALETTE[si % PALETTE.len()];
         let bars = values.iter().enumerate().filter_map(|(ci, v)| {
             let v = (*v)?;
             let x0 = ci as f64 + 0.1 + si as f64 * width;
             Some(Rectangle::new([(x0, 0.0), (x0 + width * 0.92, v)], color.filled()))
         });
-        chart
-            .draw_series(bars)?
-            .label(label.clone())
-            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
+        chart.draw_series(bars)?;
         // The value above each bar.
         let texts = values.iter().enumerate().filter_map(|(ci, v)| {
             let v = (*v)?;
@@ -497,14 +496,19 @@ fn draw_bars<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, title: &str, b: 
     });
     chart.draw_series(names)?;
     if b.series.len() > 1 {
-        let plot_w = chart.plotting_area().dim_in_pixel().0 as i32;
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::Coordinate(plot_w + 10, 10))
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.3))
-            .label_font((FONT, 13))
-            .draw()?;
+        // The legend goes in the right margin, drawn on the whole area: the plotting area
+        // clips what lies outside it.
+        let (xr, yr) = chart.plotting_area().get_pixel_range();
+        let base = root.get_base_pixel();
+        let x0 = xr.end - base.0 + 14;
+        let mut y = yr.start - base.1 + 6;
+        for (si, (label, _)) in b.series.iter().enumerate() {
+            let color = PALETTE[si % PALETTE.len()];
+            root.draw(&Rectangle::new([(x0, y), (x0 + 12, y + 12)], color.filled()))?;
+            let style = TextStyle::from((FONT, 13).into_font()).pos(Pos::new(HPos::Left, VPos::Center));
+            root.draw(&Text::new(label.clone(), (x0 + 18, y + 6), style))?;
+            y += 20;
+        }
     }
     Ok(())
 }

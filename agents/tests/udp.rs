@@ -383,7 +383,7 @@ fn a_late_answer_is_never_credited_to_the_next_transaction() {
             if let Some((late, to)) = held.take() {
                 answer(late, b"late", to);
             }
-            if h.seq % 2 == 0 {
+            if h.seq.is_multiple_of(2) {
                 answer(h, b"prompt", from);
             } else {
                 held = Some((h, from));

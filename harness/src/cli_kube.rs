@@ -79,7 +79,8 @@ pub struct RenderArgs {
     pub scenario: PathBuf,
     #[arg(long = "set", value_name = "KEY.PATH=VALUE")]
     pub set: Vec<String>,
-    /// Agent image (over the scenario's kube.image).
+    /// Agent image (over the scenario's kube.image); with `--cronjob`, the image holding
+    /// zonebench (default ghcr.io/zonebench/zonebench:VERSION).
     #[arg(long)]
     pub image: Option<String>,
     /// Place agents on a real cluster's nodes (read-only discovery) instead of placeholders
@@ -94,9 +95,24 @@ pub struct RenderArgs {
     /// Image of the node inspector (bash, iptables-save, nft).
     #[arg(long, default_value = DEFAULT_INSPECTOR_IMAGE)]
     pub inspect_image: String,
-    /// Render the nightly CronJob instead of a run's objects.
+    /// Render the nightly CronJob (with its ServiceAccount and RBAC) that runs SCENARIO.
     #[arg(long)]
     pub cronjob: bool,
+    /// Cron schedule.
+    #[arg(long, default_value = "0 2 * * *", requires = "cronjob")]
+    pub schedule: String,
+    /// IANA time zone of the schedule (e.g. Europe/Berlin).
+    #[arg(long, requires = "cronjob")]
+    pub time_zone: Option<String>,
+    /// Namespace of the CronJob.
+    #[arg(long, default_value = "zonebench", requires = "cronjob")]
+    pub namespace: String,
+    /// A baseline results.json to compare each run with; the Job fails on a regression.
+    #[arg(long, requires = "cronjob")]
+    pub baseline: Option<PathBuf>,
+    /// A PersistentVolumeClaim to keep run directories in (default: an emptyDir; results in the logs only).
+    #[arg(long, requires = "cronjob")]
+    pub results_pvc: Option<String>,
 }
 
 pub const DEFAULT_INSPECTOR_IMAGE: &str = "registry.k8s.io/build-image/debian-iptables:bookworm-v1.0.0";
@@ -122,9 +138,16 @@ pub async fn cmd_render(args: RenderArgs) -> anyhow::Result<ExitCode> {
     render_run(&args).await
 }
 
-fn render_cronjob(_args: &RenderArgs) -> anyhow::Result<ExitCode> {
-    eprintln!("error: render --cronjob is not available yet: the nightly CronJob arrives with the nightly-job issue");
-    Ok(ExitCode::from(2))
+fn render_cronjob(args: &RenderArgs) -> anyhow::Result<ExitCode> {
+    let opts = zonebench::render_cronjob::CronJobOptions {
+        schedule: args.schedule.clone(),
+        time_zone: args.time_zone.clone(),
+        namespace: args.namespace.clone(),
+        image: args.image.clone().unwrap_or_else(zonebench::render_cronjob::default_image),
+        baseline: args.baseline.clone(),
+        results_pvc: args.results_pvc.clone(),
+    };
+    zonebench::commands::render_cronjob_cmd(&args.scenario, opts)
 }
 
 async fn render_run(args: &RenderArgs) -> anyhow::Result<ExitCode> {

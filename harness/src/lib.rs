@@ -11,14 +11,22 @@
 //! - [`dataplane`]: Service VIP dataplanes a lab node programs (iptables, nftables, eBPF).
 //! - [`topology`]: EndpointSlice hints and kube-proxy's endpoint choice, as Kubernetes computes them;
 //!   `zonebench hints` explains them on kubectl output.
-//! - [`run`]: the orchestrator; [`results`]: results.json/csv; [`summary`]: the zone matrix.
+//! - [`run`]: the orchestrator; [`results`]: results.json/csv, reading runs back, history;
+//!   [`summary`]: the zone matrix.
+//! - [`analysis`]: noise figures, comparisons and regression verdicts; [`report`]: the
+//!   HTML report and its charts, trends; [`render_cronjob`]: the nightly CronJob;
+//!   [`commands`]: those CLI commands.
 //! - `sys`: the only unsafe code (child processes die with the coordinator).
 #![deny(unsafe_code)]
 
+pub mod analysis;
+pub mod commands;
 pub mod control_client;
 pub mod dataplane;
 pub mod plan;
 pub mod platform;
+pub mod render_cronjob;
+pub mod report;
 pub mod results;
 pub mod run;
 pub mod scenario;

@@ -39,6 +39,15 @@ enum Command {
     Render(cli_kube::RenderArgs),
     /// Delete what killed kube runs left on a cluster (namespaces labelled managed-by=zonebench).
     Gc(cli_kube::GcArgs),
+    /// Write RUN_DIR/report.html (zone matrices, percentile plots, tables) and charts/*.svg.
+    Report(zonebench::commands::ReportArgs),
+    /// Compare a candidate run with a base run or baseline; exit 3 on a significant regression.
+    Compare(zonebench::commands::CompareArgs),
+    /// The nightly history file (results/history.csv).
+    #[command(subcommand)]
+    History(zonebench::commands::HistoryCommand),
+    /// Draw the history's figures over time as SVG.
+    Trend(zonebench::commands::TrendArgs),
     /// The embedded agent (`zonebench agent serve …`, `zonebench agent client …`), the same
     /// as the `zonebench-agent` binary; the coordinator launches itself this way in pods.
     #[command(disable_help_flag = true)]
@@ -146,6 +155,10 @@ fn main() -> ExitCode {
             Command::Render(args) => cli_kube::cmd_render(args).await,
             Command::Gc(args) => cli_kube::cmd_gc(args).await,
             Command::Agent { .. } | Command::Hints(_) => unreachable!("handled before the runtime starts"),
+            Command::Report(a) => zonebench::commands::report(a),
+            Command::Compare(a) => zonebench::commands::compare_cmd(a),
+            Command::History(c) => zonebench::commands::history_cmd(c),
+            Command::Trend(a) => zonebench::commands::trend_cmd(a),
         }
     });
     match outcome {

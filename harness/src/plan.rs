@@ -133,8 +133,10 @@ pub fn expand(s: &Scenario, cluster: &ClusterTopology) -> Result<Plan, PlanError
         }
     }
 
-    // Repeats are the outer loop, so a slow drift in the machine spreads over every test
-    // and pair instead of landing on one of them.
+    // Repeats are the outer loop, so a slow drift in the machine spreads over every test,
+    // pair and variant (A B A B …, never A A B B) instead of landing on one of them. Anything
+    // that adds steps (variants, Service counts) must expand inside this loop:
+    // [`repeats_interleave`] holds the rule and `expand` checks it in debug builds.
     let max_repeat = s.tests.iter().map(|t| t.repeat.unwrap_or(s.defaults.repeat)).max().unwrap_or(1);
     let mut steps = Vec::new();
     for repeat in 0..max_repeat {
@@ -168,7 +170,15 @@ pub fn expand(s: &Scenario, cluster: &ClusterTopology) -> Result<Plan, PlanError
             }
         }
     }
+    debug_assert!(repeats_interleave(&steps), "steps must be ordered by repeat");
     Ok(Plan { placements, steps })
+}
+
+/// Whether repeats interleave: every step of repeat `r` comes before any step of repeat
+/// `r + 1`, so each test, pair and variant runs once per round (A B A B …) and drift over
+/// the run hits all of them alike rather than whichever ran last.
+pub fn repeats_interleave(steps: &[Step]) -> bool {
+    steps.windows(2).all(|w| w[0].repeat <= w[1].repeat)
 }
 
 /// The server port a test kind targets.
@@ -247,6 +257,36 @@ mod tests {
         let plan = expand(&s, &cluster(&["a"], 1)).unwrap();
         let order: Vec<_> = plan.steps.iter().map(|s| (s.kind, s.repeat)).collect();
         assert_eq!(order, vec![(TestKind::TcpRr, 0), (TestKind::Http, 0), (TestKind::TcpRr, 1), (TestKind::Http, 1)]);
+    }
+
+    #[test]
+    fn repeats_run_in_rounds_even_when_tests_repeat_a_different_number_of_times() {
+        let s = scenario(
+            "[defaults]\nrepeat = 3\n[[tests]]\nkind = \"tcp-rr\"\n[[tests]]\nkind = \"tcp-crr\"\nrepeat = 2\n[[tests]]\nkind = \"http\"\n",
+        );
+        let plan = expand(&s, &cluster(&["a", "b"], 2)).unwrap();
+        assert!(repeats_interleave(&plan.steps));
+        // Round by round: tcp-rr, tcp-crr, http; tcp-rr, tcp-crr, http; tcp-rr, http.
+        let mut rounds: Vec<Vec<TestKind>> = vec![Vec::new(); 3];
+        for st in &plan.steps {
+            let r = &mut rounds[st.repeat as usize];
+            if r.last() != Some(&st.kind) {
+                r.push(st.kind);
+            }
+        }
+        assert_eq!(rounds[0], [TestKind::TcpRr, TestKind::TcpCrr, TestKind::Http]);
+        assert_eq!(rounds[1], [TestKind::TcpRr, TestKind::TcpCrr, TestKind::Http]);
+        assert_eq!(rounds[2], [TestKind::TcpRr, TestKind::Http]);
+    }
+
+    #[test]
+    fn bunched_repeats_are_recognised() {
+        let s = scenario("[defaults]\nrepeat = 2\npairs = \"same-zone\"\n[[tests]]\nkind = \"tcp-rr\"\n");
+        let mut steps = expand(&s, &cluster(&["a"], 1)).unwrap().steps;
+        assert!(repeats_interleave(&steps));
+        // A A B B: the second round first.
+        steps.reverse();
+        assert!(!repeats_interleave(&steps));
     }
 
     #[test]

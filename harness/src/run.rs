@@ -11,9 +11,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 use zonebench_agent::spec::{TestResult, TestSpec};
 
+use crate::analysis::noise;
 use crate::control_client::ControlClient;
 use crate::plan::{self, Plan, Step};
 use crate::platform::{DeployedAgent, Fingerprint, Platform};
+use crate::report::{self, ReportOptions};
+use crate::results::load::{self, LoadedRun};
 use crate::results::store::RunStore;
 use crate::results::{now_rfc3339, Endpoint, Failure, Measurement, RunResults, RunStatus, SCHEMA_VERSION};
 use crate::scenario::Scenario;
@@ -43,7 +46,7 @@ pub async fn run<P: Platform>(
     let outcome = drive(platform, scenario, opts, cancel, None, &mut store).await;
     // Teardown on every path, before anything else can fail.
     let teardown = platform.teardown().await;
-    finish(outcome, teardown, store, cancel)
+    finish(outcome, teardown, store, scenario, cancel)
 }
 
 /// Runs `scenario` on each labelled platform in turn (several clusters: `--context A=ctx-a
@@ -70,13 +73,14 @@ pub async fn run_each<P: Platform>(
             teardown = t;
         }
     }
-    finish(outcome, teardown, store, cancel)
+    finish(outcome, teardown, store, scenario, cancel)
 }
 
 fn finish(
     outcome: anyhow::Result<()>,
     teardown: anyhow::Result<()>,
     store: Option<RunStore>,
+    scenario: &Scenario,
     cancel: &CancellationToken,
 ) -> anyhow::Result<RunOutcome> {
     let (status, error) = match (&outcome, cancel.is_cancelled()) {
@@ -93,7 +97,25 @@ fn finish(
     store.results.status = status;
     store.results.error = error;
     store.results.finished_at = Some(now_rfc3339());
+    store.results.noise = Some(noise::compute(&store.results.measurements, scenario.defaults.max_spread_pct));
     store.flush().context("writing the final results")?;
+    // The results are stored: a report that cannot be drawn is logged, never fatal, and
+    // never changes how the run ends.
+    let loaded = LoadedRun {
+        path: store.dir().join("results.json"),
+        locality: vec![None; store.results.measurements.len()],
+        results: store.results.clone(),
+        cost_per_gb_cross_zone: None,
+    };
+    let loaded = load::load(store.dir()).unwrap_or(loaded);
+    let drawn = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        report::write(store.dir(), &loaded, &ReportOptions::default()).map_err(|e| e.to_string())
+    }))
+    .unwrap_or_else(|_| Err("the chart code panicked".to_string()));
+    if let Err(e) = drawn {
+        tracing::warn!("the report was not written: {e}");
+        eprintln!("warning: the report was not written ({e}); `zonebench report {}` retries", store.dir().display());
+    }
     teardown.context("tearing down the platform")?;
     Ok(RunOutcome { status, results: store.results.clone(), dir: store.dir().to_path_buf() })
 }
@@ -135,6 +157,7 @@ async fn drive<P: Platform>(
                 measurements: Vec::new(),
                 failures: Vec::new(),
                 error: None,
+                noise: None,
             };
             let store = store_slot.insert(RunStore::create(&opts.out_dir, results)?);
             let scenario_toml = toml::to_string_pretty(scenario).unwrap_or_default();

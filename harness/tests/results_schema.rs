@@ -72,6 +72,7 @@ fn sample() -> RunResults {
             error: "boom".into(),
         }],
         error: None,
+        noise: None,
     }
 }
 
@@ -88,6 +89,20 @@ fn written_results_match_the_schema() {
     assert_eq!(csv.lines().count(), 2, "{csv}");
     assert!(csv.lines().next().unwrap().starts_with("test,name,via,variant,repeat,client_agent"));
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn the_noise_section_matches_the_schema() {
+    let mut r = sample();
+    let mut again = r.measurements[0].clone();
+    again.repeat = 1;
+    again.latency.as_mut().unwrap().p50_ns = 60_000;
+    r.measurements.push(again);
+    r.noise = Some(zonebench::analysis::noise::compute(&r.measurements, 10.0));
+    assert_eq!(r.noise.as_ref().unwrap().groups[0].flagged, vec!["p50"]);
+    let v = serde_json::to_value(&r).unwrap();
+    let errors: Vec<String> = validator().iter_errors(&v).map(|e| format!("{e} at {}", e.instance_path)).collect();
+    assert!(errors.is_empty(), "{errors:#?}");
 }
 
 #[test]

@@ -130,6 +130,9 @@ fn a_small_lab_run_measures_every_pair_and_leaves_nothing_behind() {
     let csv = std::fs::read_to_string(dir.join("out/results.csv")).unwrap();
     assert_eq!(csv.lines().count(), 1 + ms.len());
     assert!(dir.join("out/scenario.toml").exists());
+    // Every run ends with its report and the noise section (empty: one repeat).
+    assert!(dir.join("out/report.html").exists() && dir.join("out/charts/tcp-rr-matrix.svg").exists());
+    assert_eq!(r["noise"]["max_spread_pct"], 10.0);
 
     let id = lab_id_of(&r);
     assert!(lab_namespaces().iter().all(|n| !n.starts_with(&id)), "namespaces of {id} left: {:?}", lab_namespaces());
@@ -180,6 +183,7 @@ fn sigint_mid_run_keeps_the_finished_measurements_and_tears_down() {
     assert_eq!(r["status"], "interrupted", "{stderr}");
     let n = r["measurements"].as_array().unwrap().len();
     assert!((1..4).contains(&n), "{n} measurements");
+    assert!(out_dir.join("report.html").exists(), "an interrupted run gets a report of what it measured");
     let id = lab_id_of(&r);
     assert!(lab_namespaces().iter().all(|ns| !ns.starts_with(&id)), "left: {:?}", lab_namespaces());
     std::fs::remove_dir_all(dir).unwrap();
@@ -202,6 +206,30 @@ fn the_local_platform_runs_a_scenario_on_loopback() {
     let r = read_results(&dir.join("out"));
     assert_eq!(r["fingerprint"]["platform"], "local");
     assert_eq!(r["measurements"].as_array().unwrap().len(), 4 + 2);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_report_that_cannot_be_written_is_a_warning_and_the_run_still_succeeds() {
+    let dir = temp_dir("noreport");
+    std::fs::write(dir.join("small.toml"), SMALL).unwrap();
+    // A file where the charts directory should go: the report cannot be written.
+    std::fs::create_dir_all(dir.join("out")).unwrap();
+    std::fs::write(dir.join("out/charts"), "in the way").unwrap();
+    let out = zonebench()
+        .args(["run", "--platform", "local", "--set", "tests.1.pairs=same-zone"])
+        .arg(dir.join("small.toml"))
+        .arg("--out")
+        .arg(dir.join("out"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("warning: the report was not written"), "{stderr}");
+    let r = read_results(&dir.join("out"));
+    assert_eq!(r["status"], "complete");
+    assert_eq!(r["measurements"].as_array().unwrap().len(), 4 + 2);
+    assert!(!dir.join("out/report.html").exists());
     std::fs::remove_dir_all(dir).unwrap();
 }
 

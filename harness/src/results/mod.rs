@@ -9,6 +9,8 @@ use zonebench_agent::spec::{LatencySummary, Metrics, TestKind};
 
 use crate::platform::Fingerprint;
 
+pub mod history;
+pub mod load;
 pub mod store;
 
 pub const SCHEMA_VERSION: u32 = 1;
@@ -43,6 +45,10 @@ pub struct RunResults {
     /// Why the run stopped early, when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Spread across repeats per measurement and metric, with those above the scenario's
+    /// `max_spread_pct` flagged; written when the run ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noise: Option<crate::analysis::noise::NoiseReport>,
 }
 
 /// An agent's place: `{agent, node, zone}`.

@@ -117,6 +117,10 @@ pub struct Defaults {
     pub repeat: u32,
     #[serde(default = "default_timeout")]
     pub timeout: HumanDuration,
+    /// Spread of a metric across repeats (percent of its median) above which the
+    /// measurement is flagged as noisy in results, report and comparisons.
+    #[serde(default = "default_max_spread_pct")]
+    pub max_spread_pct: f64,
 }
 
 impl Default for Defaults {
@@ -128,6 +132,7 @@ impl Default for Defaults {
             via: Via::default(),
             repeat: 1,
             timeout: default_timeout(),
+            max_spread_pct: default_max_spread_pct(),
         }
     }
 }
@@ -140,6 +145,9 @@ fn default_duration() -> HumanDuration {
 }
 fn default_warmup() -> HumanDuration {
     HumanDuration(Duration::from_secs(1))
+}
+fn default_max_spread_pct() -> f64 {
+    crate::analysis::noise::DEFAULT_MAX_SPREAD_PCT
 }
 fn default_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(2))
@@ -254,6 +262,10 @@ impl Scenario {
         }
         if self.defaults.repeat == 0 || self.defaults.repeat > 100 {
             return bad("defaults.repeat".into(), "must be 1 to 100");
+        }
+        let spread = self.defaults.max_spread_pct;
+        if !(spread.is_finite() && spread > 0.0 && spread <= 1000.0) {
+            return bad("defaults.max_spread_pct".into(), "must be a percentage above 0 (at most 1000)");
         }
         if self.defaults.via == Via::Service {
             return bad("defaults.via".into(), SERVICE_NOT_BUILT);

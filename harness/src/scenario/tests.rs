@@ -107,3 +107,15 @@ fn the_checked_in_scenarios_parse() {
     }
     assert!(seen >= 1, "no scenarios found in {dir}");
 }
+
+#[test]
+fn max_spread_pct_defaults_to_ten_and_must_be_positive() {
+    let s = parse("[[tests]]\nkind = \"tcp-rr\"\n").unwrap();
+    assert_eq!(s.defaults.max_spread_pct, 10.0);
+    let e = parse("[defaults]\nmax_spread_pct = 0\n[[tests]]\nkind = \"tcp-rr\"\n").unwrap_err();
+    assert_eq!(e.field, "defaults.max_spread_pct");
+    assert_eq!(e.location, "s.toml:2", "{e}");
+    let e = Scenario::parse("[[tests]]\nkind = \"tcp-rr\"\n", "s.toml", "s", &["defaults.max_spread_pct=-5".into()])
+        .unwrap_err();
+    assert_eq!(e.field, "defaults.max_spread_pct", "{e}");
+}

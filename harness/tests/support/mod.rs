@@ -1,0 +1,127 @@
+//! Helpers shared by the report, compare and nightly tests: the binary, scratch
+//! directories, the recorded lab run, and edits to a run's measurements that keep the
+//! histograms and the figures derived from them consistent.
+#![allow(clippy::unwrap_used)] // test support: a failure here is a failed test
+#![allow(dead_code)] // each test file uses a different part
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use zonebench_agent::histogram;
+
+pub fn zonebench() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_zonebench"))
+}
+
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap();
+    eprintln!("$ {cmd:?}\nexit {:?}\n{}", out.status.code(), String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+/// A fresh, empty directory under the system temp dir, removed when dropped unless the
+/// test is failing (then it stays for a look). Bind it: a temporary is dropped at once.
+#[must_use]
+pub struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for Scratch {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.as_os_str()
+    }
+}
+
+impl AsRef<Path> for Scratch {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("kept {} for a look", self.0.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+pub fn scratch(tag: &str) -> Scratch {
+    let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    let d = std::env::temp_dir().join(format!("zb-{tag}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    Scratch(d)
+}
+
+/// A real run recorded on the lab (scenarios/quick.toml: 3 zones, tcp-rr, tcp-crr, http,
+/// tcp-stream, one repeat).
+pub fn recorded_run() -> serde_json::Value {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/quick-lab.json");
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+/// Writes `results` as `dir/results.json` and returns `dir`.
+pub fn write_run(dir: &Path, results: &serde_json::Value) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("results.json"), serde_json::to_vec_pretty(results).unwrap()).unwrap();
+    dir.to_path_buf()
+}
+
+/// Multiplies every latency of a measurement by `factor`: the histogram is rebuilt and the
+/// summary figures and the transaction rate follow from it, as if the network were slower.
+pub fn scale_latency(m: &mut serde_json::Value, factor: f64) {
+    for field in ["latency", "connect"] {
+        let Some(l) = m.get_mut(field).filter(|l| l.is_object()) else { continue };
+        let h = histogram::decode(l["histogram"].as_str().unwrap()).unwrap();
+        let mut scaled = histogram::new();
+        for v in h.iter_recorded() {
+            let value = (v.value_iterated_to() as f64 * factor) as u64;
+            scaled.saturating_record_n(value.max(1), v.count_at_value());
+        }
+        *l = serde_json::to_value(histogram::summarize(&scaled).unwrap()).unwrap();
+    }
+    if let Some(t) = m["metrics"].get_mut("transactions_per_sec") {
+        *t = serde_json::json!(t.as_f64().unwrap() / factor);
+    }
+}
+
+/// The recorded run with each measurement repeated `n` times (repeat 0..n), each repeat's
+/// latencies scaled by a small, fixed jitter: a run with `repeat = n` and a quiet machine.
+pub fn repeated(n: u32, jitter: &[f64]) -> serde_json::Value {
+    let mut r = recorded_run();
+    let base: Vec<serde_json::Value> = r["measurements"].as_array().unwrap().clone();
+    let mut out = Vec::new();
+    for rep in 0..n {
+        for m in &base {
+            let mut m = m.clone();
+            m["repeat"] = serde_json::json!(rep);
+            scale_latency(&mut m, jitter[rep as usize % jitter.len()]);
+            out.push(m);
+        }
+    }
+    r["measurements"] = serde_json::Value::Array(out);
+    r
+}
+
+pub fn is_cross_zone_tcp_rr(m: &serde_json::Value) -> bool {
+    m["test"] == "tcp-rr" && m["client"]["zone"] != m["server"]["zone"]
+}
+
+/// Every file under `dir` with extension `ext`.
+pub fn files_with(dir: &Path, ext: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == ext))
+        .collect();
+    v.sort();
+    v
+}

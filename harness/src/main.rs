@@ -63,6 +63,9 @@ enum LabCommand {
     /// Lab internals: hold every packet of a TUN device for a fixed delay.
     #[command(hide = true)]
     DelayForwarder(zonebench::platform::lab::DelayForwarderArgs),
+    /// Lab internals: time until a connect to a Service first succeeds.
+    #[command(hide = true)]
+    ConnectProbe(zonebench::platform::lab::ConnectProbeArgs),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
@@ -110,6 +113,15 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: delay forwarder: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Command::Lab(LabCommand::ConnectProbe(a)) => {
+            return match zonebench::platform::lab::probe::run(&a) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: connect probe: {e:#}");
                     ExitCode::FAILURE
                 }
             };
@@ -305,7 +317,9 @@ async fn cmd_lab(cmd: LabCommand) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(2));
             }
         },
-        LabCommand::DelayForwarder(_) => unreachable!("handled before the runtime starts"),
+        LabCommand::DelayForwarder(_) | LabCommand::ConnectProbe(_) => {
+            unreachable!("handled before the runtime starts")
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

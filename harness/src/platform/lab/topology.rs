@@ -536,6 +536,7 @@ mod tests {
             routing,
             inter_zone_rate: Some("1gbit".into()),
             inter_zone_delay: Some("250us".into()),
+            ..LabConfig::default()
         };
         Plan::new(LabId::from_bits(0x3f2a), &config).unwrap()
     }

@@ -10,6 +10,7 @@
 //! - [`platform`]: where agents run (`lab` network namespaces, `local` loopback processes).
 //! - [`dataplane`]: Service VIP dataplanes a lab node programs (iptables, nftables, eBPF).
 //! - [`run`]: the orchestrator; [`results`]: results.json/csv; [`summary`]: the zone matrix.
+//! - [`sweep`]: the service-scaling sweep (dataplanes × Service counts).
 //! - `sys`: the only unsafe code (child processes die with the coordinator).
 #![deny(unsafe_code)]
 
@@ -21,4 +22,5 @@ pub mod results;
 pub mod run;
 pub mod scenario;
 pub mod summary;
+pub mod sweep;
 mod sys;

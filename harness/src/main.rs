@@ -205,7 +205,11 @@ async fn cmd_run(args: RunArgs) -> anyhow::Result<ExitCode> {
         let mut p = LocalPlatform::new(scenario.lab.zones.clone(), scenario.lab.nodes_per_zone, program)?;
         run::run(&mut p, &scenario, &opts, &cancel).await?
     };
-    print!("{}", summary::render(&outcome.results));
+    if scenario.sweep.is_some() {
+        print!("{}", zonebench::sweep::render(&outcome.results));
+    } else {
+        print!("{}", summary::render(&outcome.results));
+    }
     eprintln!("results: {}", outcome.dir.join("results.json").display());
     Ok(match outcome.status {
         RunStatus::Complete if outcome.results.failures.is_empty() => ExitCode::SUCCESS,

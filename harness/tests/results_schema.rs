@@ -62,6 +62,7 @@ fn sample() -> RunResults {
             latency: histogram::summarize(&h),
             connect: None,
             servers: [("srv-b-0".to_string(), 1)].into(),
+            service_dataplane: None,
         }],
         failures: vec![Failure {
             test: TestKind::Http,
@@ -70,6 +71,8 @@ fn sample() -> RunResults {
             client: "cli-a-0".into(),
             server: "srv-b-0".into(),
             error: "boom".into(),
+            variant: String::new(),
+            params: BTreeMap::new(),
         }],
         error: None,
     }

@@ -176,9 +176,10 @@ impl DeployedService {
     }
 }
 
-/// While Services are programmed, measure from `from_agent`'s pod how long after the
-/// creation of `service` a connect to its `port` first succeeds (network programming
-/// latency as a client sees it).
+/// While Services are programmed, measure from `from_agent`'s node how long after the
+/// creation of `service` a pod's connect to its `port` first succeeds (network programming
+/// latency as a client sees it). A platform may probe from a pod of its own on that node,
+/// so the probe's failed attempts leave nothing the agent's own connections could meet.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProbeRequest {
     pub from_agent: String,

@@ -496,12 +496,14 @@ impl LabPlatform {
             self.plan.nodes.iter().map(|n| (n.name.clone(), n.zone.clone())).collect();
         let mut started = None;
         if let Some(p) = probe {
-            let pod = self
+            let client_node = self
                 .pods
                 .iter()
                 .find(|pod| pod.agent_id == p.from_agent)
                 .with_context(|| format!("the probe's client agent {:?} is not deployed", p.from_agent))?
+                .node
                 .clone();
+            let pod = self.probe_pod(&client_node)?;
             let svc = table
                 .iter()
                 .find(|s| s.name == p.service)
@@ -545,6 +547,16 @@ impl LabPlatform {
             nodes: programming,
             probe: probed,
         })
+    }
+
+    /// The pod the connect probe runs in on `node`, created on first use. A pod of its own:
+    /// see [`probe`] for why not an agent's.
+    fn probe_pod(&mut self, node: &str) -> anyhow::Result<PodPlan> {
+        let id = format!("probe-{node}");
+        if let Some(p) = self.pods.iter().find(|p| p.agent_id == id) {
+            return Ok(p.clone());
+        }
+        self.add_pod(&id, node)
     }
 
     /// Switches every node to another dataplane (the current one's rules are removed).

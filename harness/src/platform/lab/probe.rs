@@ -1,16 +1,23 @@
 //! The connect probe: how long after a Service is created a pod can first connect to it
 //! (the "network programming latency" a client sees).
 //!
-//! It runs as a child process (`zonebench lab connect-probe`) inside a client pod's network
+//! It runs as a child process (`zonebench lab connect-probe`) inside a pod's network
 //! namespace and in the pod's node cgroup, so its sockets meet the node's dataplane exactly
 //! as an agent's do (the eBPF socket load balancer only sees sockets of processes in the
 //! node's cgroup). It waits for a `go` line on stdin, which the coordinator writes right
-//! before it starts programming the Service, then tries to connect every millisecond (each
-//! attempt bounded, since a SYN to an unprogrammed address may be dropped rather than
-//! refused) and prints `connected <ns since go>` at the first success.
+//! before it starts programming the Service, then starts a new connect every millisecond,
+//! each left pending for up to [`ATTEMPT_TIMEOUT`], and prints `connected <ns since go>` at
+//! the first that succeeds. Overlapping attempts matter: a SYN sent before the rules exist
+//! goes unanswered (the router rate-limits its ICMP errors), and it keeps the conntrack
+//! entry it created, untranslated, for its retransmissions; only a new connection meets
+//! the new rules, so the resolution is the attempt interval, not the attempt timeout.
+//!
+//! The lab runs it in a pod of its own on the client's node, not in an agent's: those
+//! untranslated conntrack entries would black-hole any later agent connection that
+//! happened to reuse one of their source ports.
 
 use std::io::{BufRead as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -19,10 +26,11 @@ use anyhow::{bail, Context as _};
 
 use super::delay::ForwarderProgram;
 
-/// One connect attempt may take this long before the probe gives up on it and tries again.
-pub const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(50);
-/// Pause between failed attempts.
-pub const RETRY_EVERY: Duration = Duration::from_millis(1);
+/// How long one attempt stays pending; with one started every [`ATTEMPT_EVERY`], at most
+/// 250 sockets are open at once.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(250);
+/// A new attempt starts this often: the probe's resolution.
+pub const ATTEMPT_EVERY: Duration = Duration::from_millis(1);
 
 /// The probe's command line (`zonebench lab connect-probe …`).
 #[derive(Debug, Clone, clap::Parser)]
@@ -44,22 +52,40 @@ pub fn run(args: &ConnectProbeArgs) -> anyhow::Result<()> {
         bail!("expected `go` on stdin, got {:?}", line.trim());
     }
     let start = Instant::now();
-    let deadline = start + args.within;
-    let mut last_error = String::from("no attempt made");
-    while Instant::now() < deadline {
-        match TcpStream::connect_timeout(&args.target, ATTEMPT_TIMEOUT) {
-            Ok(_) => {
-                let ns = start.elapsed().as_nanos();
-                let mut out = std::io::stdout().lock();
-                writeln!(out, "connected {ns}")?;
-                out.flush()?;
-                return Ok(());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
+    let connected = rt.block_on(first_connect(args.target, args.within))?;
+    let ns = connected.duration_since(start).as_nanos();
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "connected {ns}")?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Starts a connect every [`ATTEMPT_EVERY`] until one succeeds; returns when it did.
+async fn first_connect(target: SocketAddr, within: Duration) -> anyhow::Result<Instant> {
+    type Attempt = Result<std::io::Result<tokio::net::TcpStream>, tokio::time::error::Elapsed>;
+    let mut attempts: tokio::task::JoinSet<Attempt> = tokio::task::JoinSet::new();
+    let mut tick = tokio::time::interval(ATTEMPT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let deadline = tokio::time::sleep(within);
+    tokio::pin!(deadline);
+    let mut last_error = String::from("no attempt finished");
+    loop {
+        tokio::select! {
+            () = &mut deadline => {
+                bail!("no connect to {target} succeeded within {within:?} (last error: {last_error})")
             }
-            Err(e) => last_error = e.to_string(),
+            Some(done) = attempts.join_next() => match done {
+                Ok(Ok(Ok(_stream))) => return Ok(Instant::now()),
+                Ok(Ok(Err(e))) => last_error = e.to_string(),
+                Ok(Err(_elapsed)) => last_error = format!("no answer within {ATTEMPT_TIMEOUT:?}"),
+                Err(e) => last_error = e.to_string(),
+            },
+            _ = tick.tick() => {
+                attempts.spawn(tokio::time::timeout(ATTEMPT_TIMEOUT, tokio::net::TcpStream::connect(target)));
+            }
         }
-        std::thread::sleep(RETRY_EVERY);
     }
-    bail!("no connect to {} succeeded within {:?} (last error: {last_error})", args.target, args.within)
 }
 
 /// A started probe, waiting for `go`; killed if dropped before [`Probe::wait`].
@@ -135,6 +161,28 @@ mod tests {
         assert_eq!(parse_answer("connected 1500000\n"), Some(Duration::from_micros(1500)));
         assert_eq!(parse_answer("nothing"), None);
         assert_eq!(parse_answer("connected soon"), None);
+    }
+
+    #[tokio::test]
+    async fn the_probe_keeps_trying_until_a_listener_appears() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let target = l.local_addr().unwrap();
+        drop(l);
+        let start = Instant::now();
+        let probe = tokio::spawn(first_connect(target, Duration::from_secs(10)));
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let _listener = tokio::net::TcpListener::bind(target).await.unwrap();
+        let connected = probe.await.unwrap().unwrap();
+        assert!(connected.duration_since(start) >= Duration::from_millis(30));
+    }
+
+    #[tokio::test]
+    async fn a_probe_that_never_connects_says_why() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let target = l.local_addr().unwrap();
+        drop(l);
+        let e = format!("{:#}", first_connect(target, Duration::from_millis(100)).await.unwrap_err());
+        assert!(e.contains("within 100ms") && e.contains("refused"), "{e}");
     }
 
     #[test]

@@ -333,9 +333,9 @@ pub fn render(r: &RunResults) -> String {
             ns(d.programming_latency_ns),
         );
     }
-    let mut failed: BTreeMap<(String, String), String> = BTreeMap::new();
+    let mut failed: BTreeMap<(String, u64), String> = BTreeMap::new();
     for f in r.failures.iter().filter(|f| !f.variant.is_empty()) {
-        let count = f.params.get("services").map(|v| v.to_string()).unwrap_or_default();
+        let count = f.params.get("services").and_then(|v| v.as_u64()).unwrap_or(0);
         failed.entry((f.variant.clone(), count)).or_insert_with(|| f.error.clone());
     }
     for ((kind, count), error) in failed {

@@ -273,3 +273,19 @@ async fn choosing_ebpf_before_it_is_built_says_so() {
     assert!(e.contains("the ebpf dataplane is not built yet"), "{e}");
     lab.teardown().await.unwrap();
 }
+
+#[tokio::test]
+async fn lab_down_removes_the_node_cgroups_of_a_lab_whose_coordinator_crashed() {
+    let _g = lock();
+    let config = LabConfig { zones: vec!["a".into()], nodes_per_zone: 2, ..LabConfig::default() };
+    let mut lab = LabPlatform::new(config, LabOptions::default()).unwrap();
+    lab.discover().await.unwrap();
+    let dirs: Vec<PathBuf> = ["a-1", "a-2"].iter().map(|n| lab.node_cgroup(n).unwrap()).collect();
+    assert!(dirs.iter().all(|d| d.is_dir()));
+    let id = lab.id().to_string();
+    std::mem::forget(lab);
+    lab::down(&id).unwrap();
+    for d in &dirs {
+        assert!(!d.exists(), "{} survived lab down", d.display());
+    }
+}

@@ -150,7 +150,9 @@ kind = "tcp-rr"
         assert_eq!(m["variant"], d["kind"]);
         assert_eq!(m["params"]["services"], d["services"]);
         assert_eq!(m["server"]["agent"].as_str().unwrap()[..6], *"srv-a-", "{m:#}");
-        assert_eq!(m["servers"].as_object().unwrap().len(), 2, "both endpoints answer: {m:#}");
+        if m["test"] == "tcp-crr" {
+            assert_eq!(m["servers"].as_object().unwrap().len(), 2, "both endpoints answer new connections: {m:#}");
+        }
         let newest = format!("198.18.128.{}:", d["services"].as_u64().unwrap());
         assert!(m["target"].as_str().unwrap().starts_with(&newest), "the newest Service is measured: {m:#}");
         assert!(d["program_ns"].as_u64().unwrap() > 0 && d["programming_latency_ns"].as_u64().unwrap() > 0);

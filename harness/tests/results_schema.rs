@@ -94,6 +94,30 @@ fn written_results_match_the_schema() {
 }
 
 #[test]
+fn a_sweep_point_must_carry_its_dataplane_figures() {
+    let mut r = sample();
+    r.measurements[0].variant = "nftables".into();
+    r.measurements[0].service_dataplane = Some(zonebench::results::ServiceDataplaneStats {
+        kind: "nftables".into(),
+        services: 1000,
+        rules: 16580,
+        program_ns: 17_000_000,
+        programming_latency_ns: Some(16_000_000),
+    });
+    r.failures[0].variant = "ebpf".into();
+    r.failures[0].params = [("services".to_string(), serde_json::json!(1000))].into();
+    let v = serde_json::to_value(&r).unwrap();
+    let errors: Vec<String> = validator().iter_errors(&v).map(|e| format!("{e} at {}", e.instance_path)).collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+    let mut missing = v.clone();
+    missing["measurements"][0]["service_dataplane"].as_object_mut().unwrap().remove("rules");
+    assert!(!validator().is_valid(&missing));
+    let mut zero = v;
+    zero["measurements"][0]["service_dataplane"]["services"] = serde_json::json!(0);
+    assert!(!validator().is_valid(&zero));
+}
+
+#[test]
 fn the_schema_rejects_a_measurement_without_a_server() {
     let mut v = serde_json::to_value(sample()).unwrap();
     v["measurements"][0].as_object_mut().unwrap().remove("server");

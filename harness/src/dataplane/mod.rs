@@ -8,7 +8,9 @@
 //! `topology::proxy`'s job, never the dataplane's, so hints change routing the same way on
 //! every dataplane.
 //!
-//! A `sync` replaces the whole table, as a kube-proxy full resync does; the sweep times it.
+//! A `sync` is given the whole table and leaves the kernel holding exactly it, as a
+//! kube-proxy sync does; how (a full reload, or only what changed) is each dataplane's, as it
+//! is kube-proxy's in each mode. The sweep times it.
 //!
 //! - [`iptables`]: kube-proxy's iptables layout, loaded with `iptables-restore` (both backends);
 //! - [`nftables`]: kube-proxy's nftables layout, loaded with `nft -f` in one transaction;
@@ -140,7 +142,7 @@ pub struct SyncReport {
 /// One node's programmed dataplane.
 pub trait Dataplane: Send {
     fn kind(&self) -> DataplaneKind;
-    /// Replaces this node's whole Service table (a full resync).
+    /// Makes this node's Service table exactly `services` (the whole table, every time).
     fn sync(&mut self, services: &[ServiceRules]) -> anyhow::Result<SyncReport>;
     /// Rules or entries currently programmed, counted the way [`SyncReport::rules`] is.
     fn rule_count(&self) -> anyhow::Result<u64>;

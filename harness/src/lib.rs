@@ -16,6 +16,7 @@
 //! - [`analysis`]: noise figures, comparisons and regression verdicts; [`report`]: the
 //!   HTML report and its charts, trends; [`render_cronjob`]: the nightly CronJob;
 //!   [`commands`]: those CLI commands.
+//! - [`sweep`]: the service-scaling sweep (dataplanes × Service counts).
 //! - `sys`: the only unsafe code (child processes die with the coordinator).
 #![deny(unsafe_code)]
 
@@ -31,5 +32,6 @@ pub mod results;
 pub mod run;
 pub mod scenario;
 pub mod summary;
+pub mod sweep;
 mod sys;
 pub mod topology;

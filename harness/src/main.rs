@@ -81,6 +81,9 @@ enum LabCommand {
     /// Lab internals: hold every packet of a TUN device for a fixed delay.
     #[command(hide = true)]
     DelayForwarder(zonebench::platform::lab::DelayForwarderArgs),
+    /// Lab internals: time until a connect to a Service first succeeds.
+    #[command(hide = true)]
+    ConnectProbe(zonebench::platform::lab::ConnectProbeArgs),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
@@ -135,6 +138,15 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: delay forwarder: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Command::Lab(LabCommand::ConnectProbe(a)) => {
+            return match zonebench::platform::lab::probe::run(&a) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: connect probe: {e:#}");
                     ExitCode::FAILURE
                 }
             };
@@ -248,7 +260,12 @@ async fn cmd_run(args: RunArgs) -> anyhow::Result<ExitCode> {
 
 /// Prints a run's summary and says where its results are; the exit code of its status.
 fn report_outcome(outcome: &run::RunOutcome) -> ExitCode {
-    print!("{}", summary::render(&outcome.results));
+    // A sweep's measurements carry their dataplane figures: print its table, not the zone matrix.
+    if outcome.results.measurements.iter().any(|m| m.service_dataplane.is_some()) {
+        print!("{}", zonebench::sweep::render(&outcome.results));
+    } else {
+        print!("{}", summary::render(&outcome.results));
+    }
     eprintln!("results: {}", outcome.dir.join("results.json").display());
     match outcome.status {
         RunStatus::Complete if outcome.results.failures.is_empty() => ExitCode::SUCCESS,
@@ -360,7 +377,9 @@ async fn cmd_lab(cmd: LabCommand) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(2));
             }
         },
-        LabCommand::DelayForwarder(_) => unreachable!("handled before the runtime starts"),
+        LabCommand::DelayForwarder(_) | LabCommand::ConnectProbe(_) => {
+            unreachable!("handled before the runtime starts")
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

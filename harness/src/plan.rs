@@ -1,9 +1,10 @@
-//! A scenario expanded into what a run does: the agents to place and the ordered steps
-//! (one measurement each). Pure: no platform, no I/O, so expansion is tested on its own.
+//! A scenario expanded into what a run does: the agents to place, the Services to create
+//! and the ordered steps (one measurement each). Pure: no platform, no I/O, so expansion is
+//! tested on its own.
 
 use zonebench_agent::spec::{TestKind, TestSpec};
 
-use crate::platform::{AgentRequest, ClusterTopology};
+use crate::platform::{AgentPort, AgentRequest, ClusterTopology, ServiceRequest};
 use crate::scenario::{Pairs, Scenario, TestEntry, Via};
 
 /// The role of a placed agent; ids are `srv-<zone>-<n>` and `cli-<zone>-<n>`.
@@ -36,6 +37,7 @@ pub struct Step {
     /// 0-based repetition.
     pub repeat: u32,
     pub client: String,
+    /// An agent id, or for `via = service` the Service's name ([`SERVICE_NAME`]).
     pub server: String,
     /// The spec with a placeholder target; the run fills in the server's address.
     pub spec: TestSpec,
@@ -44,8 +46,14 @@ pub struct Step {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
     pub placements: Vec<Placement>,
+    /// Services the steps go through (none when every test goes to pods).
+    pub services: Vec<ServiceRequest>,
     pub steps: Vec<Step>,
 }
+
+/// The Service `via = "service"` tests go through: every server of every zone behind it,
+/// so where each connection lands is the dataplane's (and later the topology hints') doing.
+pub const SERVICE_NAME: &str = "echo";
 
 impl Plan {
     pub fn agent_requests(&self) -> Vec<AgentRequest> {
@@ -144,6 +152,25 @@ pub fn expand(s: &Scenario, cluster: &ClusterTopology) -> Result<Plan, PlanError
             if repeat >= t.repeat.unwrap_or(s.defaults.repeat) {
                 continue;
             }
+            let via = t.via.unwrap_or(s.defaults.via);
+            if via == Via::Service {
+                // A Service has no server zone to choose: one step per client zone, and
+                // the measured server is whoever answered.
+                for cz in &zones {
+                    steps.push(Step {
+                        test_index,
+                        name: t.label(),
+                        kind: t.kind,
+                        via,
+                        variant: String::new(),
+                        repeat,
+                        client: format!("cli-{cz}-0"),
+                        server: SERVICE_NAME.to_string(),
+                        spec: spec_for(s, t, "0.0.0.0:0"),
+                    });
+                }
+                continue;
+            }
             let pairs = t.pairs.unwrap_or(s.defaults.pairs);
             for cz in &zones {
                 for sz in &zones {
@@ -159,7 +186,7 @@ pub fn expand(s: &Scenario, cluster: &ClusterTopology) -> Result<Plan, PlanError
                         test_index,
                         name: t.label(),
                         kind: t.kind,
-                        via: t.via.unwrap_or(s.defaults.via),
+                        via,
                         variant: String::new(),
                         repeat,
                         client: format!("cli-{cz}-0"),
@@ -171,7 +198,32 @@ pub fn expand(s: &Scenario, cluster: &ClusterTopology) -> Result<Plan, PlanError
         }
     }
     debug_assert!(repeats_interleave(&steps), "steps must be ordered by repeat");
-    Ok(Plan { placements, steps })
+    let services = service_requests(s, &placements);
+    Ok(Plan { placements, services, steps })
+}
+
+/// The ports the scenario's `via = service` tests use (tcp, udp, http), in that order.
+pub fn service_ports(s: &Scenario) -> Vec<AgentPort> {
+    let mut ports: Vec<AgentPort> = s
+        .tests
+        .iter()
+        .filter(|t| t.via.unwrap_or(s.defaults.via) == Via::Service)
+        .map(|t| AgentPort::of_test(t.kind))
+        .collect();
+    ports.sort();
+    ports.dedup();
+    ports
+}
+
+/// [`SERVICE_NAME`] in front of every server, with the ports the tests use; none when no
+/// test goes through a Service.
+fn service_requests(s: &Scenario, placements: &[Placement]) -> Vec<ServiceRequest> {
+    let ports = service_ports(s);
+    if ports.is_empty() {
+        return vec![];
+    }
+    let backends = placements.iter().filter(|p| p.role == Role::Server).map(|p| p.id.clone()).collect();
+    vec![ServiceRequest { name: SERVICE_NAME.to_string(), backends, ports }]
 }
 
 /// Whether repeats interleave: every step of repeat `r` comes before any step of repeat
@@ -300,6 +352,23 @@ mod tests {
         assert_eq!(spec.warmup_ms, 250);
         assert_eq!(spec.rate_bps, Some(50_000_000));
         assert_eq!(spec.size, Some(1200));
+    }
+
+    #[test]
+    fn service_tests_run_once_per_client_zone_through_one_service_in_front_of_every_server() {
+        let s = scenario(
+            "[agents]\nservers_per_zone = 2\n[[tests]]\nkind = \"tcp-crr\"\nvia = \"service\"\n[[tests]]\nkind = \"udp-rr\"\nvia = \"service\"\n[[tests]]\nkind = \"tcp-rr\"\n",
+        );
+        let plan = expand(&s, &cluster(&["a", "b"], 2)).unwrap();
+        let via_service: Vec<&Step> = plan.steps.iter().filter(|s| s.via == Via::Service).collect();
+        assert_eq!(via_service.len(), 4, "two tests × two client zones");
+        assert!(via_service.iter().all(|s| s.server == SERVICE_NAME));
+        assert_eq!(plan.steps.iter().filter(|s| s.via == Via::Pod).count(), 4, "the pod test keeps its zone matrix");
+        assert_eq!(plan.services.len(), 1);
+        assert_eq!(plan.services[0].backends, ["srv-a-0", "srv-a-1", "srv-b-0", "srv-b-1"]);
+        assert_eq!(plan.services[0].ports, [AgentPort::Tcp, AgentPort::Udp]);
+        let pods_only = scenario("[[tests]]\nkind = \"tcp-rr\"\n");
+        assert!(expand(&pods_only, &cluster(&["a"], 1)).unwrap().services.is_empty());
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Executes a scenario on a platform: discover, expand the plan, deploy agents, run each
 //! step through the client agent's control API, record measurements as they complete, and
 //! tear down on every path (success, error, SIGINT/SIGTERM). Written only against
-//! [`Platform`]; it never knows which platform it drives.
+//! [`Platform`]; it never knows which platform it drives. A scenario with a `[sweep]`
+//! table is driven by [`crate::sweep`] inside the same frame.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -14,12 +15,13 @@ use zonebench_agent::spec::{TestResult, TestSpec};
 use crate::analysis::noise;
 use crate::control_client::ControlClient;
 use crate::plan::{self, Plan, Step};
-use crate::platform::{DeployedAgent, Fingerprint, Platform};
+use crate::platform::{AgentPort, ClusterTopology, DeployedAgent, DeployedService, Fingerprint, Platform};
 use crate::report::{self, ReportOptions};
 use crate::results::load::{self, LoadedRun};
 use crate::results::store::RunStore;
 use crate::results::{now_rfc3339, Endpoint, Failure, Measurement, RunResults, RunStatus, SCHEMA_VERSION};
 use crate::scenario::Scenario;
+use crate::scenario::Via;
 
 pub struct RunOptions {
     /// The run directory (`results/runs/<time>-<scenario>` unless `--out`).
@@ -43,7 +45,11 @@ pub async fn run<P: Platform>(
     cancel: &CancellationToken,
 ) -> anyhow::Result<RunOutcome> {
     let mut store: Option<RunStore> = None;
-    let outcome = drive(platform, scenario, opts, cancel, None, &mut store).await;
+    let outcome = if scenario.sweep.is_some() {
+        crate::sweep::drive(platform, scenario, opts, cancel, &mut store).await
+    } else {
+        drive(platform, scenario, opts, cancel, None, &mut store).await
+    };
     // Teardown on every path, before anything else can fail.
     let teardown = platform.teardown().await;
     finish(outcome, teardown, store, scenario, cancel)
@@ -143,31 +149,25 @@ async fn drive<P: Platform>(
             store
         }
         None => {
-            let mut fingerprint = cluster.fingerprint.clone();
+            let store = store_slot.insert(new_store(scenario, &cluster, opts)?);
             if let Some(label) = label {
-                fingerprint.extra = labelled_extra(&cluster.fingerprint, label);
+                store.results.fingerprint.extra = labelled_extra(&cluster.fingerprint, label);
+                store.flush()?;
             }
-            let results = RunResults {
-                schema_version: SCHEMA_VERSION,
-                scenario: scenario.name.clone(),
-                started_at: now_rfc3339(),
-                finished_at: None,
-                status: RunStatus::Running,
-                fingerprint,
-                measurements: Vec::new(),
-                failures: Vec::new(),
-                error: None,
-                noise: None,
-            };
-            let store = store_slot.insert(RunStore::create(&opts.out_dir, results)?);
-            let scenario_toml = toml::to_string_pretty(scenario).unwrap_or_default();
-            store.write_file("scenario.toml", scenario_toml.as_bytes())?;
             store
         }
     };
 
     let agents = until_cancelled(cancel, platform.deploy(&plan.agent_requests())).await?.context("deploying agents")?;
     let agents: BTreeMap<String, DeployedAgent> = agents.into_iter().map(|a| (a.id.clone(), a)).collect();
+    let services: BTreeMap<String, DeployedService> = if plan.services.is_empty() {
+        BTreeMap::new()
+    } else {
+        let applied = until_cancelled(cancel, platform.apply_services(&plan.services, None))
+            .await?
+            .context("creating Services")?;
+        applied.services.into_iter().map(|s| (s.name.clone(), s)).collect()
+    };
 
     let bar = progress_bar(opts.progress, plan.steps.len());
     for (i, step) in plan.steps.iter().enumerate() {
@@ -175,7 +175,7 @@ async fn drive<P: Platform>(
             break;
         }
         bar.set_message(format!("{} {}→{}", step.name, zone_of(&plan, &step.client), zone_of(&plan, &step.server)));
-        match run_step(step, &agents, cancel).await {
+        match run_step(step, &agents, &services, cancel).await {
             Ok(result) => store.push(measurement(&plan, step, &agents, result)?)?,
             Err(e) if cancel.is_cancelled() => {
                 tracing::debug!("step {i} stopped by the signal: {e:#}");
@@ -190,6 +190,8 @@ async fn drive<P: Platform>(
                     client: step.client.clone(),
                     server: step.server.clone(),
                     error: format!("{e:#}"),
+                    variant: step.variant.clone(),
+                    params: BTreeMap::new(),
                 });
                 store.flush()?;
             }
@@ -222,18 +224,47 @@ fn merge_fingerprint(into: &mut Fingerprint, from: &Fingerprint, label: &str) {
     into.nodes += from.nodes;
 }
 
-/// Runs one step; on cancellation, cancels the agent's test and returns an error.
-async fn run_step(
+/// Creates the run directory with empty results and the scenario as run.
+pub(crate) fn new_store(scenario: &Scenario, cluster: &ClusterTopology, opts: &RunOptions) -> anyhow::Result<RunStore> {
+    let results = RunResults {
+        schema_version: SCHEMA_VERSION,
+        scenario: scenario.name.clone(),
+        started_at: now_rfc3339(),
+        finished_at: None,
+        status: RunStatus::Running,
+        fingerprint: cluster.fingerprint.clone(),
+        measurements: Vec::new(),
+        failures: Vec::new(),
+        error: None,
+        noise: None,
+    };
+    let store = RunStore::create(&opts.out_dir, results)?;
+    let scenario_toml = toml::to_string_pretty(scenario).unwrap_or_default();
+    store.write_file("scenario.toml", scenario_toml.as_bytes())?;
+    Ok(store)
+}
+
+/// Runs one step (its server is an agent, or a Service for `via = service`); on
+/// cancellation, cancels the agent's test and returns an error.
+pub(crate) async fn run_step(
     step: &Step,
     agents: &BTreeMap<String, DeployedAgent>,
+    services: &BTreeMap<String, DeployedService>,
     cancel: &CancellationToken,
 ) -> anyhow::Result<TestResult> {
     let client = agents.get(&step.client).with_context(|| format!("agent {} was not deployed", step.client))?;
-    let server = agents.get(&step.server).with_context(|| format!("agent {} was not deployed", step.server))?;
-    let spec = TestSpec {
-        target: std::net::SocketAddr::new(server.ip, plan::port_for(step.kind, server)).to_string(),
-        ..step.spec.clone()
+    let target = match step.via {
+        Via::Pod => {
+            let server = agents.get(&step.server).with_context(|| format!("agent {} was not deployed", step.server))?;
+            std::net::SocketAddr::new(server.ip, plan::port_for(step.kind, server))
+        }
+        Via::Service => {
+            let svc = services.get(&step.server).with_context(|| format!("service {} was not created", step.server))?;
+            let port = AgentPort::of_test(step.kind);
+            svc.address(port).with_context(|| format!("service {} has no {} port", step.server, port.name()))?
+        }
     };
+    let spec = TestSpec { target: target.to_string(), ..step.spec.clone() };
     let control = ControlClient::new(client.control.clone(), client.token.clone());
     let id = control.start_test(&spec).await?;
     tokio::select! {
@@ -245,7 +276,7 @@ async fn run_step(
     }
 }
 
-fn measurement(
+pub(crate) fn measurement(
     plan: &Plan,
     step: &Step,
     agents: &BTreeMap<String, DeployedAgent>,
@@ -288,6 +319,7 @@ fn measurement(
         latency: r.latency,
         connect: r.connect,
         servers: r.servers,
+        service_dataplane: None,
     })
 }
 
@@ -295,7 +327,7 @@ fn zone_of<'a>(plan: &'a Plan, id: &str) -> &'a str {
     plan.placement(id).map_or("?", |p| p.zone.as_str())
 }
 
-fn progress_bar(enabled: bool, len: usize) -> ProgressBar {
+pub(crate) fn progress_bar(enabled: bool, len: usize) -> ProgressBar {
     if !enabled {
         return ProgressBar::hidden();
     }
@@ -307,7 +339,7 @@ fn progress_bar(enabled: bool, len: usize) -> ProgressBar {
 }
 
 /// `fut`, unless cancellation comes first.
-async fn until_cancelled<T>(
+pub(crate) async fn until_cancelled<T>(
     cancel: &CancellationToken,
     fut: impl std::future::Future<Output = T>,
 ) -> anyhow::Result<T> {

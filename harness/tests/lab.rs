@@ -49,6 +49,7 @@ fn config(routing: Routing, nodes_per_zone: u32, delay: Option<&str>) -> LabConf
         routing,
         inter_zone_rate: None,
         inter_zone_delay: delay.map(String::from),
+        ..LabConfig::default()
     }
 }
 

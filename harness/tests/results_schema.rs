@@ -62,6 +62,7 @@ fn sample() -> RunResults {
             latency: histogram::summarize(&h),
             connect: None,
             servers: [("srv-b-0".to_string(), 1)].into(),
+            service_dataplane: None,
         }],
         failures: vec![Failure {
             test: TestKind::Http,
@@ -70,6 +71,8 @@ fn sample() -> RunResults {
             client: "cli-a-0".into(),
             server: "srv-b-0".into(),
             error: "boom".into(),
+            variant: String::new(),
+            params: BTreeMap::new(),
         }],
         error: None,
         noise: None,
@@ -103,6 +106,30 @@ fn the_noise_section_matches_the_schema() {
     let v = serde_json::to_value(&r).unwrap();
     let errors: Vec<String> = validator().iter_errors(&v).map(|e| format!("{e} at {}", e.instance_path)).collect();
     assert!(errors.is_empty(), "{errors:#?}");
+}
+
+#[test]
+fn a_sweep_point_must_carry_its_dataplane_figures() {
+    let mut r = sample();
+    r.measurements[0].variant = "nftables".into();
+    r.measurements[0].service_dataplane = Some(zonebench::results::ServiceDataplaneStats {
+        kind: "nftables".into(),
+        services: 1000,
+        rules: 16580,
+        program_ns: 17_000_000,
+        programming_latency_ns: Some(16_000_000),
+    });
+    r.failures[0].variant = "ebpf".into();
+    r.failures[0].params = [("services".to_string(), serde_json::json!(1000))].into();
+    let v = serde_json::to_value(&r).unwrap();
+    let errors: Vec<String> = validator().iter_errors(&v).map(|e| format!("{e} at {}", e.instance_path)).collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+    let mut missing = v.clone();
+    missing["measurements"][0]["service_dataplane"].as_object_mut().unwrap().remove("rules");
+    assert!(!validator().is_valid(&missing));
+    let mut zero = v;
+    zero["measurements"][0]["service_dataplane"]["services"] = serde_json::json!(0);
+    assert!(!validator().is_valid(&zero));
 }
 
 #[test]

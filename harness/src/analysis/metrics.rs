@@ -280,6 +280,7 @@ pub(crate) mod fixtures {
             latency: None,
             connect: None,
             servers: BTreeMap::from([(format!("srv-{sz}-0"), 100)]),
+            service_dataplane: None,
         }
     }
 

@@ -8,7 +8,13 @@
 //! `topology::proxy`'s job, never the dataplane's, so hints change routing the same way on
 //! every dataplane.
 //!
-//! A `sync` replaces the whole table, as a kube-proxy full resync does; the sweep times it.
+//! A `sync` is given the whole table and leaves the kernel holding exactly it, as a
+//! kube-proxy sync does; how (a full reload, or only what changed) is each dataplane's, as it
+//! is kube-proxy's in each mode. The sweep times it.
+//!
+//! - [`iptables`]: kube-proxy's iptables layout, loaded with `iptables-restore` (both backends);
+//! - [`nftables`]: kube-proxy's nftables layout, loaded with `nft -f` in one transaction;
+//! - [`open`] picks one by [`DataplaneKind`]; [`validate`] checks a table before any renders it.
 
 pub mod ebpf;
 
@@ -19,12 +25,20 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
 
-/// The dataplane a node programs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub mod iptables;
+pub mod nftables;
+mod tool;
+
+pub use tool::ToolError;
+
+/// The dataplane a node programs; kube-proxy's default mode, iptables, unless chosen.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum DataplaneKind {
     /// kube-proxy iptables mode through `iptables-nft` (the default backend on current distros).
+    #[default]
     Iptables,
     /// kube-proxy iptables mode through the legacy x_tables backend.
     IptablesLegacy,
@@ -130,11 +144,150 @@ pub struct SyncReport {
 /// One node's programmed dataplane.
 pub trait Dataplane: Send {
     fn kind(&self) -> DataplaneKind;
-    /// Replaces this node's whole Service table (a full resync).
+    /// Makes this node's Service table exactly `services` (the whole table, every time).
     fn sync(&mut self, services: &[ServiceRules]) -> anyhow::Result<SyncReport>;
     /// Rules or entries currently programmed, counted the way [`SyncReport::rules`] is.
     fn rule_count(&self) -> anyhow::Result<u64>;
     /// Removes every rule, map and BPF attachment this dataplane made. Safe to call twice
     /// and after a failed `sync`.
     fn teardown(&mut self) -> anyhow::Result<()>;
+}
+
+/// Opens `kind` on one node. Nothing is programmed until the first [`Dataplane::sync`];
+/// opening checks that the tools it needs are installed, so a missing one is reported
+/// before a run starts measuring.
+pub fn open(kind: DataplaneKind, node: &NodeTarget) -> anyhow::Result<Box<dyn Dataplane>> {
+    Ok(match kind {
+        DataplaneKind::Iptables => Box::new(iptables::IptablesDataplane::open(node, iptables::Backend::Nft)?),
+        DataplaneKind::IptablesLegacy => Box::new(iptables::IptablesDataplane::open(node, iptables::Backend::Legacy)?),
+        DataplaneKind::Nftables => Box::new(nftables::NftablesDataplane::open(node)?),
+        DataplaneKind::Ebpf => Box::new(ebpf::EbpfDataplane::open(node)?),
+    })
+}
+
+/// kube-proxy's name hash: SHA-256, then base32 (RFC 4648, upper case). Chain names use a
+/// prefix of it (16 characters for iptables, 8 for nftables).
+pub fn kube_hash(input: &str) -> String {
+    const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let digest = sha2::Sha256::digest(input.as_bytes());
+    let mut out = String::with_capacity(52);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for &b in digest.iter() {
+        acc = (acc << 8) | u32::from(b);
+        bits += 8;
+        while bits >= 5 {
+            bits -= 5;
+            out.push(char::from(ALPHABET[((acc >> bits) & 31) as usize]));
+        }
+    }
+    if bits > 0 {
+        out.push(char::from(ALPHABET[((acc << (5 - bits)) & 31) as usize]));
+    }
+    out
+}
+
+/// A Service port name split as kube-proxy's `ServicePortName` holds it:
+/// `namespace/name:port` → (`namespace/name`, `port`); the port name may be empty.
+pub fn split_port_name(name: &str) -> (&str, &str) {
+    name.rsplit_once(':').unwrap_or((name, ""))
+}
+
+/// A Service table no dataplane can program.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TableError {
+    #[error(
+        "service port name {0:?} must be `namespace/name:port` of letters, digits, '-', '.' and '_' \
+         (it names chains and rule comments)"
+    )]
+    BadName(String),
+    #[error("service port {0:?} appears twice in the table")]
+    DuplicateName(String),
+    #[error("services {first:?} and {second:?} both claim {vip}:{port}/{protocol}")]
+    DuplicateAddress { first: String, second: String, vip: Ipv4Addr, port: u16, protocol: &'static str },
+    #[error("service port {0:?} has port 0 or an endpoint with port 0")]
+    ZeroPort(String),
+}
+
+/// Checks what every renderer relies on: names that are safe inside rule text and chain
+/// names, one Service per name and per (VIP, port, protocol), no zero ports.
+pub fn validate(services: &[ServiceRules]) -> Result<(), TableError> {
+    let mut names = std::collections::HashSet::new();
+    let mut addresses = std::collections::HashMap::new();
+    for s in services {
+        let p = &s.service;
+        let (svc, port) = split_port_name(&p.name);
+        let ok_part = |t: &str| t.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
+        let well_formed = match svc.split_once('/') {
+            Some((ns, name)) => !ns.is_empty() && !name.is_empty() && ok_part(ns) && ok_part(name) && ok_part(port),
+            None => false,
+        };
+        if !well_formed || p.name.len() > 200 {
+            return Err(TableError::BadName(p.name.clone()));
+        }
+        if !names.insert(p.name.as_str()) {
+            return Err(TableError::DuplicateName(p.name.clone()));
+        }
+        if let Some(first) = addresses.insert((p.vip, p.port, p.protocol), p.name.as_str()) {
+            return Err(TableError::DuplicateAddress {
+                first: first.to_string(),
+                second: p.name.clone(),
+                vip: p.vip,
+                port: p.port,
+                protocol: p.protocol.as_str(),
+            });
+        }
+        if p.port == 0 || s.endpoints.iter().any(|e| e.port == 0) {
+            return Err(TableError::ZeroPort(p.name.clone()));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::*;
+
+    /// A TCP Service port `ns/name:port-name` at `vip:port` with endpoints `ip:port`.
+    pub fn svc(name: &str, vip: [u8; 4], port: u16, endpoints: &[([u8; 4], u16)]) -> ServiceRules {
+        ServiceRules {
+            service: ServicePort { name: name.into(), vip: Ipv4Addr::from(vip), port, protocol: Protocol::Tcp },
+            endpoints: endpoints.iter().map(|(ip, port)| Endpoint { ip: Ipv4Addr::from(*ip), port: *port }).collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::svc;
+    use super::*;
+
+    #[test]
+    fn names_hash_as_kube_proxy_hashes_them() {
+        // Chain names from kube-proxy's own tests for ns1/svc1:p80 and endpoint 10.180.0.1:80.
+        assert_eq!(&kube_hash("ns1/svc1:p80tcp")[..16], "XPGD46QRK7WJZT7O");
+        assert_eq!(&kube_hash("ns1/svc1:p80tcp10.180.0.1:80")[..16], "SXIVWICOYRO3J4NJ");
+        assert_eq!(&kube_hash("ns1/svc1/tcp/p80")[..8], "ULMVA6XW");
+        assert_eq!(kube_hash("").len(), 52);
+    }
+
+    #[test]
+    fn port_names_split_at_the_last_colon() {
+        assert_eq!(split_port_name("ns/web:http"), ("ns/web", "http"));
+        assert_eq!(split_port_name("ns/web"), ("ns/web", ""));
+    }
+
+    #[test]
+    fn tables_with_unsafe_names_or_clashes_are_refused_by_name() {
+        let ok = svc("zonebench/echo:tcp", [198, 18, 128, 1], 7101, &[([198, 19, 0, 2], 7101)]);
+        validate(std::slice::from_ref(&ok)).unwrap();
+        let quote = svc("zonebench/e\"cho:tcp", [198, 18, 128, 2], 7101, &[]);
+        assert_eq!(validate(&[quote]), Err(TableError::BadName("zonebench/e\"cho:tcp".into())));
+        assert!(matches!(validate(&[svc("no-namespace:tcp", [1, 1, 1, 1], 1, &[])]), Err(TableError::BadName(_))));
+        let twin = svc("zonebench/other:tcp", [198, 18, 128, 1], 7101, &[]);
+        let e = validate(&[ok.clone(), twin]).unwrap_err().to_string();
+        assert!(e.contains("198.18.128.1:7101/tcp"), "{e}");
+        assert!(matches!(validate(&[ok.clone(), ok]), Err(TableError::DuplicateName(_))));
+        let zero = svc("zonebench/z:tcp", [198, 18, 128, 3], 7101, &[([198, 19, 0, 2], 0)]);
+        assert!(matches!(validate(&[zero]), Err(TableError::ZeroPort(_))));
+    }
 }

@@ -1,5 +1,6 @@
 //! Where agents run. The orchestrator (`run.rs`) is written only against [`Platform`]:
-//! discover the cluster, deploy agents on chosen nodes, reach their control APIs, tear down.
+//! discover the cluster, deploy agents on chosen nodes, reach their control APIs, put
+//! Services in front of them, tear down.
 //!
 //! - [`lab`]: a multi-zone cluster emulated with network namespaces on one Linux host (root);
 //! - [`local`]: agents as processes on loopback, zones by label only;
@@ -8,8 +9,12 @@
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use zonebench_agent::spec::TestKind;
+
+use crate::dataplane::{DataplaneKind, Protocol};
 
 pub mod kube;
 pub mod lab;
@@ -104,6 +109,109 @@ pub struct AgentProgram {
     pub args: Vec<String>,
 }
 
+/// An agent port a Service exposes. Each becomes a Service port named after it (`tcp`,
+/// `udp`, `http`) with the agent's port number, targeting that port on every backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AgentPort {
+    Tcp,
+    Udp,
+    Http,
+}
+
+impl AgentPort {
+    pub fn name(self) -> &'static str {
+        match self {
+            AgentPort::Tcp => "tcp",
+            AgentPort::Udp => "udp",
+            AgentPort::Http => "http",
+        }
+    }
+
+    pub fn protocol(self) -> Protocol {
+        match self {
+            AgentPort::Udp => Protocol::Udp,
+            AgentPort::Tcp | AgentPort::Http => Protocol::Tcp,
+        }
+    }
+
+    /// The port a test kind talks to.
+    pub fn of_test(kind: TestKind) -> AgentPort {
+        match kind {
+            TestKind::TcpStream | TestKind::TcpRr | TestKind::TcpCrr => AgentPort::Tcp,
+            TestKind::UdpStream | TestKind::UdpRr => AgentPort::Udp,
+            TestKind::Http => AgentPort::Http,
+        }
+    }
+
+    /// This port's number on `agent`.
+    pub fn on(self, agent: &DeployedAgent) -> u16 {
+        match self {
+            AgentPort::Tcp => agent.tcp_port,
+            AgentPort::Udp => agent.udp_port,
+            AgentPort::Http => agent.http_port,
+        }
+    }
+}
+
+/// A ClusterIP Service the run wants in front of some agents.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceRequest {
+    /// Unique in the run: lowercase letters, digits and '-' (`echo`, `svc-00042`).
+    pub name: String,
+    /// The agents whose pods are its endpoints.
+    pub backends: Vec<String>,
+    pub ports: Vec<AgentPort>,
+}
+
+/// A Service as created: its virtual IP and port numbers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeployedService {
+    pub name: String,
+    pub ip: IpAddr,
+    pub ports: Vec<(AgentPort, u16)>,
+}
+
+impl DeployedService {
+    /// Where a client connects to reach `port` through the Service.
+    pub fn address(&self, port: AgentPort) -> Option<SocketAddr> {
+        self.ports.iter().find(|(p, _)| *p == port).map(|(_, n)| SocketAddr::new(self.ip, *n))
+    }
+}
+
+/// While Services are programmed, measure from `from_agent`'s node how long after the
+/// creation of `service` a pod's connect to its `port` first succeeds (network programming
+/// latency as a client sees it). A platform may probe from a pod of its own on that node,
+/// so the probe's failed attempts leave nothing the agent's own connections could meet.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbeRequest {
+    pub from_agent: String,
+    pub service: String,
+    pub port: AgentPort,
+    /// Give up after this long.
+    pub within: Duration,
+}
+
+/// What programming one node's dataplane cost.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeProgramming {
+    pub node: String,
+    /// Rules or entries after programming, as the dataplane counts them.
+    pub rules: u64,
+    /// From the start of the sync until the kernel accepted it.
+    pub elapsed: Duration,
+}
+
+/// The outcome of [`Platform::apply_services`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServicesApplied {
+    pub services: Vec<DeployedService>,
+    /// The dataplane that programmed them (`iptables`, …, or the cluster's kube-proxy mode).
+    pub dataplane: String,
+    pub nodes: Vec<NodeProgramming>,
+    /// The probe's answer, when one was asked for.
+    pub probe: Option<Duration>,
+}
+
 /// A place to run agents. Implementations must make `teardown` safe to call more than once
 /// and after a partial `deploy`, since it runs on every exit path.
 pub trait Platform {
@@ -115,6 +223,25 @@ pub trait Platform {
     fn deploy(&mut self, agents: &[AgentRequest]) -> impl Future<Output = anyhow::Result<Vec<DeployedAgent>>>;
     /// Removes everything the platform created.
     fn teardown(&mut self) -> impl Future<Output = anyhow::Result<()>>;
+
+    /// Makes the run's Services exactly `services` (creating, changing and deleting as
+    /// needed) and returns once every node routes them. With `probe`, also measures the
+    /// programming latency a pod sees (see [`ProbeRequest`]).
+    fn apply_services(
+        &mut self,
+        services: &[ServiceRequest],
+        probe: Option<&ProbeRequest>,
+    ) -> impl Future<Output = anyhow::Result<ServicesApplied>> {
+        let _ = (services, probe);
+        let name = self.name();
+        async move { anyhow::bail!("Services are not available on the {name} platform; run on the lab") }
+    }
+
+    /// Chooses the dataplane every node programs Services with, replacing the current one.
+    fn set_service_dataplane(&mut self, kind: DataplaneKind) -> impl Future<Output = anyhow::Result<()>> {
+        let name = self.name();
+        async move { anyhow::bail!("the {name} platform cannot switch its service dataplane to {kind}") }
+    }
 }
 
 /// The running kernel's release, for fingerprints.

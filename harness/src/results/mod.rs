@@ -82,6 +82,26 @@ pub struct Measurement {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connect: Option<LatencySummary>,
     pub servers: BTreeMap<String, u64>,
+    /// Service-scaling sweep points: the dataplane's state when this was measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_dataplane: Option<ServiceDataplaneStats>,
+}
+
+/// What a service-scaling sweep point records about the dataplane it measured through.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceDataplaneStats {
+    /// `iptables`, `iptables-legacy`, `nftables`, `ebpf` (the lab), or the cluster's mode.
+    pub kind: String,
+    /// Services programmed (each with the same ports and real endpoints).
+    pub services: u32,
+    /// On the client's node: `iptables-save`/`nft list ruleset` lines, or BPF map entries.
+    pub rules: u64,
+    /// On the client's node: the sync that added the newest Service, start to kernel accept.
+    pub program_ns: u64,
+    /// From the newest Service's creation to a client pod's first successful connect to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub programming_latency_ns: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -93,6 +113,12 @@ pub struct Failure {
     pub client: String,
     pub server: String,
     pub error: String,
+    /// The variant the step belonged to (a sweep point's dataplane), when it had one.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub variant: String,
+    /// Parameters that locate the step (a sweep point's `services`), when it had any.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, serde_json::Value>,
 }
 
 /// Now as RFC 3339 UTC with seconds.

@@ -49,7 +49,7 @@ pub enum Via {
     /// Straight to the server pod's IP.
     #[default]
     Pod,
-    /// Through a Service virtual IP (the service dataplanes issue).
+    /// Through a Service virtual IP, translated by the platform's service dataplane.
     Service,
 }
 
@@ -82,6 +82,9 @@ pub struct Scenario {
     pub agents: Agents,
     #[serde(default)]
     pub defaults: Defaults,
+    /// A service-scaling sweep instead of the zone matrix (see [`crate::sweep`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sweep: Option<crate::sweep::SweepConfig>,
     pub tests: Vec<TestEntry>,
 }
 
@@ -267,18 +270,12 @@ impl Scenario {
         if !(spread.is_finite() && spread > 0.0 && spread <= 1000.0) {
             return bad("defaults.max_spread_pct".into(), "must be a percentage above 0 (at most 1000)");
         }
-        if self.defaults.via == Via::Service {
-            return bad("defaults.via".into(), SERVICE_NOT_BUILT);
-        }
         if self.tests.is_empty() {
             return bad("tests".into(), "a scenario needs at least one [[tests]] entry");
         }
         let zones = self.lab.zones.len();
         for (i, t) in self.tests.iter().enumerate() {
             let f = |name: &str| format!("tests[{i}].{name}");
-            if t.via == Some(Via::Service) {
-                return bad(f("via"), SERVICE_NOT_BUILT);
-            }
             if let Some(r) = t.repeat {
                 if r == 0 || r > 100 {
                     return bad(f("repeat"), "must be 1 to 100");
@@ -301,12 +298,12 @@ impl Scenario {
         if let Some(w) = labels.windows(2).find(|w| w[0] == w[1]) {
             return Err(("tests".into(), format!("two tests are labelled {:?}; give one a distinct `name`", w[0])));
         }
+        if let Some(sweep) = &self.sweep {
+            sweep.validate(self)?;
+        }
         Ok(())
     }
 }
-
-const SERVICE_NOT_BUILT: &str =
-    "via = \"service\" is not available yet: Services in the lab arrive with the service dataplanes; use \"pod\"";
 
 /// TestSpec field names to the scenario's (which carry no unit suffix).
 fn spec_field_to_scenario(field: &str) -> &str {

@@ -64,10 +64,35 @@ fn duplicate_labels_are_refused() {
 }
 
 #[test]
-fn service_tests_say_they_are_not_available_yet() {
-    let e = parse("[[tests]]\nkind = \"tcp-rr\"\nvia = \"service\"\n").unwrap_err();
+fn service_tests_and_the_lab_dataplane_are_accepted() {
+    let s =
+        parse("[lab]\nservice_dataplane = \"nftables\"\n[[tests]]\nkind = \"tcp-rr\"\nvia = \"service\"\n").unwrap();
+    assert_eq!(s.tests[0].via, Some(Via::Service));
+    assert_eq!(s.lab.service_dataplane, crate::dataplane::DataplaneKind::Nftables);
+    let e = parse("[lab]\nservice_dataplane = \"ipvs\"\n[[tests]]\nkind = \"tcp-rr\"\n").unwrap_err();
+    assert!(e.location.starts_with("s.toml:2:"), "{e}");
+    assert!(e.message.contains("ipvs") && e.message.contains("nftables"), "{e}");
+}
+
+#[test]
+fn a_sweep_checks_its_points_and_needs_service_tests() {
+    let ok = "[defaults]\nvia = \"service\"\n[sweep]\nservices = [10, 100]\ndataplanes = [\"nftables\"]\n[[tests]]\nkind = \"tcp-crr\"\n";
+    let s = parse(ok).unwrap();
+    let sweep = s.sweep.unwrap();
+    assert_eq!(sweep.services, [10, 100]);
+    assert_eq!(sweep.dataplanes, [crate::dataplane::DataplaneKind::Nftables]);
+    let e = parse("[sweep]\nservices = [10]\n[[tests]]\nkind = \"tcp-crr\"\n").unwrap_err();
     assert_eq!(e.field, "tests[0].via");
-    assert!(e.message.contains("not available yet"), "{e}");
+    assert!(e.message.contains("service"), "{e}");
+    let e = parse(&ok.replace("[10, 100]", "[10, 0]")).unwrap_err();
+    assert_eq!(e.field, "sweep.services");
+    assert_eq!(e.location, "s.toml:4");
+    let e = parse(&ok.replace("[10, 100]", "[40000]")).unwrap_err();
+    assert!(e.message.contains("30000"), "{e}");
+    let e = parse(&ok.replace("[\"nftables\"]", "[\"nftables\", \"nftables\"]")).unwrap_err();
+    assert_eq!(e.field, "sweep.dataplanes");
+    let e = parse(&ok.replace("[\"nftables\"]", "[\"ipvs\"]")).unwrap_err();
+    assert!(e.message.contains("ipvs"), "{e}");
 }
 
 #[test]

@@ -158,6 +158,16 @@ pub(crate) fn remove_lab(id: &LabId, st: Option<&LabState>, dir: &Path) -> anyho
     if let Some(e) = first_err {
         return Err(e.context(format!("removing the namespaces of lab {id}")));
     }
+    // The cgroups are empty now: their processes lived in the namespaces just emptied.
+    let mut cgroups: Vec<PathBuf> = st.map(|s| s.cgroups.clone()).unwrap_or_default();
+    for dir in super::cgroup::of_lab(id) {
+        if !cgroups.contains(&dir) {
+            cgroups.push(dir);
+        }
+    }
+    for dir in &cgroups {
+        super::cgroup::remove(dir).with_context(|| format!("removing the cgroups of lab {id}"))?;
+    }
     if let Some(st) = st.filter(|s| s.owns_run_dir) {
         match std::fs::remove_dir_all(&st.run_dir) {
             Ok(()) => {}

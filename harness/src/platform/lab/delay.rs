@@ -185,6 +185,11 @@ impl ForwarderProgram {
         let path = std::env::current_exe().context("finding the coordinator's own executable")?;
         Ok(ForwarderProgram { path, args: vec!["lab".into(), "delay-forwarder".into()] })
     }
+
+    /// The same executable with other leading arguments (`lab connect-probe`).
+    pub fn with_args(&self, args: &[&str]) -> ForwarderProgram {
+        ForwarderProgram { path: self.path.clone(), args: args.iter().map(|a| a.to_string()).collect() }
+    }
 }
 
 /// The command that runs the forwarder inside `netns`. `attached` ties it to the caller: it

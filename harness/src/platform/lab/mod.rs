@@ -6,11 +6,18 @@
 //! VXLAN, or VXLAN across zones only. Nothing is created in the host's namespace: the
 //! coordinator reaches agents over unix sockets in the run directory.
 //!
+//! Services get virtual IPs that each node's service dataplane (`lab.service_dataplane`:
+//! kube-proxy's iptables or nftables layout, or an eBPF socket load balancer) translates
+//! to the agents behind them; each node's pod processes share a cgroup, where the eBPF
+//! dataplane attaches.
+//!
 //! - [`topology`]: the addressing plan and build commands (pure);
 //! - [`netns`]: running `ip`/`tc` and reading namespaces and processes;
 //! - [`delay`]: the TUN delay forwarder (the kernel here has no netem);
 //! - [`state`]: the state file each lab leaves in `/run/zonebench/labs`;
-//! - [`admin`]: `zonebench lab up | status | down [--all]`.
+//! - [`admin`]: `zonebench lab up | status | down [--all]`;
+//! - [`services`]: Service VIPs, the endpoints each node uses, the per-node dataplanes;
+//! - [`cgroup`]: the per-node cgroups; [`probe`]: the programming-latency connect probe.
 //!
 //! Every lab is removed by [`LabPlatform`]'s `teardown` (also on drop), or later by
 //! [`admin::down`]/[`admin::down_all`] from its state file and name prefix.
@@ -26,17 +33,26 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{bail, Context as _};
 use serde::{Deserialize, Serialize};
 
-use super::{AgentProgram, AgentRequest, ClusterTopology, ControlEndpoint, DeployedAgent, Fingerprint, Node, Platform};
+use super::{
+    AgentPort, AgentProgram, AgentRequest, ClusterTopology, ControlEndpoint, DeployedAgent, DeployedService,
+    Fingerprint, Node, NodeProgramming, Platform, ProbeRequest, ServiceRequest, ServicesApplied,
+};
 use crate::control_client::ControlClient;
+use crate::dataplane::{DataplaneKind, NodeTarget};
 
 pub mod admin;
+pub mod cgroup;
 pub mod delay;
 pub mod netns;
+pub mod probe;
+pub mod services;
 pub mod state;
 pub mod topology;
 
 pub use admin::{down, down_all, status, up, LabStatus};
 pub use delay::{forwarder_command, run_delay_forwarder, DelayForwarderArgs, ForwarderProgram, StopOn};
+pub use probe::ConnectProbeArgs;
+use services::{LabService, LabServices, ServiceEndpoint};
 use state::{LabState, ProcRecord};
 use topology::{LabId, Plan, PodPlan};
 
@@ -80,6 +96,10 @@ pub struct LabConfig {
     /// Extra one-way delay between zones, e.g. `"250us"` (none = no added delay).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inter_zone_delay: Option<String>,
+    /// What every node programs Services with: `iptables` (kube-proxy's default mode),
+    /// `iptables-legacy`, `nftables` or `ebpf`.
+    #[serde(default)]
+    pub service_dataplane: DataplaneKind,
 }
 
 impl Default for LabConfig {
@@ -90,6 +110,7 @@ impl Default for LabConfig {
             routing: Routing::default(),
             inter_zone_rate: None,
             inter_zone_delay: None,
+            service_dataplane: DataplaneKind::default(),
         }
     }
 }
@@ -179,6 +200,8 @@ pub struct LabOptions {
     pub id: Option<LabId>,
     /// Where state files go (default [`state::STATE_DIR`]).
     pub state_dir: Option<PathBuf>,
+    /// The connect probe (default: this executable's `lab connect-probe`).
+    pub probe: Option<ForwarderProgram>,
 }
 
 struct Proc {
@@ -207,6 +230,10 @@ pub struct LabPlatform {
     spawner: Option<crate::platform::spawn::Spawner>,
     /// Built by `lab up`: processes outlive this handle and dropping it keeps the lab.
     detached: bool,
+    /// Where cgroup v2 is mounted; without it node cgroups (and the eBPF dataplane) are
+    /// unavailable, and nothing else changes.
+    cgroup_mount: Option<PathBuf>,
+    services: LabServices,
 }
 
 impl LabPlatform {
@@ -217,6 +244,7 @@ impl LabPlatform {
             None => fresh_id(&state_dir)?,
         };
         let plan = Plan::new(id.clone(), &config).map_err(anyhow::Error::msg)?;
+        let config_dataplane = config.service_dataplane;
         let (run_dir, owns_run_dir) = match &options.run_dir {
             Some(d) => (d.clone(), false),
             None => (PathBuf::from(format!("/run/zonebench/{id}")), true),
@@ -235,6 +263,8 @@ impl LabPlatform {
             token: None,
             spawner: None,
             detached: false,
+            cgroup_mount: cgroup::mount_point(),
+            services: LabServices::new(config_dataplane),
         })
     }
 
@@ -285,6 +315,7 @@ impl LabPlatform {
             owns_run_dir: self.owns_run_dir,
             namespaces: self.plan.namespaces(),
             processes: vec![],
+            cgroups: self.cgroups(),
         });
         let built = self.build_inner();
         if let Err(e) = built {
@@ -303,6 +334,9 @@ impl LabPlatform {
         std::fs::create_dir_all(&self.run_dir).with_context(|| format!("creating {}", self.run_dir.display()))?;
         self.spawner = Some(crate::platform::spawn::Spawner::new(self.plan.id.as_str())?);
         netns::run_all(&self.plan.build_commands())?;
+        for dir in self.cgroups() {
+            cgroup::create(&dir)?;
+        }
         if let Some(delay) = self.plan.delay {
             self.start_forwarder(delay)?;
         }
@@ -373,6 +407,7 @@ impl LabPlatform {
         let mut extra = std::collections::BTreeMap::new();
         extra.insert("lab_id".to_string(), self.plan.id.to_string());
         extra.insert("underlay_mtu".to_string(), self.plan.underlay_mtu.to_string());
+        extra.insert("service_dataplane".to_string(), self.services.kind().to_string());
         if let Some(d) = &self.config.inter_zone_delay {
             extra.insert("inter_zone_delay".to_string(), d.clone());
         }
@@ -392,6 +427,141 @@ impl LabPlatform {
             extra,
         };
         ClusterTopology { nodes, fingerprint }
+    }
+
+    /// The cgroup directories of the nodes (none without a cgroup v2 mount).
+    fn cgroups(&self) -> Vec<PathBuf> {
+        let Some(mount) = &self.cgroup_mount else { return vec![] };
+        self.plan.nodes.iter().map(|n| cgroup::node_dir(mount, &self.plan.id, &n.name)).collect()
+    }
+
+    /// The cgroup of `node`'s pod processes, when the host has cgroup v2.
+    pub fn node_cgroup(&self, node: &str) -> Option<PathBuf> {
+        let mount = self.cgroup_mount.as_ref()?;
+        self.plan.node(node).map(|n| cgroup::node_dir(mount, &self.plan.id, &n.name))
+    }
+
+    /// Where `node`'s service dataplane lives. Without cgroup v2 the cgroup path is empty
+    /// (only the eBPF dataplane needs it, and it says so).
+    pub fn node_target(&self, node: &str) -> Option<NodeTarget> {
+        let n = self.plan.node(node)?;
+        Some(NodeTarget {
+            netns: n.netns.clone(),
+            cgroup: self.node_cgroup(node).unwrap_or_default(),
+            pod_cidr: (n.pod_cidr.addr, n.pod_cidr.len),
+        })
+    }
+
+    /// Allocates VIPs for `requests`, programs every node's dataplane with the whole table
+    /// (the probe's node first, so the probe times that node's programming, not the
+    /// others'), and runs the probe if asked.
+    pub fn apply_services_sync(
+        &mut self,
+        requests: &[ServiceRequest],
+        probe: Option<&ProbeRequest>,
+    ) -> anyhow::Result<ServicesApplied> {
+        if self.state.is_none() {
+            bail!("the lab is not built yet (discover first)");
+        }
+        let mut table = Vec::with_capacity(requests.len());
+        let mut seen = std::collections::HashSet::new();
+        for r in requests {
+            services::check_name(&r.name)?;
+            if !seen.insert(r.name.as_str()) {
+                bail!("service {:?} is requested twice", r.name);
+            }
+            if r.ports.is_empty() {
+                bail!("service {:?} has no ports", r.name);
+            }
+            let mut endpoints = Vec::with_capacity(r.backends.len());
+            for b in &r.backends {
+                let pod = self
+                    .pods
+                    .iter()
+                    .find(|p| &p.agent_id == b)
+                    .with_context(|| format!("service {:?}: backend agent {b:?} is not deployed", r.name))?;
+                endpoints.push(ServiceEndpoint {
+                    agent: b.clone(),
+                    ip: pod.ip,
+                    node: pod.node.clone(),
+                    zone: pod.zone.clone(),
+                    hints: vec![],
+                });
+            }
+            let ports = r.ports.iter().map(|&p| (p, lab_port(p))).collect();
+            table.push(LabService { name: r.name.clone(), vip: self.services.vip_for(&r.name)?, ports, endpoints });
+        }
+
+        let mut nodes: Vec<(String, String)> =
+            self.plan.nodes.iter().map(|n| (n.name.clone(), n.zone.clone())).collect();
+        let mut started = None;
+        if let Some(p) = probe {
+            let client_node = self
+                .pods
+                .iter()
+                .find(|pod| pod.agent_id == p.from_agent)
+                .with_context(|| format!("the probe's client agent {:?} is not deployed", p.from_agent))?
+                .node
+                .clone();
+            let pod = self.probe_pod(&client_node)?;
+            let svc = table
+                .iter()
+                .find(|s| s.name == p.service)
+                .with_context(|| format!("the probe's service {:?} is not among the services", p.service))?;
+            let port = svc
+                .ports
+                .iter()
+                .find(|(ap, _)| *ap == p.port)
+                .with_context(|| format!("service {:?} has no {} port", p.service, p.port.name()))?
+                .1;
+            let program = match &self.options.probe {
+                Some(prog) => prog.clone(),
+                None => ForwarderProgram::current_exe()?.with_args(&["lab", "connect-probe"]),
+            };
+            let target = std::net::SocketAddr::from((svc.vip, port));
+            let cgroup = self.node_cgroup(&pod.node);
+            started = Some(probe::Probe::start(&program, &pod.netns, cgroup.as_deref(), target, p.within)?);
+            nodes.sort_by_key(|(name, _)| *name != pod.node);
+        }
+
+        let mut programming = Vec::with_capacity(nodes.len());
+        for (i, (node, zone)) in nodes.iter().enumerate() {
+            let target = self.node_target(node).with_context(|| format!("node {node} vanished from the plan"))?;
+            let rules = services::rules_for_node(zone, &table);
+            let dp = self.services.dataplane(node, &target)?;
+            if i == 0 {
+                if let Some(p) = started.as_mut() {
+                    p.go()?;
+                }
+            }
+            let report = dp.sync(&rules).with_context(|| format!("programming Services on node {node}"))?;
+            programming.push(NodeProgramming { node: node.clone(), rules: report.rules, elapsed: report.elapsed });
+        }
+        let probed = started.map(probe::Probe::wait).transpose()?;
+        Ok(ServicesApplied {
+            services: table
+                .iter()
+                .map(|s| DeployedService { name: s.name.clone(), ip: IpAddr::V4(s.vip), ports: s.ports.clone() })
+                .collect(),
+            dataplane: self.services.kind().to_string(),
+            nodes: programming,
+            probe: probed,
+        })
+    }
+
+    /// The pod the connect probe runs in on `node`, created on first use. A pod of its own:
+    /// see [`probe`] for why not an agent's.
+    fn probe_pod(&mut self, node: &str) -> anyhow::Result<PodPlan> {
+        let id = format!("probe-{node}");
+        if let Some(p) = self.pods.iter().find(|p| p.agent_id == id) {
+            return Ok(p.clone());
+        }
+        self.add_pod(&id, node)
+    }
+
+    /// Switches every node to another dataplane (the current one's rules are removed).
+    pub fn set_service_dataplane_sync(&mut self, kind: DataplaneKind) -> anyhow::Result<()> {
+        self.services.switch(kind)
     }
 
     /// Creates a pod namespace for `agent_id` on `node` and wires it up (no process yet).
@@ -461,11 +631,19 @@ impl LabPlatform {
         cmd.arg("--token-file").arg(&token_path);
         cmd.args(["--id", &req.id, "--zone", &pod.zone, "--node", &pod.node]);
         cmd.args(["--allow-cidr", &topology::POD_SUPERNET.to_string()]);
+        cmd.args(["--allow-cidr", &services::SERVICE_CIDR.to_string()]);
         cmd.stdin(Stdio::null());
         let log = self.run_dir.join(format!("{}.log", req.id));
         let proc = self.spawn_logged(cmd, &format!("agent:{}", req.id), &pod.netns, &log)?;
+        let pid = proc.child.id();
         self.procs.push(proc);
         self.save_state()?;
+        // Before the agent opens any client socket (it does so only when a test starts), so
+        // every socket of the pod is in its node's cgroup.
+        if let Some(dir) = self.node_cgroup(&pod.node) {
+            cgroup::join(&dir, pid)
+                .with_context(|| format!("placing agent {} in node {}'s cgroup", req.id, pod.node))?;
+        }
         Ok(DeployedAgent {
             id: req.id.clone(),
             node: pod.node.clone(),
@@ -493,6 +671,11 @@ impl LabPlatform {
     /// Removes everything this lab created; safe to call again and after a partial build.
     pub fn teardown_sync(&mut self) -> anyhow::Result<()> {
         let Some(st) = self.state.clone() else { return Ok(()) };
+        // Rules and BPF attachments first, while their namespaces and cgroups exist; the
+        // namespaces' removal below would take nftables and iptables rules with it anyway.
+        if let Err(e) = self.services.teardown() {
+            tracing::warn!("lab {}: {e:#}", self.plan.id);
+        }
         // Close the forwarder's stdin first: it exits on its own.
         for p in &mut self.procs {
             p._stdin = None;
@@ -579,6 +762,29 @@ impl Platform for LabPlatform {
 
     async fn teardown(&mut self) -> anyhow::Result<()> {
         self.teardown_sync()
+    }
+
+    /// Programs every node (blocking this thread for as long as that takes: seconds for
+    /// iptables at 10,000 Services).
+    async fn apply_services(
+        &mut self,
+        services: &[ServiceRequest],
+        probe: Option<&ProbeRequest>,
+    ) -> anyhow::Result<ServicesApplied> {
+        self.apply_services_sync(services, probe)
+    }
+
+    async fn set_service_dataplane(&mut self, kind: DataplaneKind) -> anyhow::Result<()> {
+        self.set_service_dataplane_sync(kind)
+    }
+}
+
+/// An agent port's number in every pod.
+fn lab_port(p: AgentPort) -> u16 {
+    match p {
+        AgentPort::Tcp => AGENT_TCP_PORT,
+        AgentPort::Udp => AGENT_UDP_PORT,
+        AgentPort::Http => AGENT_HTTP_PORT,
     }
 }
 

@@ -52,6 +52,9 @@ pub struct LabState {
     pub owns_run_dir: bool,
     pub namespaces: Vec<String>,
     pub processes: Vec<ProcRecord>,
+    /// The per-node cgroup directories (empty without cgroup v2, or in older state files).
+    #[serde(default)]
+    pub cgroups: Vec<PathBuf>,
 }
 
 impl LabState {
@@ -125,6 +128,7 @@ mod tests {
                 role: "delay-forwarder".into(),
                 netns: "n".into(),
             }],
+            cgroups: vec!["/sys/fs/cgroup/zbbeef-a-1".into()],
         };
         st.save(&dir).unwrap();
         std::fs::write(dir.join("not-a-lab.json"), "{}").unwrap();

@@ -496,6 +496,7 @@ impl Plan {
         let c = vec![
             Cmd::new("ip", None, &["netns", "add", ns]),
             sysctls(ns),
+            pod_sysctls(ns),
             Cmd::ip(ns, &["link", "set", "lo", "up"]),
             Cmd::ip(&node.netns, &["link", "add", &pod.host_ifname, "mtu", &mtu, "type", "veth",
                 "peer", "name", &pod.ifname, "mtu", &mtu, "netns", ns]),
@@ -521,6 +522,17 @@ fn sysctls(ns: &str) -> Cmd {
     c
 }
 
+/// Pods reuse their own TIME_WAIT ports for new connections to the same address once the
+/// old connection is a second old (`tcp_tw_reuse=1`; the default 2 allows it on loopback
+/// only). Without it a connect-per-transaction test (tcp-crr, thousands of connections a
+/// second to one address) fills the ephemeral range with TIME_WAIT sockets within a few
+/// seconds, after which every connect() searches the whole range: connect times jump from
+/// tens of microseconds to milliseconds, a cost of the client's port allocator that would
+/// swamp the network and dataplane costs being measured.
+fn pod_sysctls(ns: &str) -> Cmd {
+    Cmd::new("sysctl", Some(ns), &["-qw", "net.ipv4.tcp_tw_reuse=1"])
+}
+
 pub fn mac(m: [u8; 6]) -> String {
     format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
 }
@@ -536,6 +548,7 @@ mod tests {
             routing,
             inter_zone_rate: Some("1gbit".into()),
             inter_zone_delay: Some("250us".into()),
+            ..LabConfig::default()
         };
         Plan::new(LabId::from_bits(0x3f2a), &config).unwrap()
     }
@@ -704,5 +717,6 @@ mod tests {
         ));
         assert!(has(&c, "zb3f2a-pod3", "addr add 198.19.16.2/24 dev zb3f2a-eth"));
         assert!(has(&c, "zb3f2a-pod3", "route add default via 198.19.16.1 dev zb3f2a-eth"));
+        assert!(c.iter().any(|c| c.program == "sysctl" && c.args.contains(&"net.ipv4.tcp_tw_reuse=1".to_string())));
     }
 }

@@ -305,9 +305,7 @@ pub fn run(args: &HintsArgs) -> ExitCode {
 fn run_inner(args: &HintsArgs) -> Result<String, DoctorError> {
     let (nodes, slices, service) = match args.form().map_err(DoctorError::Usage)? {
         Form::Files { nodes, slices, service } => (nodes, slices, service),
-        Form::Live { .. } => {
-            return Err(DoctorError::Usage("the live form runs through topology::live::run".into()))
-        }
+        Form::Live { .. } => return Err(DoctorError::Usage("the live form runs through topology::live::run".into())),
     };
     let inputs = Inputs {
         nodes: input::load_nodes(&nodes)?,
@@ -486,7 +484,11 @@ pub fn analyse(inputs: &Inputs, settings: &Settings) -> Result<Analysis, DoctorE
                 hints_possible: (possible.len() > 1)
                     .then(|| possible.iter().map(|h| h.as_ref().map(|h| h.for_zones.clone())).collect()),
                 current_hints: input_ep.hints.as_ref().map(|h| h.for_zones.clone()),
-                current_node_hints: input_ep.hints.as_ref().filter(|h| !h.for_nodes.is_empty()).map(|h| h.for_nodes.clone()),
+                current_node_hints: input_ep
+                    .hints
+                    .as_ref()
+                    .filter(|h| !h.for_nodes.is_empty())
+                    .map(|h| h.for_nodes.clone()),
                 agrees: None,
                 managed: slices[r.slice].managed_by_controller,
                 expected_load: loads.as_ref().map(|l| l[i]),
@@ -582,7 +584,8 @@ fn zone_reports(
         .collect()
 }
 
-fn reason_of(c: &Categorized, eps: &[Endpoint], zone: Option<&str>) -> (bool, RoutingReason, String) {
+/// Whether kube-proxy filters, why, and the reason in words with its numbers.
+pub(super) fn reason_of(c: &Categorized, eps: &[Endpoint], zone: Option<&str>) -> (bool, RoutingReason, String) {
     let n_ready = eps.iter().filter(|e| e.ready.unwrap_or(true)).count();
     let shown = c.internal().len();
     match &c.decision {
@@ -1046,7 +1049,11 @@ pub fn render_table(r: &Report) -> String {
     if let Some(l) = &r.live {
         s.push_str(&super::live::render_section(l));
     }
-    let _ = writeln!(s, "\nkube-proxy routing of ClusterIP traffic, from a node in each zone:");
+    let _ = writeln!(
+        s,
+        "\nkube-proxy routing of ClusterIP traffic, from a node in each zone{}:",
+        if r.live.is_some() { ", with the predicted hints" } else { "" }
+    );
     let how = |filtered: bool, reason: RoutingReason| match (filtered, reason) {
         (true, _) => "filtered",
         (false, RoutingReason::InternalTrafficPolicyLocal) => "node-local",

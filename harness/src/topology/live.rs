@@ -29,7 +29,8 @@ use serde::Serialize;
 use super::doctor::{self, Analysis, DoctorError, Form, HintsArgs, Inputs, Settings};
 use super::hints::{self, ControllerOptions, EndpointRef, Reconciliation};
 use super::input::{self, FieldError};
-use super::{Hints, RoutingMode, Slice, SyncState};
+use super::proxy::{self, ProxyNode, ProxyOptions};
+use super::{Endpoint, Hints, RoutingMode, Slice, SyncState};
 use crate::platform::kube::{self, services, ClusterSource, KubeError};
 
 /// The newest Kubernetes minor whose EndpointSlice controller was read for the port
@@ -49,7 +50,7 @@ pub enum LiveError {
     #[error("cluster {cluster}: Service {namespace}/{service} has no EndpointSlice (label kubernetes.io/service-name={service}): {why}")]
     NoSlices { cluster: String, namespace: String, service: String, why: String },
     #[error("cluster {cluster}: Service {namespace}/{service}: {source}")]
-    Doctor { cluster: String, namespace: String, service: String, source: DoctorError },
+    Doctor { cluster: String, namespace: String, service: String, source: Box<DoctorError> },
 }
 
 /// How the verdict explains the hints the controller wrote.
@@ -96,6 +97,22 @@ pub struct Comparison {
     pub reasons: Vec<String>,
     /// `TopologyAwareHints*` events on the Service, oldest first.
     pub events: Vec<RecordedEvent>,
+    /// Where kube-proxy on a node of each zone routes with the hints written now (same zones
+    /// as the report's `routing`).
+    pub routing_now: Vec<RoutingNow>,
+}
+
+/// kube-proxy's routing from a node of one zone (hosting no endpoint), with the actual hints.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoutingNow {
+    /// null: nodes without a zone label.
+    pub zone: Option<String>,
+    pub filtered: bool,
+    pub reason: doctor::RoutingReason,
+    pub detail: String,
+    pub endpoints: Vec<String>,
+    /// The same endpoints as with the predicted hints (canonical outcome).
+    pub as_predicted: bool,
 }
 
 /// One endpoint whose actual hints are not the predicted ones.
@@ -156,13 +173,14 @@ pub async fn run(args: &HintsArgs) -> ExitCode {
             print!("{out}");
             ExitCode::SUCCESS
         }
-        Err(LiveError::Usage(m) | LiveError::Doctor { source: DoctorError::Usage(m), .. }) => {
-            eprintln!("error: {m}");
-            ExitCode::from(2)
-        }
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::FAILURE
+            // A doctor usage error needs a flag (e.g. --address-type): still a usage error.
+            match &e {
+                LiveError::Usage(_) => ExitCode::from(2),
+                LiveError::Doctor { source, .. } if matches!(**source, DoctorError::Usage(_)) => ExitCode::from(2),
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }
@@ -195,8 +213,16 @@ async fn run_inner(args: &HintsArgs) -> Result<String, LiveError> {
         cluster: cluster.describe(),
         namespace: namespace.clone(),
         service: service.clone(),
-        source,
+        source: Box::new(source),
     })?;
+    let same_td = matches!(analysis.service.traffic_distribution.as_deref(), Some("PreferSameZone" | "PreferSameNode"));
+    if gate_from_version && same_td {
+        analysis.report.mode_reasons.push(format!(
+            "the PreferSameTrafficDistribution feature gate is taken as {}, the default of Kubernetes {} (--prefer-same-traffic-distribution overrides it)",
+            if gate { "on" } else { "off" },
+            cluster.version
+        ));
+    }
     let (events, events_error) = match &objects.events {
         Ok(ev) => (ev.iter().map(recorded).collect(), None),
         Err(why) => (Vec::new(), Some(why.clone())),
@@ -216,7 +242,7 @@ async fn run_inner(args: &HintsArgs) -> Result<String, LiveError> {
         cluster: ctx.cluster.clone(),
         namespace: ctx.namespace.clone(),
         service,
-        source,
+        source: Box::new(source),
     })
 }
 
@@ -426,7 +452,8 @@ pub fn compare(a: &mut Analysis, ctx: &LiveContext) {
             fmt_zones(&pred.as_ref().map(|h| h.for_zones.clone())),
             fmt_zones(&act.as_ref().map(|h| h.for_zones.clone()))
         );
-        let node_hints = |h: &Option<Hints>| h.as_ref().filter(|h| !h.for_nodes.is_empty()).map(|h| h.for_nodes.clone());
+        let node_hints =
+            |h: &Option<Hints>| h.as_ref().filter(|h| !h.for_nodes.is_empty()).map(|h| h.for_nodes.clone());
         if node_hints(&pred) != node_hints(&act) {
             let _ = write!(
                 detail,
@@ -475,6 +502,7 @@ pub fn compare(a: &mut Analysis, ctx: &LiveContext) {
         ),
     };
     let reasons = reasons(a, ctx, verdict, version, version_reason, &steady, actual_hinted);
+    let routing_now = routing_now(a);
     a.report.live = Some(Comparison {
         cluster: ctx.cluster.clone(),
         context: ctx.context.clone(),
@@ -487,7 +515,37 @@ pub fn compare(a: &mut Analysis, ctx: &LiveContext) {
         differences,
         reasons,
         events: ctx.events.clone(),
+        routing_now,
     });
+}
+
+/// kube-proxy's routing per zone with the hints the slices carry now.
+fn routing_now(a: &Analysis) -> Vec<RoutingNow> {
+    let eps: Vec<Endpoint> = a.reconciliation.input.iter().flat_map(|s| s.endpoints.clone()).collect();
+    let popts = ProxyOptions { prefer_same_traffic_distribution: a.options.prefer_same_traffic_distribution };
+    a.report
+        .routing
+        .iter()
+        .map(|predicted| {
+            let zone = predicted.zone.as_deref();
+            let c = proxy::categorize(&eps, &a.service, &ProxyNode::in_zone(zone), &popts);
+            let (filtered, reason, detail) = doctor::reason_of(&c, &eps, zone);
+            let endpoints: Vec<String> = c.internal().iter().map(|&i| eps[i].address.clone()).collect();
+            let sorted = |v: &[String]| {
+                let mut v = v.to_vec();
+                v.sort();
+                v
+            };
+            RoutingNow {
+                zone: predicted.zone.clone(),
+                filtered,
+                reason,
+                as_predicted: sorted(&endpoints) == sorted(&predicted.endpoints),
+                detail,
+                endpoints,
+            }
+        })
+        .collect()
 }
 
 /// A difference the cluster's version explains: a feature gate's default, or a field or
@@ -627,6 +685,19 @@ pub fn render_section(c: &Comparison) -> String {
     for r in &c.reasons {
         let _ = writeln!(s, "  - {r}");
     }
+    let changed: Vec<&RoutingNow> = c.routing_now.iter().filter(|r| !r.as_predicted).collect();
+    if !changed.is_empty() {
+        let _ = writeln!(s, "  kube-proxy now, with the hints written, routes otherwise than predicted:");
+        for r in changed {
+            let how = match (r.filtered, r.reason) {
+                (true, _) => "filtered",
+                (false, doctor::RoutingReason::InternalTrafficPolicyLocal) => "node-local",
+                (false, _) => "cluster-wide",
+            };
+            let eps = if r.endpoints.is_empty() { "(nothing)".to_string() } else { r.endpoints.join(", ") };
+            let _ = writeln!(s, "    {:<12} {how} — {} -> {eps}", r.zone.as_deref().unwrap_or("(no zone)"), r.detail);
+        }
+    }
     if c.events.is_empty() {
         let _ = writeln!(s, "  events: no topology event recorded on the Service (or they expired)");
     }
@@ -755,6 +826,34 @@ mod tests {
         let eps = (0..3).map(|i| ep(i, ABC[i], None)).collect();
         let c = live(&inputs(eps, ServiceConfig::with_mode(RoutingMode::PreferSameZone), ABC), "v1.34.0");
         assert_eq!(c.verdict, Verdict::NotSynced, "{c:#?}");
+    }
+
+    #[test]
+    fn the_controllers_own_refusal_is_cited_when_the_prediction_writes_hints() {
+        let eps = (0..6).map(|i| ep(i, ABC[i / 2], None)).collect();
+        let i = inputs(eps, ServiceConfig::with_mode(RoutingMode::Auto), ABC);
+        let mut a = doctor::analyse(&i, &Settings { live: true, ..Default::default() }).unwrap();
+        let ctx = LiveContext {
+            server_version: "v1.32.0".into(),
+            events: vec![RecordedEvent {
+                event_type: "Warning".into(),
+                reason: hints::REASON_DISABLED.into(),
+                message: "Insufficient number of endpoints (2 endpoints, 3 zones), addressType: IPv4".into(),
+                count: Some(4),
+                last_seen: Some("2025-06-02T08:20:41Z".into()),
+            }],
+            ..Default::default()
+        };
+        compare(&mut a, &ctx);
+        let c = a.report.live.unwrap();
+        assert_eq!(c.verdict, Verdict::NotSynced);
+        assert!(
+            c.reasons.iter().any(|r| r.contains("latest topology event") && r.contains("2 endpoints, 3 zones")),
+            "{:?}",
+            c.reasons
+        );
+        assert!(c.routing_now.iter().all(|r| !r.filtered), "no hints now: every zone routes cluster-wide");
+        assert!(render_section(&c).contains("×4, last 2025-06-02T08:20:41Z"));
     }
 
     #[test]

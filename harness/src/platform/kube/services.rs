@@ -174,10 +174,9 @@ async fn not_found(cluster: &Cluster, namespace: &str, service: &str) -> KubeErr
                 Ok(names) if names.is_empty() => {
                     format!("no Service {service:?} in namespace {namespace:?}, which has no Services")
                 }
-                Ok(names) => format!(
-                    "no Service {service:?} in namespace {namespace:?} (its Services: {})",
-                    names.join(", ")
-                ),
+                Ok(names) => {
+                    format!("no Service {service:?} in namespace {namespace:?} (its Services: {})", names.join(", "))
+                }
                 Err(_) => format!("no Service {service:?} in namespace {namespace:?}"),
             }
         }

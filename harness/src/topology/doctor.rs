@@ -30,7 +30,7 @@ pub const SCHEMA_VERSION: u32 = 1;
 
 /// `zonebench hints` arguments: a Service on a live cluster (`-n NAMESPACE SERVICE`), or
 /// kubectl output files (`--nodes … --slices … [--service …]`).
-#[derive(clap::Args, Debug, Clone, Default)]
+#[derive(clap::Args, Debug, Clone)]
 pub struct HintsArgs {
     /// A Service on a live cluster: its nodes, EndpointSlices and annotations are read
     /// through the Kubernetes API, and the hints the controller wrote are compared.
@@ -116,9 +116,8 @@ impl HintsArgs {
     }
 }
 
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OutputFormat {
-    #[default]
     Table,
     Json,
 }

@@ -91,7 +91,8 @@ async fn slices_of(cluster: &Cluster, namespace: &str, service: &str) -> Result<
         .map_err(|e| cluster.api_error(format!("listing EndpointSlices of {namespace}/{service}"), &e))
 }
 
-/// A live Service's hints (`zonebench hints -n NAMESPACE SERVICE` reads them).
+/// A live Service's routing settings and hints as written (`zonebench hints -n NAMESPACE
+/// SERVICE` reads more, for the doctor: [`read_for_hints`]).
 pub async fn live_hints(cluster: &Cluster, namespace: &str, service: &str) -> Result<ServiceHints, KubeError> {
     let svc = Api::<Service>::namespaced(cluster.client.clone(), namespace)
         .get(service)

@@ -30,7 +30,8 @@ enum Command {
     /// Run a scenario and write results (default: scenarios/quick.toml on the lab when it can run here).
     Run(RunArgs),
     /// Predict the topology hints the EndpointSlice controller writes and where kube-proxy
-    /// routes in each zone, from kubectl output; explains why hints are refused.
+    /// routes in each zone, from kubectl output or a live Service (`-n NAMESPACE SERVICE`,
+    /// beside the hints actually written); explains why hints are refused.
     Hints(zonebench::topology::doctor::HintsArgs),
     /// Keep a lab up for exploring, show labs, remove them (and leftovers of killed runs).
     #[command(subcommand)]
@@ -132,7 +133,8 @@ fn main() -> ExitCode {
             let argv = std::iter::once(std::ffi::OsString::from("zonebench agent")).chain(args);
             return zonebench_agent::cli::main_with_args(argv);
         }
-        Command::Hints(a) => return zonebench::topology::doctor::run(&a),
+        // The file form needs no runtime; the live form talks to a cluster.
+        Command::Hints(a) if !a.is_live() => return zonebench::topology::doctor::run(&a),
         Command::Lab(LabCommand::DelayForwarder(a)) => {
             return match zonebench::platform::lab::delay::run(&a) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -166,7 +168,8 @@ fn main() -> ExitCode {
             Command::Lab(cmd) => cmd_lab(cmd).await,
             Command::Render(args) => cli_kube::cmd_render(args).await,
             Command::Gc(args) => cli_kube::cmd_gc(args).await,
-            Command::Agent { .. } | Command::Hints(_) => unreachable!("handled before the runtime starts"),
+            Command::Hints(args) => Ok(zonebench::topology::live::run(&args).await),
+            Command::Agent { .. } => unreachable!("handled before the runtime starts"),
             Command::Report(a) => zonebench::commands::report(a),
             Command::Compare(a) => zonebench::commands::compare_cmd(a),
             Command::History(c) => zonebench::commands::history_cmd(c),

@@ -7,6 +7,10 @@
 //! the endpoint without a hint, the node without a zone label. Without `--service` it
 //! answers "what if I set `service.kubernetes.io/topology-mode: Auto`?".
 //!
+//! Its live form, `zonebench hints -n NAMESPACE SERVICE`, reads the same objects from a
+//! cluster and sets the hints the controller actually wrote beside the prediction
+//! ([`super::live`]).
+//!
 //! The JSON output (`-o json`) is pinned by `results/schema/hints.schema.json`.
 
 use std::collections::BTreeSet;
@@ -24,15 +28,29 @@ use super::{AddressType, Endpoint, Hints, Node, RoutingMode, ServiceConfig, Slic
 /// The version of the JSON layout.
 pub const SCHEMA_VERSION: u32 = 1;
 
-/// `zonebench hints` arguments.
+/// `zonebench hints` arguments: a Service on a live cluster (`-n NAMESPACE SERVICE`), or
+/// kubectl output files (`--nodes … --slices … [--service …]`).
 #[derive(clap::Args, Debug, Clone)]
 pub struct HintsArgs {
+    /// A Service on a live cluster: its nodes, EndpointSlices and annotations are read
+    /// through the Kubernetes API, and the hints the controller wrote are compared.
+    #[arg(value_name = "SERVICE")]
+    pub service_name: Option<String>,
+    /// Namespace of SERVICE (default: the kubeconfig context's namespace, else "default").
+    #[arg(short = 'n', long, value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
+    /// kubeconfig file for SERVICE (default: $KUBECONFIG, then ~/.kube/config).
+    #[arg(long, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+    /// kubeconfig context for SERVICE (default: the current one).
+    #[arg(long, value_name = "CONTEXT")]
+    pub context: Option<String>,
     /// Nodes: the output of `kubectl get nodes -o yaml` (or -o json).
     #[arg(long, value_name = "NODES.yaml")]
-    pub nodes: PathBuf,
+    pub nodes: Option<PathBuf>,
     /// EndpointSlices: the output of `kubectl get endpointslices -o yaml` (-l kubernetes.io/service-name=NAME).
     #[arg(long, value_name = "SLICES.yaml")]
-    pub slices: PathBuf,
+    pub slices: Option<PathBuf>,
     /// The Service: `kubectl get service NAME -o yaml`. Without it, topology-mode: Auto is assumed.
     #[arg(long, value_name = "SERVICE.yaml")]
     pub service: Option<PathBuf>,
@@ -44,8 +62,58 @@ pub struct HintsArgs {
     #[arg(long, value_enum)]
     pub address_type: Option<AddressTypeArg>,
     /// The PreferSameTrafficDistribution feature gate (alpha 1.33, on by default from 1.34).
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
-    pub prefer_same_traffic_distribution: bool,
+    /// Default: on; on a live cluster, its version's default.
+    #[arg(long, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub prefer_same_traffic_distribution: Option<bool>,
+}
+
+/// Which of the two forms a `zonebench hints` command line is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Form {
+    /// kubectl output files.
+    Files { nodes: PathBuf, slices: PathBuf, service: Option<PathBuf> },
+    /// A Service on a cluster; `namespace` None: the context's namespace.
+    Live { service: String, namespace: Option<String> },
+}
+
+impl HintsArgs {
+    /// The form asked for, or a usage error when both, neither or half of one are given.
+    pub fn form(&self) -> Result<Form, String> {
+        let live = self.service_name.is_some()
+            || self.namespace.is_some()
+            || self.kubeconfig.is_some()
+            || self.context.is_some();
+        let files = self.nodes.is_some() || self.slices.is_some() || self.service.is_some();
+        match (live, files) {
+            (true, true) => Err("SERVICE, -n, --kubeconfig and --context read a live cluster; --nodes, --slices and --service read kubectl output files: use one form, not both".into()),
+            (false, false) => Err("name a Service on a cluster (`zonebench hints -n NAMESPACE SERVICE`) or give kubectl output (`zonebench hints --nodes NODES.yaml --slices SLICES.yaml [--service SERVICE.yaml]`)".into()),
+            (true, false) => match &self.service_name {
+                Some(s) if !s.is_empty() => Ok(Form::Live { service: s.clone(), namespace: self.namespace.clone() }),
+                _ => Err("name the Service to read from the cluster: zonebench hints -n NAMESPACE SERVICE".into()),
+            },
+            (false, true) => match (&self.nodes, &self.slices) {
+                (Some(nodes), Some(slices)) => {
+                    Ok(Form::Files { nodes: nodes.clone(), slices: slices.clone(), service: self.service.clone() })
+                }
+                (None, _) => Err("--nodes NODES.yaml is missing (the output of `kubectl get nodes -o yaml`)".into()),
+                (_, None) => Err(
+                    "--slices SLICES.yaml is missing (the output of `kubectl get endpointslices -o yaml`)".into(),
+                ),
+            },
+        }
+    }
+
+    /// Whether this is a well-formed live form (which needs the async runtime).
+    pub fn is_live(&self) -> bool {
+        matches!(self.form(), Ok(Form::Live { .. }))
+    }
+
+    pub fn address_type(&self) -> Option<AddressType> {
+        self.address_type.map(|a| match a {
+            AddressTypeArg::IPv4 => AddressType::IPv4,
+            AddressTypeArg::IPv6 => AddressType::IPv6,
+        })
+    }
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,11 +151,14 @@ pub struct Inputs {
 pub struct Settings {
     pub address_type: Option<AddressType>,
     pub prefer_same_traffic_distribution: bool,
+    /// The inputs come from a live cluster: the current hints are compared endpoint by
+    /// endpoint ([`super::live`]), so the notes leave them out.
+    pub live: bool,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { address_type: None, prefer_same_traffic_distribution: true }
+        Settings { address_type: None, prefer_same_traffic_distribution: true, live: false }
     }
 }
 
@@ -113,6 +184,9 @@ pub struct Report {
     pub routing: Vec<RoutingReport>,
     /// Warnings about the inputs (excluded nodes, absent conditions, stale hints…).
     pub notes: Vec<String>,
+    /// Live form only: the hints the controller wrote, set against the prediction.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub live: Option<super::live::Comparison>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -154,8 +228,15 @@ pub struct EndpointReport {
     /// Every possible `forZones` when Go's map order decides (null entries = no hints).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hints_possible: Option<Vec<Option<Vec<String>>>>,
-    /// `forZones` in the input slices, as the cluster shows them now.
+    /// `forZones` in the input slices, as the cluster shows them now (in the live form: what
+    /// the controller actually wrote).
     pub current_hints: Option<Vec<String>>,
+    /// `forNodes` in the input slices, when there are any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current_node_hints: Option<Vec<String>>,
+    /// Live form only: the current hints (zones and nodes) are the predicted ones.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agrees: Option<bool>,
     /// The slice is managed by the EndpointSlice controller.
     pub managed: bool,
     /// Expected share of ClusterIP traffic relative to an even spread over the ready
@@ -221,26 +302,33 @@ pub fn run(args: &HintsArgs) -> ExitCode {
 }
 
 fn run_inner(args: &HintsArgs) -> Result<String, DoctorError> {
+    let (nodes, slices, service) = match args.form().map_err(DoctorError::Usage)? {
+        Form::Files { nodes, slices, service } => (nodes, slices, service),
+        Form::Live { .. } => return Err(DoctorError::Usage("the live form runs through topology::live::run".into())),
+    };
     let inputs = Inputs {
-        nodes: input::load_nodes(&args.nodes)?,
-        slices: input::load_slices(&args.slices)?,
-        service: args.service.as_deref().map(input::load_service).transpose()?,
+        nodes: input::load_nodes(&nodes)?,
+        slices: input::load_slices(&slices)?,
+        service: service.as_deref().map(input::load_service).transpose()?,
     };
     let settings = Settings {
-        address_type: args.address_type.map(|a| match a {
-            AddressTypeArg::IPv4 => AddressType::IPv4,
-            AddressTypeArg::IPv6 => AddressType::IPv6,
-        }),
-        prefer_same_traffic_distribution: args.prefer_same_traffic_distribution,
+        address_type: args.address_type(),
+        prefer_same_traffic_distribution: args.prefer_same_traffic_distribution.unwrap_or(true),
+        live: false,
     };
     let report = diagnose(&inputs, &settings)?;
-    Ok(match args.output {
+    render(&report, args.output)
+}
+
+/// The report in the chosen format.
+pub fn render(report: &Report, format: OutputFormat) -> Result<String, DoctorError> {
+    Ok(match format {
         OutputFormat::Json => {
-            let mut s = serde_json::to_string_pretty(&report).map_err(|e| DoctorError::Usage(e.to_string()))?;
+            let mut s = serde_json::to_string_pretty(report).map_err(|e| DoctorError::Usage(e.to_string()))?;
             s.push('\n');
             s
         }
-        OutputFormat::Table => render_table(&report),
+        OutputFormat::Table => render_table(report),
     })
 }
 
@@ -299,6 +387,24 @@ fn service_names(slices: &[SliceObject]) -> Vec<String> {
 
 /// Predicts and explains; see the module docs.
 pub fn diagnose(inputs: &Inputs, settings: &Settings) -> Result<Report, DoctorError> {
+    analyse(inputs, settings).map(|a| a.report)
+}
+
+/// The report and what it was computed from, for comparing with what a cluster shows.
+#[derive(Debug, Clone)]
+pub struct Analysis {
+    pub report: Report,
+    /// The fresh sync; its `input` holds the Service's slices of the report's address type
+    /// with their current hints, in the order of `report.endpoints`.
+    pub reconciliation: Reconciliation,
+    /// The controller's CPU ratios (`None` = nil).
+    pub ratios: Option<std::collections::BTreeMap<String, f64>>,
+    pub service: ServiceConfig,
+    pub options: ControllerOptions,
+}
+
+/// [`diagnose`], keeping the reconciliation behind the report.
+pub fn analyse(inputs: &Inputs, settings: &Settings) -> Result<Analysis, DoctorError> {
     let mut notes = Vec::new();
     let selected = select_slices(inputs, &mut notes)?;
     let present: BTreeSet<AddressType> = selected.iter().map(|s| s.slice.address_type).collect();
@@ -377,14 +483,20 @@ pub fn diagnose(inputs: &Inputs, settings: &Settings) -> Result<Report, DoctorEr
                 hints_possible: (possible.len() > 1)
                     .then(|| possible.iter().map(|h| h.as_ref().map(|h| h.for_zones.clone())).collect()),
                 current_hints: input_ep.hints.as_ref().map(|h| h.for_zones.clone()),
+                current_node_hints: input_ep
+                    .hints
+                    .as_ref()
+                    .filter(|h| !h.for_nodes.is_empty())
+                    .map(|h| h.for_nodes.clone()),
+                agrees: None,
                 managed: slices[r.slice].managed_by_controller,
                 expected_load: loads.as_ref().map(|l| l[i]),
             }
         })
         .collect();
 
-    notes.extend(input_notes(inputs, &census, &rec, &slices, &svc));
-    Ok(Report {
+    notes.extend(input_notes(inputs, &census, &rec, &slices, &svc, settings.live));
+    let report = Report {
         schema_version: SCHEMA_VERSION,
         service,
         address_type,
@@ -399,7 +511,9 @@ pub fn diagnose(inputs: &Inputs, settings: &Settings) -> Result<Report, DoctorEr
         endpoints,
         routing,
         notes,
-    })
+        live: None,
+    };
+    Ok(Analysis { report, reconciliation: rec, ratios: census.ratios, service: svc, options: opts })
 }
 
 fn eligible(n: &Node) -> bool {
@@ -469,7 +583,8 @@ fn zone_reports(
         .collect()
 }
 
-fn reason_of(c: &Categorized, eps: &[Endpoint], zone: Option<&str>) -> (bool, RoutingReason, String) {
+/// Whether kube-proxy filters, why, and the reason in words with its numbers.
+pub(super) fn reason_of(c: &Categorized, eps: &[Endpoint], zone: Option<&str>) -> (bool, RoutingReason, String) {
     let n_ready = eps.iter().filter(|e| e.ready.unwrap_or(true)).count();
     let shown = c.internal().len();
     match &c.decision {
@@ -746,6 +861,7 @@ fn input_notes(
     rec: &Reconciliation,
     slices: &[Slice],
     svc: &ServiceConfig,
+    live: bool,
 ) -> Vec<String> {
     let mut notes = vec!["fresh-sync prediction: a running controller keeps older hints while they stay valid, and re-syncs a Service on node changes only when a zone becomes overloaded".to_string()];
     let cp: Vec<&str> =
@@ -789,7 +905,9 @@ fn input_notes(
         .filter(|(a, b)| a.hints != b.hints)
         .count();
     let hinted_now = slices.iter().flat_map(|s| &s.endpoints).any(|e| e.hints.is_some());
-    if stale > 0 && !hinted_now {
+    if live {
+        // The live comparison says this endpoint by endpoint, with the likely reasons.
+    } else if stale > 0 && !hinted_now {
         notes.push("the slices carry no hints now: the controller writes these at its next sync of the Service".into());
     } else if stale > 0 {
         notes.push(format!("{stale} endpoints carry other hints now than this prediction (hints from older settings, or older hints a running controller keeps while they stay valid)"));
@@ -898,7 +1016,11 @@ pub fn render_table(r: &Report) -> String {
                     h
                 }
             };
-            vec![
+            let mut now = fmt_hints(&e.current_hints);
+            if let Some(n) = &e.current_node_hints {
+                let _ = write!(now, " node:{}", n.join(","));
+            }
+            let mut row = vec![
                 e.address.clone(),
                 opt(&e.zone),
                 opt(&e.node),
@@ -908,13 +1030,29 @@ pub fn render_table(r: &Report) -> String {
                     None => "(absent)".into(),
                 },
                 hint,
-                fmt_hints(&e.current_hints),
-                e.expected_load.map(|l| format!("{l:.2}x")).unwrap_or_else(|| "-".into()),
-            ]
+                now,
+            ];
+            if let Some(same) = e.agrees {
+                row.push(if same { "yes".into() } else { "NO".into() });
+            }
+            row.push(e.expected_load.map(|l| format!("{l:.2}x")).unwrap_or_else(|| "-".into()));
+            row
         })
         .collect();
-    s.push_str(&table(&["ADDRESS", "ZONE", "NODE", "READY", "HINT", "NOW", "LOAD"], &rows));
-    let _ = writeln!(s, "\nkube-proxy routing of ClusterIP traffic, from a node in each zone:");
+    let headers: &[&str] = if r.live.is_some() {
+        &["ADDRESS", "ZONE", "NODE", "READY", "HINT", "ACTUAL", "SAME", "LOAD"]
+    } else {
+        &["ADDRESS", "ZONE", "NODE", "READY", "HINT", "NOW", "LOAD"]
+    };
+    s.push_str(&table(headers, &rows));
+    if let Some(l) = &r.live {
+        s.push_str(&super::live::render_section(l));
+    }
+    let _ = writeln!(
+        s,
+        "\nkube-proxy routing of ClusterIP traffic, from a node in each zone{}:",
+        if r.live.is_some() { ", with the predicted hints" } else { "" }
+    );
     let how = |filtered: bool, reason: RoutingReason| match (filtered, reason) {
         (true, _) => "filtered",
         (false, RoutingReason::InternalTrafficPolicyLocal) => "node-local",

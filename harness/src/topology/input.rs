@@ -5,6 +5,10 @@
 //! (`NodeList`, from the API directly) or several YAML documents. Every error names the file,
 //! the object (`Node/ip-10-0-1-5`, or its position when it has no name) and the field
 //! (`status.allocatable.cpu`), so a hand-edited fixture is easy to fix.
+//!
+//! The conversions from the typed objects ([`node_from_api`], [`slice_from_api`],
+//! [`service_from_api`]) are shared with [`super::live`], which reads the same objects from
+//! a cluster: both forms of `zonebench hints` see exactly the same model.
 
 use std::path::{Path, PathBuf};
 
@@ -221,29 +225,7 @@ pub fn load_nodes(path: &Path) -> Result<Vec<Node>, InputError> {
     for mut raw in read_objects(path, "Node")? {
         quantities_as_strings(&mut raw.value);
         let (label, n): (String, core::Node) = typed(path, raw)?;
-        let name = n
-            .metadata
-            .name
-            .clone()
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| field_err(path, &label, "metadata.name", "missing"))?;
-        let Some(status) = &n.status else {
-            return Err(field_err(path, &label, "status", "missing: the controller needs the node's Ready condition and allocatable CPU (kubectl get nodes -o yaml prints them)"));
-        };
-        let labels = n.metadata.labels.clone().unwrap_or_default();
-        let cpu = match status.allocatable.as_ref().and_then(|a| a.get("cpu")) {
-            Some(q) => Cpu::parse(&q.0).map_err(|e| field_err(path, &label, "status.allocatable.cpu", e))?,
-            None => Cpu::ZERO,
-        };
-        // Go's isNodeReady: the first Ready condition decides; none means not ready.
-        let ready = status.conditions.iter().flatten().find(|c| c.type_ == "Ready").is_some_and(|c| c.status == "True");
-        out.push(Node {
-            name,
-            zone: labels.get(ZONE_LABEL).cloned(),
-            allocatable_cpu: cpu,
-            ready,
-            control_plane: labels.contains_key(CONTROL_PLANE_LABEL) || labels.contains_key(MASTER_LABEL),
-        });
+        out.push(node_from_api(&n).map_err(|e| e.at(path, &label))?);
     }
     if out.is_empty() {
         return Err(InputError::File { path: path.into(), message: "no Node in this file".into() });
@@ -256,55 +238,7 @@ pub fn load_slices(path: &Path) -> Result<Vec<SliceObject>, InputError> {
     let mut out = Vec::new();
     for raw in read_objects(path, "EndpointSlice")? {
         let (label, s): (String, discovery::EndpointSlice) = typed(path, raw)?;
-        let name = s
-            .metadata
-            .name
-            .clone()
-            .filter(|n| !n.is_empty())
-            .ok_or_else(|| field_err(path, &label, "metadata.name", "missing"))?;
-        let address_type = match s.address_type.as_str() {
-            "IPv4" => AddressType::IPv4,
-            "IPv6" => AddressType::IPv6,
-            "FQDN" => AddressType::Fqdn,
-            "" => return Err(field_err(path, &label, "addressType", "missing (IPv4, IPv6 or FQDN)")),
-            other => {
-                return Err(field_err(path, &label, "addressType", format!("{other:?} is not IPv4, IPv6 or FQDN")))
-            }
-        };
-        let labels = s.metadata.labels.clone().unwrap_or_default();
-        let mut endpoints = Vec::with_capacity(s.endpoints.len());
-        for (i, e) in s.endpoints.iter().enumerate() {
-            let address = e
-                .addresses
-                .first()
-                .filter(|a| !a.is_empty())
-                .cloned()
-                .ok_or_else(|| field_err(path, &label, format!("endpoints[{i}].addresses"), "missing or empty"))?;
-            let c = e.conditions.clone().unwrap_or_default();
-            endpoints.push(Endpoint {
-                address,
-                node: e.node_name.clone(),
-                zone: e.zone.clone(),
-                ready: c.ready,
-                serving: c.serving,
-                terminating: c.terminating,
-                hints: e.hints.as_ref().map(|h| Hints {
-                    for_zones: h.for_zones.iter().flatten().map(|z| z.name.clone()).collect(),
-                    for_nodes: h.for_nodes.iter().flatten().map(|n| n.name.clone()).collect(),
-                }),
-            });
-        }
-        out.push(SliceObject {
-            namespace: s.metadata.namespace.clone(),
-            service: labels.get(SERVICE_NAME_LABEL).cloned(),
-            slice: Slice {
-                name,
-                address_type,
-                managed_by_controller: labels.get(MANAGED_BY_LABEL).map(String::as_str) == Some(CONTROLLER_NAME),
-                state: SyncState::Create,
-                endpoints,
-            },
-        });
+        out.push(slice_from_api(&s).map_err(|e| e.at(path, &label))?);
     }
     Ok(out)
 }
@@ -321,20 +255,115 @@ pub fn load_service(path: &Path) -> Result<ServiceObject, InputError> {
     }
     let raw = raws.remove(0);
     let (label, s): (String, core::Service) = typed(path, raw)?;
-    let name = s
-        .metadata
-        .name
-        .clone()
-        .filter(|n| !n.is_empty())
-        .ok_or_else(|| field_err(path, &label, "metadata.name", "missing"))?;
-    let Some(spec) = &s.spec else { return Err(field_err(path, &label, "spec", "missing")) };
+    service_from_api(&s).map_err(|e| e.at(path, &label))
+}
+
+/// The field of an API object that cannot be used, and why. The caller names the object and
+/// where it came from (a file, or a cluster for `zonebench hints -n NAMESPACE SERVICE`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> FieldError {
+        FieldError { field: field.into(), message: message.into() }
+    }
+
+    fn at(self, path: &Path, object: &str) -> InputError {
+        field_err(path, object, self.field, self.message)
+    }
+}
+
+/// How errors name an object: `Kind/name`, or `Kind` alone without a name.
+pub fn object_label(kind: &str, name: Option<&str>) -> String {
+    match name.filter(|n| !n.is_empty()) {
+        Some(n) => format!("{kind}/{n}"),
+        None => kind.to_string(),
+    }
+}
+
+/// A Node as the EndpointSlice controller sees it.
+pub fn node_from_api(n: &core::Node) -> Result<Node, FieldError> {
+    let name =
+        n.metadata.name.clone().filter(|s| !s.is_empty()).ok_or_else(|| FieldError::new("metadata.name", "missing"))?;
+    let Some(status) = &n.status else {
+        return Err(FieldError::new("status", "missing: the controller needs the node's Ready condition and allocatable CPU (kubectl get nodes -o yaml prints them)"));
+    };
+    let labels = n.metadata.labels.clone().unwrap_or_default();
+    let cpu = match status.allocatable.as_ref().and_then(|a| a.get("cpu")) {
+        Some(q) => Cpu::parse(&q.0).map_err(|e| FieldError::new("status.allocatable.cpu", e))?,
+        None => Cpu::ZERO,
+    };
+    // Go's isNodeReady: the first Ready condition decides; none means not ready.
+    let ready = status.conditions.iter().flatten().find(|c| c.type_ == "Ready").is_some_and(|c| c.status == "True");
+    Ok(Node {
+        name,
+        zone: labels.get(ZONE_LABEL).cloned(),
+        allocatable_cpu: cpu,
+        ready,
+        control_plane: labels.contains_key(CONTROL_PLANE_LABEL) || labels.contains_key(MASTER_LABEL),
+    })
+}
+
+/// An EndpointSlice with its endpoints' conditions and hints as written.
+pub fn slice_from_api(s: &discovery::EndpointSlice) -> Result<SliceObject, FieldError> {
+    let name =
+        s.metadata.name.clone().filter(|n| !n.is_empty()).ok_or_else(|| FieldError::new("metadata.name", "missing"))?;
+    let address_type = match s.address_type.as_str() {
+        "IPv4" => AddressType::IPv4,
+        "IPv6" => AddressType::IPv6,
+        "FQDN" => AddressType::Fqdn,
+        "" => return Err(FieldError::new("addressType", "missing (IPv4, IPv6 or FQDN)")),
+        other => return Err(FieldError::new("addressType", format!("{other:?} is not IPv4, IPv6 or FQDN"))),
+    };
+    let labels = s.metadata.labels.clone().unwrap_or_default();
+    let mut endpoints = Vec::with_capacity(s.endpoints.len());
+    for (i, e) in s.endpoints.iter().enumerate() {
+        let address = e
+            .addresses
+            .first()
+            .filter(|a| !a.is_empty())
+            .cloned()
+            .ok_or_else(|| FieldError::new(format!("endpoints[{i}].addresses"), "missing or empty"))?;
+        let c = e.conditions.clone().unwrap_or_default();
+        endpoints.push(Endpoint {
+            address,
+            node: e.node_name.clone(),
+            zone: e.zone.clone(),
+            ready: c.ready,
+            serving: c.serving,
+            terminating: c.terminating,
+            hints: e.hints.as_ref().map(|h| Hints {
+                for_zones: h.for_zones.iter().flatten().map(|z| z.name.clone()).collect(),
+                for_nodes: h.for_nodes.iter().flatten().map(|n| n.name.clone()).collect(),
+            }),
+        });
+    }
+    Ok(SliceObject {
+        namespace: s.metadata.namespace.clone(),
+        service: labels.get(SERVICE_NAME_LABEL).cloned(),
+        slice: Slice {
+            name,
+            address_type,
+            managed_by_controller: labels.get(MANAGED_BY_LABEL).map(String::as_str) == Some(CONTROLLER_NAME),
+            state: SyncState::Create,
+            endpoints,
+        },
+    })
+}
+
+/// A Service's routing settings: annotations, `trafficDistribution`, traffic policies.
+pub fn service_from_api(s: &core::Service) -> Result<ServiceObject, FieldError> {
+    let name =
+        s.metadata.name.clone().filter(|n| !n.is_empty()).ok_or_else(|| FieldError::new("metadata.name", "missing"))?;
+    let Some(spec) = &s.spec else { return Err(FieldError::new("spec", "missing")) };
     let ann = s.metadata.annotations.clone().unwrap_or_default();
     let policy = |field: &str, v: &Option<String>| match v.as_deref() {
         None | Some("Cluster") => Ok(TrafficPolicy::Cluster),
         Some("Local") => Ok(TrafficPolicy::Local),
-        Some(other) => {
-            Err(field_err(path, &label, format!("spec.{field}"), format!("{other:?} is not Cluster or Local")))
-        }
+        Some(other) => Err(FieldError::new(format!("spec.{field}"), format!("{other:?} is not Cluster or Local"))),
     };
     let lb_ingress = s
         .status

@@ -13,7 +13,7 @@
 //! commits read), down to the f64 arithmetic and the randomised map order: where Go's map
 //! order can change the result, every possible result is computed. The lab uses them to
 //! route like a cluster would, and `zonebench hints` ([`doctor`]) explains them on kubectl
-//! output. [`locality`] turns the answers each server counted into per-zone counts, the
+//! output or, with [`live`], on a cluster beside the hints its controller actually wrote. [`locality`] turns the answers each server counted into per-zone counts, the
 //! in-zone fraction and the cross-zone bytes and their cost: what actually happened.
 //!
 //! # API (plain Rust: no YAML, no Kubernetes types)
@@ -56,6 +56,7 @@
 pub mod doctor;
 pub mod hints;
 pub mod input;
+pub mod live;
 pub mod locality;
 pub mod proxy;
 #[cfg(test)]

@@ -11,7 +11,7 @@
 //! - [`pods`]: creating the run's objects and waiting for agents to become ready;
 //! - [`portforward`]: loopback listeners bridged to port-forwards, for the control API;
 //! - [`services`]: Services per routing variant, EndpointSlice hints, service scaling,
-//!   the node inspector's reports;
+//!   the node inspector's reports, and what the live hints doctor reads;
 //! - [`gc`]: removing what killed runs left;
 //! - [`settings`]: the scenario's `[kube]` table.
 
@@ -59,6 +59,9 @@ pub enum KubeError {
     NoZones { cluster: String, nodes: usize },
     #[error("cluster {cluster}: {message}")]
     Pods { cluster: String, message: String },
+    /// An object the user named is not there (`zonebench hints -n NAMESPACE SERVICE`).
+    #[error("cluster {cluster}: {message}")]
+    NotFound { cluster: String, message: String },
     #[error(transparent)]
     Manifest(#[from] manifests::ManifestError),
 }

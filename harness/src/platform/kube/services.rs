@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use futures::future::join_all;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{Event, Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{DeleteParams, ListParams, LogParams};
 use kube::Api;
@@ -91,7 +91,8 @@ async fn slices_of(cluster: &Cluster, namespace: &str, service: &str) -> Result<
         .map_err(|e| cluster.api_error(format!("listing EndpointSlices of {namespace}/{service}"), &e))
 }
 
-/// A live Service's hints (`zonebench hints -n NAMESPACE SERVICE` reads them).
+/// A live Service's routing settings and hints as written (`zonebench hints -n NAMESPACE
+/// SERVICE` reads more, for the doctor: [`read_for_hints`]).
 pub async fn live_hints(cluster: &Cluster, namespace: &str, service: &str) -> Result<ServiceHints, KubeError> {
     let svc = Api::<Service>::namespaced(cluster.client.clone(), namespace)
         .get(service)
@@ -99,6 +100,91 @@ pub async fn live_hints(cluster: &Cluster, namespace: &str, service: &str) -> Re
         .map_err(|e| cluster.api_error(format!("reading Service {namespace}/{service}"), &e))?;
     let slices = slices_of(cluster, namespace, service).await?;
     Ok(service_hints(&svc, &slices))
+}
+
+/// What `zonebench hints -n NAMESPACE SERVICE` reads: the Service, its EndpointSlices, every
+/// Node (the controller's CPU ratios span the cluster), and the topology events the
+/// controller recorded on the Service.
+#[derive(Debug, Clone)]
+pub struct HintsObjects {
+    pub service: Service,
+    pub slices: Vec<EndpointSlice>,
+    pub nodes: Vec<Node>,
+    /// `TopologyAwareHints*` events on the Service, oldest first; `Err`: why they could not
+    /// be read (evidence only, so not fatal: RBAC may allow Services but not Events).
+    pub events: Result<Vec<Event>, String>,
+}
+
+/// Reads [`HintsObjects`]. A missing Service or namespace is a [`KubeError::NotFound`] naming
+/// both, with the Services the namespace does have.
+pub async fn read_for_hints(cluster: &Cluster, namespace: &str, service: &str) -> Result<HintsObjects, KubeError> {
+    let services: Api<Service> = Api::namespaced(cluster.client.clone(), namespace);
+    let svc = match services.get_opt(service).await {
+        Ok(Some(s)) => s,
+        Ok(None) => return Err(not_found(cluster, namespace, service).await),
+        Err(e) => return Err(cluster.api_error(format!("reading Service {namespace}/{service}"), &e)),
+    };
+    let slices = slices_of(cluster, namespace, service).await?;
+    let nodes = Api::<Node>::all(cluster.client.clone())
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .map_err(|e| cluster.api_error("listing Nodes (the controller's CPU ratios need every node)", &e))?;
+    let fields = format!("involvedObject.kind=Service,involvedObject.name={service}");
+    let events = Api::<Event>::namespaced(cluster.client.clone(), namespace)
+        .list(&ListParams::default().fields(&fields))
+        .await
+        .map(|l| {
+            // Filtered here too: the field selector is a server-side convenience.
+            let mut ev: Vec<Event> = l
+                .items
+                .into_iter()
+                .filter(|e| {
+                    e.involved_object.kind.as_deref() == Some("Service")
+                        && e.involved_object.name.as_deref() == Some(service)
+                        && e.reason.as_deref().is_some_and(|r| r.starts_with("TopologyAwareHints"))
+                })
+                .collect();
+            ev.sort_by_key(event_time);
+            ev
+        })
+        .map_err(|e| super::client::error_chain(&e));
+    Ok(HintsObjects { service: svc, slices, nodes, events })
+}
+
+/// When an event last happened (series, legacy `lastTimestamp`, `eventTime`).
+pub fn event_time(e: &Event) -> Option<k8s_openapi::jiff::Timestamp> {
+    e.series
+        .as_ref()
+        .and_then(|s| s.last_observed_time.as_ref().map(|t| t.0))
+        .or_else(|| e.last_timestamp.as_ref().map(|t| t.0))
+        .or_else(|| e.event_time.as_ref().map(|t| t.0))
+        .or_else(|| e.first_timestamp.as_ref().map(|t| t.0))
+}
+
+/// Why `namespace/service` was not found: no such namespace, or no such Service in it.
+async fn not_found(cluster: &Cluster, namespace: &str, service: &str) -> KubeError {
+    let message = match Api::<Namespace>::all(cluster.client.clone()).get_opt(namespace).await {
+        Ok(None) => format!("namespace {namespace:?} does not exist (looking for Service {service:?})"),
+        Ok(Some(_)) => {
+            let there = Api::<Service>::namespaced(cluster.client.clone(), namespace)
+                .list(&ListParams::default())
+                .await
+                .map(|l| l.items.into_iter().filter_map(|s| s.metadata.name).collect::<Vec<_>>());
+            match there {
+                Ok(names) if names.is_empty() => {
+                    format!("no Service {service:?} in namespace {namespace:?}, which has no Services")
+                }
+                Ok(names) => {
+                    format!("no Service {service:?} in namespace {namespace:?} (its Services: {})", names.join(", "))
+                }
+                Err(_) => format!("no Service {service:?} in namespace {namespace:?}"),
+            }
+        }
+        // Namespaces may not be readable with the user's RBAC: say both possibilities.
+        Err(_) => format!("no Service {service:?} in namespace {namespace:?} (or no such namespace)"),
+    };
+    KubeError::NotFound { cluster: cluster.describe(), message }
 }
 
 /// Creates the echo Service of each variant in the run's namespace.

@@ -63,6 +63,8 @@ fn sample() -> RunResults {
             connect: None,
             servers: [("srv-b-0".to_string(), 1)].into(),
             service_dataplane: None,
+            locality: None,
+            hints: None,
         }],
         failures: vec![Failure {
             test: TestKind::Http,
@@ -76,6 +78,7 @@ fn sample() -> RunResults {
         }],
         error: None,
         noise: None,
+        cost: None,
     }
 }
 

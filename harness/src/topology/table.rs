@@ -29,9 +29,12 @@ pub struct Row {
     pub monthly_usd: f64,
 }
 
+/// (test, variant, client zone).
+type GroupKey<'a> = (&'a str, &'a str, &'a str);
+
 /// Rows in the order variants and zones first appear; only measurements with a `locality`.
 pub fn rows(r: &RunResults, model: &CostModel) -> Vec<Row> {
-    let mut groups: Vec<((&str, &str, &str), Vec<&Measurement>)> = Vec::new();
+    let mut groups: Vec<(GroupKey<'_>, Vec<&Measurement>)> = Vec::new();
     for m in r.measurements.iter().filter(|m| m.locality.is_some()) {
         let key = (m.name.as_str(), m.variant.as_str(), m.client.zone.as_str());
         match groups.iter_mut().find(|(k, _)| *k == key) {
@@ -146,6 +149,12 @@ pub fn render(r: &RunResults, model: &CostModel) -> String {
             "\nmeasured cross-zone traffic: {:.6} GB, {:.6} USD at {} USD/GB each way",
             c.cross_zone_gb, c.measured_usd, c.per_gb_cross_zone
         );
+    }
+    if !r.failures.is_empty() {
+        let _ = writeln!(out, "\n{} step(s) failed:", r.failures.len());
+        for f in &r.failures {
+            let _ = writeln!(out, "  {} [{}] {} → {}: {}", f.name, f.variant, f.client, f.server, f.error);
+        }
     }
     out
 }

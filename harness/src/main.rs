@@ -266,6 +266,15 @@ fn report_outcome(outcome: &run::RunOutcome) -> ExitCode {
     // A sweep's measurements carry their dataplane figures: print its table, not the zone matrix.
     if outcome.results.measurements.iter().any(|m| m.service_dataplane.is_some()) {
         print!("{}", zonebench::sweep::render(&outcome.results));
+    } else if outcome.results.measurements.iter().any(|m| m.locality.is_some()) {
+        // Through a Service the "server zone" of the matrix is only the busiest answerer:
+        // the topology table shows where every answer came from.
+        let model =
+            outcome.results.cost.as_ref().map_or_else(Default::default, |c| zonebench::topology::locality::CostModel {
+                per_gb_cross_zone: c.per_gb_cross_zone,
+                requests_per_sec: c.requests_per_sec,
+            });
+        print!("{}", zonebench::topology::table::render(&outcome.results, &model));
     } else {
         print!("{}", summary::render(&outcome.results));
     }

@@ -6,6 +6,7 @@ use zonebench_agent::spec::{TestKind, TestSpec};
 
 use crate::platform::{AgentPort, AgentRequest, ClusterTopology, ServiceRequest};
 use crate::scenario::{Pairs, Scenario, TestEntry, Via};
+use crate::topology::RoutingMode;
 
 /// The role of a placed agent; ids are `srv-<zone>-<n>` and `cli-<zone>-<n>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +72,8 @@ pub enum PlanError {
     EmptyZone(String),
     #[error("the cluster has no zones")]
     NoZones,
+    #[error("topology placement {variant:?} gives {counts} endpoint counts but the cluster has {zones} zones")]
+    PlacementZones { variant: String, counts: usize, zones: usize },
 }
 
 /// The TestSpec an entry asks for, defaults filled from the scenario.
@@ -116,6 +119,15 @@ pub fn expand(s: &Scenario, cluster: &ClusterTopology) -> Result<Plan, PlanError
     if zones.is_empty() {
         return Err(PlanError::NoZones);
     }
+    let variants = s.topology.as_ref().map(|t| t.variants()).unwrap_or_default();
+    if let Some(v) = variants.iter().find(|v| v.endpoints_per_zone.len() != zones.len()) {
+        return Err(PlanError::PlacementZones {
+            variant: v.name.clone(),
+            counts: v.endpoints_per_zone.len(),
+            zones: zones.len(),
+        });
+    }
+    let servers_per_zone = s.agents.servers_per_zone.max(s.topology.as_ref().map_or(0, |t| t.servers_per_zone()));
     let mut placements = Vec::new();
     for zone in &zones {
         let nodes: Vec<&str> =
@@ -123,7 +135,7 @@ pub fn expand(s: &Scenario, cluster: &ClusterTopology) -> Result<Plan, PlanError
         let (Some(first), second) = (nodes.first(), nodes.get(1)) else {
             return Err(PlanError::EmptyZone(zone.clone()));
         };
-        for i in 0..s.agents.servers_per_zone {
+        for i in 0..servers_per_zone {
             placements.push(Placement {
                 id: format!("srv-{zone}-{i}"),
                 node: first.to_string(),
@@ -155,19 +167,27 @@ pub fn expand(s: &Scenario, cluster: &ClusterTopology) -> Result<Plan, PlanError
             let via = t.via.unwrap_or(s.defaults.via);
             if via == Via::Service {
                 // A Service has no server zone to choose: one step per client zone, and
-                // the measured server is whoever answered.
-                for cz in &zones {
-                    steps.push(Step {
-                        test_index,
-                        name: t.label(),
-                        kind: t.kind,
-                        via,
-                        variant: String::new(),
-                        repeat,
-                        client: format!("cli-{cz}-0"),
-                        server: SERVICE_NAME.to_string(),
-                        spec: spec_for(s, t, "0.0.0.0:0"),
-                    });
+                // the measured server is whoever answered. Routing variants run inside
+                // the repeat (A B C A B C …), each through its own Service.
+                let targets: Vec<(String, String)> = if variants.is_empty() {
+                    vec![(String::new(), SERVICE_NAME.to_string())]
+                } else {
+                    variants.iter().map(|v| (v.name.clone(), variant_service(&v.name))).collect()
+                };
+                for (variant, service) in &targets {
+                    for cz in &zones {
+                        steps.push(Step {
+                            test_index,
+                            name: t.label(),
+                            kind: t.kind,
+                            via,
+                            variant: variant.clone(),
+                            repeat,
+                            client: format!("cli-{cz}-0"),
+                            server: service.clone(),
+                            spec: spec_for(s, t, "0.0.0.0:0"),
+                        });
+                    }
                 }
                 continue;
             }
@@ -198,7 +218,7 @@ pub fn expand(s: &Scenario, cluster: &ClusterTopology) -> Result<Plan, PlanError
         }
     }
     debug_assert!(repeats_interleave(&steps), "steps must be ordered by repeat");
-    let services = service_requests(s, &placements);
+    let services = service_requests(s, &placements, &zones);
     Ok(Plan { placements, services, steps })
 }
 
@@ -215,15 +235,36 @@ pub fn service_ports(s: &Scenario) -> Vec<AgentPort> {
     ports
 }
 
-/// [`SERVICE_NAME`] in front of every server, with the ports the tests use; none when no
-/// test goes through a Service.
-fn service_requests(s: &Scenario, placements: &[Placement]) -> Vec<ServiceRequest> {
+/// The Service of a topology variant: `echo-<variant>`.
+pub fn variant_service(variant: &str) -> String {
+    format!("{SERVICE_NAME}-{variant}")
+}
+
+/// [`SERVICE_NAME`] in front of every server, with the ports the tests use; or with a
+/// `[topology]` table one Service per variant, in front of the first `n` servers of each
+/// zone as its placement says, asking for its routing mode. None when no test goes
+/// through a Service.
+fn service_requests(s: &Scenario, placements: &[Placement], zones: &[String]) -> Vec<ServiceRequest> {
     let ports = service_ports(s);
     if ports.is_empty() {
         return vec![];
     }
-    let backends = placements.iter().filter(|p| p.role == Role::Server).map(|p| p.id.clone()).collect();
-    vec![ServiceRequest { name: SERVICE_NAME.to_string(), backends, ports }]
+    let Some(topology) = &s.topology else {
+        let backends = placements.iter().filter(|p| p.role == Role::Server).map(|p| p.id.clone()).collect();
+        return vec![ServiceRequest { name: SERVICE_NAME.to_string(), backends, ports, routing: RoutingMode::None }];
+    };
+    topology
+        .variants()
+        .into_iter()
+        .map(|v| {
+            let backends = zones
+                .iter()
+                .zip(&v.endpoints_per_zone)
+                .flat_map(|(z, &n)| (0..n).map(move |i| format!("srv-{z}-{i}")))
+                .collect();
+            ServiceRequest { name: variant_service(&v.name), backends, ports: ports.clone(), routing: v.mode }
+        })
+        .collect()
 }
 
 /// Whether repeats interleave: every step of repeat `r` comes before any step of repeat
@@ -369,6 +410,24 @@ mod tests {
         assert_eq!(plan.services[0].ports, [AgentPort::Tcp, AgentPort::Udp]);
         let pods_only = scenario("[[tests]]\nkind = \"tcp-rr\"\n");
         assert!(expand(&pods_only, &cluster(&["a"], 1)).unwrap().services.is_empty());
+    }
+
+    #[test]
+    fn topology_variants_interleave_inside_each_repeat_each_through_its_own_service() {
+        let s = scenario(
+            "[defaults]\nrepeat = 2\n[topology]\nmodes = [\"none\", \"auto\", \"prefer-close\"]\n[[topology.placements]]\nendpoints_per_zone = [3, 3, 3]\n[[topology.placements]]\nprefix = \"skewed-\"\nendpoints_per_zone = [2, 2, 1]\n[[tests]]\nkind = \"tcp-crr\"\nvia = \"service\"\n",
+        );
+        let plan = expand(&s, &cluster(&["a", "b", "c"], 2)).unwrap();
+        assert_eq!(plan.steps.len(), 2 * 6 * 3);
+        let order: Vec<&str> = plan.steps.iter().step_by(3).map(|s| s.variant.as_str()).collect();
+        let round = ["none", "auto", "prefer-close", "skewed-none", "skewed-auto", "skewed-prefer-close"];
+        assert_eq!(order, [round, round].concat());
+        assert!(plan.steps.iter().all(|s| s.server == variant_service(&s.variant)));
+        assert_eq!(plan.placements.iter().filter(|p| p.role == Role::Server).count(), 9);
+        let skewed = plan.services.iter().find(|r| r.name == "echo-skewed-auto").unwrap();
+        assert_eq!(skewed.backends, ["srv-a-0", "srv-a-1", "srv-b-0", "srv-b-1", "srv-c-0"]);
+        assert_eq!(skewed.routing, RoutingMode::Auto);
+        assert_eq!(plan.services.len(), 6);
     }
 
     #[test]

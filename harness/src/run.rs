@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio_util::sync::CancellationToken;
-use zonebench_agent::spec::{TestResult, TestSpec};
+use zonebench_agent::spec::{TestKind, TestResult, TestSpec};
 
 use crate::analysis::noise;
 use crate::control_client::ControlClient;
@@ -22,6 +22,7 @@ use crate::results::store::RunStore;
 use crate::results::{now_rfc3339, Endpoint, Failure, Measurement, RunResults, RunStatus, SCHEMA_VERSION};
 use crate::scenario::Scenario;
 use crate::scenario::Via;
+use crate::topology::locality::{self, CostInput, CostModel, CostSection, Volume};
 
 pub struct RunOptions {
     /// The run directory (`results/runs/<time>-<scenario>` unless `--out`).
@@ -104,6 +105,7 @@ fn finish(
     store.results.error = error;
     store.results.finished_at = Some(now_rfc3339());
     store.results.noise = Some(noise::compute(&store.results.measurements, scenario.defaults.max_spread_pct));
+    store.results.cost = cost(&scenario.cost, &store.results.measurements);
     store.flush().context("writing the final results")?;
     // The results are stored: a report that cannot be drawn is logged, never fatal, and
     // never changes how the run ends.
@@ -176,7 +178,11 @@ async fn drive<P: Platform>(
         }
         bar.set_message(format!("{} {}→{}", step.name, zone_of(&plan, &step.client), zone_of(&plan, &step.server)));
         match run_step(step, &agents, &services, cancel).await {
-            Ok(result) => store.push(measurement(&plan, step, &agents, result)?)?,
+            Ok(result) => {
+                let mut m = measurement(&plan, step, &agents, result)?;
+                attach_locality(&mut m, &plan, step, &services);
+                store.push(m)?;
+            }
             Err(e) if cancel.is_cancelled() => {
                 tracing::debug!("step {i} stopped by the signal: {e:#}");
                 break;
@@ -237,6 +243,7 @@ pub(crate) fn new_store(scenario: &Scenario, cluster: &ClusterTopology, opts: &R
         failures: Vec::new(),
         error: None,
         noise: None,
+        cost: None,
     };
     let store = RunStore::create(&opts.out_dir, results)?;
     let scenario_toml = toml::to_string_pretty(scenario).unwrap_or_default();
@@ -320,7 +327,52 @@ pub(crate) fn measurement(
         connect: r.connect,
         servers: r.servers,
         service_dataplane: None,
+        locality: None,
+        hints: None,
     })
+}
+
+/// For a `via = service` measurement: where its answers came from, counted by the zone of
+/// each answering agent (from the run's placements), and the hints verdict of the Service
+/// it went through, so prediction and measurement are stored side by side.
+pub(crate) fn attach_locality(
+    m: &mut Measurement,
+    plan: &Plan,
+    step: &Step,
+    services: &BTreeMap<String, DeployedService>,
+) {
+    if step.via != Via::Service {
+        return;
+    }
+    let zone_of = |id: &str| plan.placement(id).map(|p| p.zone.clone());
+    let volume = match step.kind {
+        TestKind::TcpStream | TestKind::UdpStream => {
+            // The stream's payload over the measured window; split by answer share.
+            let bytes = m.metrics.throughput_bps.unwrap_or(0.0) * m.duration_ns as f64 / 8e9;
+            Volume::Total(bytes.max(0.0) as u64)
+        }
+        _ => Volume::PerAnswer(u64::from(step.spec.request_size) + u64::from(step.spec.response_size)),
+    };
+    m.locality = Some(locality::measure(&m.client.zone, &m.servers, zone_of, volume));
+    m.hints = services.get(&step.server).and_then(|s| s.hints.clone());
+}
+
+/// The run's `cost` section from the measurements with a `locality`; `None` without any.
+pub(crate) fn cost(model: &CostModel, measurements: &[Measurement]) -> Option<CostSection> {
+    let inputs: Vec<CostInput<'_>> = measurements
+        .iter()
+        .enumerate()
+        .filter_map(|(i, m)| {
+            m.locality.as_ref().map(|l| CostInput {
+                measurement: i,
+                name: &m.name,
+                variant: &m.variant,
+                client_zone: &m.client.zone,
+                locality: l,
+            })
+        })
+        .collect();
+    (!inputs.is_empty()).then(|| locality::cost_section(model, inputs))
 }
 
 fn zone_of<'a>(plan: &'a Plan, id: &str) -> &'a str {

@@ -33,6 +33,7 @@ use crate::results::store::RunStore;
 use crate::results::{Failure, RunResults, ServiceDataplaneStats};
 use crate::run::{self, RunOptions};
 use crate::scenario::{HumanDuration, Scenario, Via};
+use crate::topology::RoutingMode;
 
 /// Most Services one point may hold (the lab's VIP range holds 32,766).
 pub const MAX_SERVICES: u32 = 30_000;
@@ -107,7 +108,12 @@ pub fn service_name(i: u32) -> String {
 /// A point's table: `count` Services with the same backends and ports, the newest last.
 pub fn service_table(count: u32, backends: &[String], ports: &[AgentPort]) -> Vec<ServiceRequest> {
     (1..=count)
-        .map(|i| ServiceRequest { name: service_name(i), backends: backends.to_vec(), ports: ports.to_vec() })
+        .map(|i| ServiceRequest {
+            name: service_name(i),
+            backends: backends.to_vec(),
+            ports: ports.to_vec(),
+            routing: RoutingMode::None,
+        })
         .collect()
 }
 
@@ -380,6 +386,7 @@ mod tests {
             failures: vec![],
             error: None,
             noise: None,
+            cost: None,
         };
         for test in ["tcp-crr", "tcp-rr"] {
             r.failures.push(Failure {

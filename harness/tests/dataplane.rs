@@ -20,6 +20,7 @@ use zonebench::platform::lab::{self, netns, LabConfig, LabOptions, LabPlatform, 
 use zonebench::platform::{
     AgentPort, AgentProgram, AgentRequest, DeployedAgent, Platform, ProbeRequest, ServiceRequest,
 };
+use zonebench::topology::RoutingMode;
 use zonebench_agent::spec::{TestKind, TestSpec};
 
 const LOCK: &str = "/run/zonebench/lab-tests.lock";
@@ -236,9 +237,14 @@ async fn lab_services_get_vips_every_node_programs_and_the_probe_times_the_first
         name: "echo".into(),
         backends: vec!["srv-a-0".into(), "srv-b-0".into()],
         ports: vec![AgentPort::Tcp, AgentPort::Udp],
+        routing: RoutingMode::None,
     };
-    let filler =
-        ServiceRequest { name: "filler".into(), backends: vec!["srv-a-1".into()], ports: vec![AgentPort::Tcp] };
+    let filler = ServiceRequest {
+        name: "filler".into(),
+        backends: vec!["srv-a-1".into()],
+        ports: vec![AgentPort::Tcp],
+        routing: RoutingMode::None,
+    };
     let probe = ProbeRequest {
         from_agent: "cli-b".into(),
         service: "echo".into(),
@@ -269,7 +275,12 @@ async fn lab_services_get_vips_every_node_programs_and_the_probe_times_the_first
     assert_eq!(again.services[0].ip, svc.ip, "a Service keeps its VIP");
     assert_spread(&answers(&agents, "cli-b", to).await, &["srv-a-0", "srv-b-0"], "after switching to iptables-legacy");
 
-    let unknown = ServiceRequest { name: "x".into(), backends: vec!["nobody".into()], ports: vec![AgentPort::Tcp] };
+    let unknown = ServiceRequest {
+        name: "x".into(),
+        backends: vec!["nobody".into()],
+        ports: vec![AgentPort::Tcp],
+        routing: RoutingMode::None,
+    };
     let e = format!("{:#}", lab.apply_services(&[unknown], None).await.unwrap_err());
     assert!(e.contains("backend agent \"nobody\" is not deployed"), "{e}");
 

@@ -63,6 +63,8 @@ fn sample() -> RunResults {
             connect: None,
             servers: [("srv-b-0".to_string(), 1)].into(),
             service_dataplane: None,
+            locality: None,
+            hints: None,
         }],
         failures: vec![Failure {
             test: TestKind::Http,
@@ -76,6 +78,7 @@ fn sample() -> RunResults {
         }],
         error: None,
         noise: None,
+        cost: None,
     }
 }
 
@@ -130,6 +133,52 @@ fn a_sweep_point_must_carry_its_dataplane_figures() {
     let mut zero = v;
     zero["measurements"][0]["service_dataplane"]["services"] = serde_json::json!(0);
     assert!(!validator().is_valid(&zero));
+}
+
+#[test]
+fn locality_hints_and_cost_match_the_schema() {
+    use zonebench::topology::locality::{self, CostInput, CostModel, Volume};
+    let mut r = sample();
+    let m = &mut r.measurements[0];
+    m.via = "service".into();
+    m.variant = "skewed-auto".into();
+    m.servers = [("srv-a-0".to_string(), 40), ("srv-b-0".to_string(), 60)].into();
+    let zone_of = |id: &str| id.strip_prefix("srv-").map(|z| z[..1].to_string());
+    let loc = locality::measure("a", &m.servers, zone_of, Volume::PerAnswer(2048));
+    assert_eq!(loc.cross_zone_bytes, 60 * 2048);
+    m.locality = Some(loc.clone());
+    m.hints = Some(zonebench::results::HintsVerdict {
+        mode: "auto".into(),
+        enabled: false,
+        deterministic: true,
+        event: Some(zonebench::results::HintsEvent {
+            event_type: "Warning".into(),
+            reason: "TopologyAwareHintsDisabled".into(),
+            message: "Insufficient number of endpoints (5 endpoints, 3 zones), addressType: IPv4".into(),
+        }),
+        explanation: vec!["why".into()],
+    });
+    r.cost = Some(locality::cost_section(
+        &CostModel::default(),
+        [CostInput { measurement: 0, name: "tcp-crr", variant: "skewed-auto", client_zone: "a", locality: &loc }],
+    ));
+    let v = serde_json::to_value(&r).unwrap();
+    let errors: Vec<String> = validator().iter_errors(&v).map(|e| format!("{e} at {}", e.instance_path)).collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+    // What the report reads back: the same names.
+    let loaded = zonebench::results::load::parse(&v.to_string(), "r.json").unwrap();
+    assert_eq!(loaded.locality[0].as_ref().unwrap().answers_by_zone["b"], 60);
+    assert_eq!(loaded.cost_per_gb_cross_zone, Some(0.01));
+    assert_eq!(loaded.results, r);
+    let mut bad_fraction = v.clone();
+    bad_fraction["measurements"][0]["locality"]["in_zone_fraction"] = serde_json::json!(1.5);
+    assert!(!validator().is_valid(&bad_fraction));
+    let mut no_price = v.clone();
+    no_price["cost"].as_object_mut().unwrap().remove("per_gb_cross_zone");
+    assert!(!validator().is_valid(&no_price));
+    let mut bad_mode = v;
+    bad_mode["measurements"][0]["hints"]["mode"] = serde_json::json!("sometimes");
+    assert!(!validator().is_valid(&bad_mode));
 }
 
 #[test]

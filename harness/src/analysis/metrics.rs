@@ -281,6 +281,8 @@ pub(crate) mod fixtures {
             connect: None,
             servers: BTreeMap::from([(format!("srv-{sz}-0"), 100)]),
             service_dataplane: None,
+            locality: None,
+            hints: None,
         }
     }
 
@@ -303,6 +305,7 @@ pub(crate) mod fixtures {
             failures: vec![],
             error: None,
             noise: None,
+            cost: None,
         }
     }
 }

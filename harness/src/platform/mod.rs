@@ -161,6 +161,9 @@ pub struct ServiceRequest {
     /// The agents whose pods are its endpoints.
     pub backends: Vec<String>,
     pub ports: Vec<AgentPort>,
+    /// Topology-aware routing as the Service asks for it (`none`: neither the annotation
+    /// nor `trafficDistribution`).
+    pub routing: crate::topology::RoutingMode,
 }
 
 /// A Service as created: its virtual IP and port numbers.
@@ -169,6 +172,8 @@ pub struct DeployedService {
     pub name: String,
     pub ip: IpAddr,
     pub ports: Vec<(AgentPort, u16)>,
+    /// The EndpointSlice controller's verdict on its hints, when the platform knows it.
+    pub hints: Option<crate::results::HintsVerdict>,
 }
 
 impl DeployedService {

@@ -49,6 +49,10 @@ pub struct RunResults {
     /// `max_spread_pct` flagged; written when the run ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub noise: Option<crate::analysis::noise::NoiseReport>,
+    /// Cross-zone bytes of the Service tests and what they cost (the scenario's `[cost]`);
+    /// written when the run ends, when some measurement has a `locality`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<crate::topology::locality::CostSection>,
 }
 
 /// An agent's place: `{agent, node, zone}`.
@@ -85,6 +89,41 @@ pub struct Measurement {
     /// Service-scaling sweep points: the dataplane's state when this was measured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_dataplane: Option<ServiceDataplaneStats>,
+    /// `via = service`: where the answers came from, counted by the serving agent's zone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locality: Option<crate::topology::locality::Locality>,
+    /// `via = service`: the EndpointSlice controller's verdict on the Service's hints
+    /// (the prediction, beside the measured `locality`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hints: Option<HintsVerdict>,
+}
+
+/// What the EndpointSlice controller decided for a Service's hints, as `zonebench hints`
+/// explains it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HintsVerdict {
+    /// The routing the Service asked for: `none`, `auto`, `prefer-close`, `prefer-same-zone`.
+    pub mode: String,
+    /// The controller wrote hints.
+    pub enabled: bool,
+    /// Go's map order cannot change the hints.
+    pub deterministic: bool,
+    /// The event the controller records on the Service, if any.
+    pub event: Option<HintsEvent>,
+    /// The decision in words, with its numbers.
+    #[serde(default)]
+    pub explanation: Vec<String>,
+}
+
+/// An event as `kubectl describe service` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HintsEvent {
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub reason: String,
+    pub message: String,
 }
 
 /// What a service-scaling sweep point records about the dataplane it measured through.

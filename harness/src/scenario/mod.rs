@@ -13,6 +13,7 @@ use crate::platform::kube::KubeSettings;
 use crate::platform::lab::LabConfig;
 
 mod overrides;
+pub mod topology;
 mod values;
 
 pub use overrides::apply_override;
@@ -85,6 +86,12 @@ pub struct Scenario {
     /// A service-scaling sweep instead of the zone matrix (see [`crate::sweep`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sweep: Option<crate::sweep::SweepConfig>,
+    /// Topology-aware routing variants for the `via = "service"` tests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topology: Option<topology::TopologyConfig>,
+    /// How cross-zone bytes are priced in the run's `cost` section.
+    #[serde(default)]
+    pub cost: crate::topology::locality::CostModel,
     pub tests: Vec<TestEntry>,
 }
 
@@ -300,6 +307,17 @@ impl Scenario {
         }
         if let Some(sweep) = &self.sweep {
             sweep.validate(self)?;
+        }
+        self.cost.validate().map_err(|(f, m)| (format!("cost.{f}"), m))?;
+        if let Some(t) = &self.topology {
+            let lab_zones = matches!(self.platform, PlatformChoice::Lab | PlatformChoice::Auto).then_some(zones);
+            t.validate(lab_zones)?;
+            if !self.tests.iter().any(|t| t.via.unwrap_or(self.defaults.via) == Via::Service) {
+                return bad("topology".into(), "routing variants need a test with via = \"service\"");
+            }
+            if self.sweep.is_some() {
+                return bad("topology".into(), "cannot be combined with [sweep]");
+            }
         }
         Ok(())
     }

@@ -144,3 +144,41 @@ fn max_spread_pct_defaults_to_ten_and_must_be_positive() {
         .unwrap_err();
     assert_eq!(e.field, "defaults.max_spread_pct", "{e}");
 }
+
+const TOPOLOGY: &str = "[topology]\nmodes = [\"none\", \"auto\"]\n[[topology.placements]]\nendpoints_per_zone = [3, 3, 3]\n[[topology.placements]]\nprefix = \"skewed-\"\nendpoints_per_zone = [2, 2, 1]\n[[tests]]\nkind = \"tcp-crr\"\nvia = \"service\"\n";
+
+#[test]
+fn topology_variants_are_each_placement_under_each_mode() {
+    let s = parse(TOPOLOGY).unwrap();
+    let names: Vec<String> = s.topology.unwrap().variants().into_iter().map(|v| v.name).collect();
+    assert_eq!(names, ["none", "auto", "skewed-none", "skewed-auto"]);
+}
+
+#[test]
+fn a_placement_with_the_wrong_zone_count_names_its_line() {
+    let text = TOPOLOGY.replace("[2, 2, 1]", "[2, 2]");
+    let e = parse(&text).unwrap_err();
+    assert_eq!(e.field, "topology.placements[1].endpoints_per_zone", "{e}");
+    assert_eq!(e.location, "s.toml:7", "{e}");
+    assert!(e.message.contains("2 counts for 3 zones"), "{e}");
+}
+
+#[test]
+fn an_unknown_routing_mode_names_its_line() {
+    let e = parse(&TOPOLOGY.replace("\"auto\"]", "\"sometimes\"]")).unwrap_err();
+    assert!(e.location.starts_with("s.toml:2:"), "{e}");
+    assert!(e.message.contains("sometimes"), "{e}");
+}
+
+#[test]
+fn topology_without_a_service_test_is_refused() {
+    let e = parse(&TOPOLOGY.replace("via = \"service\"\n", "")).unwrap_err();
+    assert_eq!(e.field, "topology", "{e}");
+}
+
+#[test]
+fn a_negative_cross_zone_price_is_refused_by_field() {
+    let e = parse("[cost]\nper_gb_cross_zone = -0.01\n[[tests]]\nkind = \"tcp-rr\"\n").unwrap_err();
+    assert_eq!(e.field, "cost.per_gb_cross_zone", "{e}");
+    assert_eq!(e.location, "s.toml:2", "{e}");
+}

@@ -137,7 +137,8 @@ pub struct CostLine {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CostSection {
-    pub per_gb_cross_zone_usd: f64,
+    /// USD per GB crossing zones, in each direction.
+    pub per_gb_cross_zone: f64,
     pub requests_per_sec: f64,
     pub cross_zone_gb: f64,
     pub measured_usd: f64,
@@ -175,7 +176,7 @@ pub fn cost_section<'a>(model: &CostModel, inputs: impl IntoIterator<Item = Cost
         });
     }
     CostSection {
-        per_gb_cross_zone_usd: model.per_gb_cross_zone,
+        per_gb_cross_zone: model.per_gb_cross_zone,
         requests_per_sec: model.requests_per_sec,
         cross_zone_gb: total_bytes as f64 / GB,
         measured_usd: model.cost_of(total_bytes),

@@ -61,6 +61,7 @@ pub mod locality;
 pub mod proxy;
 #[cfg(test)]
 mod reference_tests;
+pub mod table;
 
 use std::fmt;
 

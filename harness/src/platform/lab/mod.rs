@@ -397,7 +397,8 @@ impl LabPlatform {
     }
 
     pub fn topology(&self) -> ClusterTopology {
-        let cpu_millis = std::thread::available_parallelism().map(|n| n.get() as u64 * 1000).unwrap_or(1000);
+        // The figure the hints are computed from (equal per node), not the host's cores.
+        let cpu_millis = services::LAB_NODE_CPU_MILLIS;
         let nodes = self
             .plan
             .nodes
@@ -485,15 +486,26 @@ impl LabPlatform {
                     ip: pod.ip,
                     node: pod.node.clone(),
                     zone: pod.zone.clone(),
-                    hints: vec![],
+                    hints: None,
                 });
             }
             let ports = r.ports.iter().map(|&p| (p, lab_port(p))).collect();
-            table.push(LabService { name: r.name.clone(), vip: self.services.vip_for(&r.name)?, ports, endpoints });
+            table.push(LabService {
+                name: r.name.clone(),
+                vip: self.services.vip_for(&r.name)?,
+                ports,
+                routing: r.routing,
+                endpoints,
+            });
         }
 
         let mut nodes: Vec<(String, String)> =
             self.plan.nodes.iter().map(|n| (n.name.clone(), n.zone.clone())).collect();
+        // The controller's hints, from the lab's nodes, before any node programs them.
+        let mut verdicts = Vec::with_capacity(table.len());
+        for s in &mut table {
+            verdicts.push(services::write_hints(s, &nodes)?);
+        }
         let mut started = None;
         if let Some(p) = probe {
             let client_node = self
@@ -527,7 +539,7 @@ impl LabPlatform {
         let mut programming = Vec::with_capacity(nodes.len());
         for (i, (node, zone)) in nodes.iter().enumerate() {
             let target = self.node_target(node).with_context(|| format!("node {node} vanished from the plan"))?;
-            let rules = services::rules_for_node(zone, &table);
+            let rules = services::rules_for_node(node, zone, &table);
             let dp = self.services.dataplane(node, &target)?;
             if i == 0 {
                 if let Some(p) = started.as_mut() {
@@ -541,7 +553,13 @@ impl LabPlatform {
         Ok(ServicesApplied {
             services: table
                 .iter()
-                .map(|s| DeployedService { name: s.name.clone(), ip: IpAddr::V4(s.vip), ports: s.ports.clone() })
+                .zip(verdicts)
+                .map(|(s, v)| DeployedService {
+                    name: s.name.clone(),
+                    ip: IpAddr::V4(s.vip),
+                    ports: s.ports.clone(),
+                    hints: Some(v),
+                })
                 .collect(),
             dataplane: self.services.kind().to_string(),
             nodes: programming,

@@ -16,6 +16,9 @@ use anyhow::{bail, Context as _};
 use super::topology::Cidr;
 use crate::dataplane::{self, Dataplane, DataplaneKind, Endpoint, NodeTarget, ServicePort, ServiceRules};
 use crate::platform::AgentPort;
+use crate::results::{HintsEvent, HintsVerdict};
+use crate::topology::input::{ServiceObject, SliceObject};
+use crate::topology::{self, doctor, hints, proxy, Hints, RoutingMode, ServiceConfig};
 
 /// Service VIPs: the upper half of the underlay's 198.18.0.0/16, whose zones use only
 /// 198.18.0.0/24 to 198.18.15.0/24, so no address here is a node, pod or router. Inside
@@ -32,14 +35,24 @@ pub fn vip(index: u32) -> Option<Ipv4Addr> {
 }
 
 /// An endpoint as the EndpointSlice controller sees it: a ready pod of the Service, where
-/// it runs, and the zones its hints assign it to (empty: no hints).
+/// it runs, and the hints the controller wrote on it (`None`: no hints).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceEndpoint {
     pub agent: String,
     pub ip: Ipv4Addr,
     pub node: String,
     pub zone: String,
-    pub hints: Vec<String>,
+    pub hints: Option<Hints>,
+}
+
+impl ServiceEndpoint {
+    /// The endpoint as an EndpointSlice holds it (every lab pod is ready and serving).
+    pub fn slice_endpoint(&self) -> topology::Endpoint {
+        topology::Endpoint {
+            hints: self.hints.clone(),
+            ..topology::Endpoint::ready(self.ip.to_string(), self.node.clone(), &self.zone)
+        }
+    }
 }
 
 /// A Service as the lab holds it.
@@ -48,25 +61,76 @@ pub struct LabService {
     pub name: String,
     pub vip: Ipv4Addr,
     pub ports: Vec<(AgentPort, u16)>,
+    /// How the Service asks for topology-aware routing (annotation or trafficDistribution).
+    pub routing: RoutingMode,
     pub endpoints: Vec<ServiceEndpoint>,
 }
 
-/// The endpoints a node in `zone` sends a Service's traffic to: the one point where zone
-/// rules apply. The lab writes no topology hints yet, and kube-proxy without hints or
-/// traffic policies uses every ready endpoint, so that is what this returns;
-/// `topology::proxy` (kube-proxy's selection with hints and `trafficDistribution`) is to
-/// replace the body, and nothing else needs to change for hints to steer every dataplane.
-pub fn endpoints_for_node<'a>(zone: &str, endpoints: &'a [ServiceEndpoint]) -> Vec<&'a ServiceEndpoint> {
-    let _ = zone;
-    endpoints.iter().collect()
+/// A lab node as the EndpointSlice controller sees it. Every lab node gets the same
+/// allocatable CPU, so a zone's CPU share is its share of nodes, as on a cluster of one
+/// instance type.
+pub const LAB_NODE_CPU_MILLIS: u64 = 4000;
+
+/// Writes the hints the EndpointSlice controller would write for `service` (one fresh sync
+/// of one slice holding every endpoint, in backend order) and returns the controller's
+/// verdict in the doctor's words, to store beside what is then measured.
+pub fn write_hints(service: &mut LabService, nodes: &[(String, String)]) -> anyhow::Result<HintsVerdict> {
+    let cluster: Vec<topology::Node> = nodes
+        .iter()
+        .map(|(name, zone)| topology::Node::new(name.clone(), zone, topology::Cpu::from_millis(LAB_NODE_CPU_MILLIS)))
+        .collect();
+    for e in &mut service.endpoints {
+        e.hints = None;
+    }
+    let slice = topology::Slice::new(
+        format!("{}-lab", service.name),
+        service.endpoints.iter().map(ServiceEndpoint::slice_endpoint).collect(),
+    );
+    let config = ServiceConfig::with_mode(service.routing);
+    let rec = hints::predict(&cluster, std::slice::from_ref(&slice), &config, &hints::ControllerOptions::default());
+    // The canonical outcome; a tie Go's map order could break differently is reported by
+    // the verdict's `deterministic`, and the lab follows the first outcome.
+    let written = rec.slices();
+    let eps = written.first().map(|s| s.endpoints.as_slice()).unwrap_or(&[]);
+    for (e, w) in service.endpoints.iter_mut().zip(eps) {
+        e.hints = w.hints.clone();
+    }
+    let inputs = doctor::Inputs {
+        nodes: cluster,
+        slices: vec![SliceObject { namespace: Some(NAMESPACE.into()), service: Some(service.name.clone()), slice }],
+        service: Some(ServiceObject { namespace: Some(NAMESPACE.into()), name: service.name.clone(), config }),
+    };
+    let report = doctor::diagnose(&inputs, &doctor::Settings::default())
+        .map_err(|e| anyhow::anyhow!("explaining the hints of service {}: {e}", service.name))?;
+    Ok(HintsVerdict {
+        mode: service.routing.as_str().to_string(),
+        enabled: rec.hints_enabled(),
+        deterministic: rec.deterministic(),
+        event: rec.event.as_ref().map(|e| HintsEvent {
+            event_type: format!("{:?}", e.event_type),
+            reason: e.reason.clone(),
+            message: e.message.clone(),
+        }),
+        explanation: report.explanation,
+    })
+}
+
+/// The endpoints node `node` (in `zone`) sends a Service's traffic to: the one point where
+/// zone rules apply. kube-proxy's own selection (`topology::proxy::categorize`) on the
+/// hints [`write_hints`] wrote, so hints steer every dataplane as they steer kube-proxy.
+pub fn endpoints_for_node<'a>(node: &str, zone: &str, service: &'a LabService) -> Vec<&'a ServiceEndpoint> {
+    let eps: Vec<topology::Endpoint> = service.endpoints.iter().map(ServiceEndpoint::slice_endpoint).collect();
+    let config = ServiceConfig::with_mode(service.routing);
+    let c = proxy::categorize(&eps, &config, &proxy::ProxyNode::new(node, Some(zone)), &proxy::ProxyOptions::default());
+    c.internal().iter().filter_map(|&i| service.endpoints.get(i)).collect()
 }
 
 /// The Service table one node programs: every port of every Service, with the endpoints
-/// [`endpoints_for_node`] picks for the node's zone.
-pub fn rules_for_node(zone: &str, services: &[LabService]) -> Vec<ServiceRules> {
+/// [`endpoints_for_node`] picks for the node.
+pub fn rules_for_node(node: &str, zone: &str, services: &[LabService]) -> Vec<ServiceRules> {
     let mut rules = Vec::with_capacity(services.len());
     for s in services {
-        let chosen = endpoints_for_node(zone, &s.endpoints);
+        let chosen = endpoints_for_node(node, zone, s);
         for &(port, number) in &s.ports {
             rules.push(ServiceRules {
                 service: ServicePort {
@@ -170,7 +234,7 @@ mod tests {
             ip: ip.into(),
             node: format!("{zone}-1"),
             zone: zone.into(),
-            hints: vec![],
+            hints: None,
         }
     }
 
@@ -208,9 +272,10 @@ mod tests {
             name: "echo".into(),
             vip: Ipv4Addr::new(198, 18, 128, 1),
             ports: vec![(AgentPort::Tcp, 7101), (AgentPort::Udp, 7102)],
+            routing: RoutingMode::None,
             endpoints: vec![ep("srv-a-0", [198, 19, 0, 2], "a"), ep("srv-b-0", [198, 19, 16, 2], "b")],
         };
-        let rules = rules_for_node("a", std::slice::from_ref(&svc));
+        let rules = rules_for_node("a-1", "a", std::slice::from_ref(&svc));
         assert_eq!(rules.len(), 2);
         assert_eq!(rules[0].service.name, "zonebench/echo:tcp");
         assert_eq!(rules[1].service.name, "zonebench/echo:udp");
@@ -219,11 +284,68 @@ mod tests {
         crate::dataplane::validate(&rules).unwrap();
     }
 
+    fn service(routing: RoutingMode, per_zone: &[(&str, u8)]) -> (LabService, Vec<(String, String)>) {
+        let mut endpoints = Vec::new();
+        for (zi, (zone, n)) in per_zone.iter().enumerate() {
+            for i in 0..*n {
+                endpoints.push(ep(&format!("srv-{zone}-{i}"), [198, 19, 16 * zi as u8, 2 + i], zone));
+            }
+        }
+        let nodes =
+            per_zone.iter().flat_map(|(z, _)| [(format!("{z}-1"), z.to_string()), (format!("{z}-2"), z.to_string())]);
+        let svc = LabService {
+            name: "echo".into(),
+            vip: Ipv4Addr::new(198, 18, 128, 1),
+            ports: vec![(AgentPort::Tcp, 7101)],
+            routing,
+            endpoints,
+        };
+        (svc, nodes.collect())
+    }
+
+    fn zones_of(chosen: &[&ServiceEndpoint]) -> Vec<String> {
+        chosen.iter().map(|e| e.zone.clone()).collect()
+    }
+
     #[test]
     fn without_hints_every_zone_uses_every_endpoint() {
-        let eps = [ep("srv-a-0", [198, 19, 0, 2], "a"), ep("srv-b-0", [198, 19, 16, 2], "b")];
-        assert_eq!(endpoints_for_node("a", &eps).len(), 2);
-        assert_eq!(endpoints_for_node("c", &eps).len(), 2);
+        let (mut svc, nodes) = service(RoutingMode::None, &[("a", 1), ("b", 1)]);
+        let verdict = write_hints(&mut svc, &nodes).unwrap();
+        assert!(!verdict.enabled);
+        assert_eq!(endpoints_for_node("a-2", "a", &svc).len(), 2);
+        assert_eq!(endpoints_for_node("c-2", "c", &svc).len(), 2);
+    }
+
+    #[test]
+    fn auto_on_a_balanced_service_keeps_each_zone_to_its_own_endpoints() {
+        let (mut svc, nodes) = service(RoutingMode::Auto, &[("a", 3), ("b", 3), ("c", 3)]);
+        let verdict = write_hints(&mut svc, &nodes).unwrap();
+        assert!(verdict.enabled, "{verdict:?}");
+        assert_eq!(verdict.event.as_ref().map(|e| e.reason.as_str()), Some("TopologyAwareHintsEnabled"));
+        for z in ["a", "b", "c"] {
+            assert_eq!(zones_of(&endpoints_for_node(&format!("{z}-2"), z, &svc)), [z, z, z]);
+        }
+    }
+
+    #[test]
+    fn auto_on_a_skewed_service_is_refused_and_routes_cluster_wide() {
+        let (mut svc, nodes) = service(RoutingMode::Auto, &[("a", 2), ("b", 2), ("c", 1)]);
+        let verdict = write_hints(&mut svc, &nodes).unwrap();
+        assert!(!verdict.enabled);
+        let event = verdict.event.as_ref().unwrap();
+        assert_eq!(event.reason, "TopologyAwareHintsDisabled");
+        assert!(event.message.starts_with("Unable to allocate minimum required endpoints"), "{}", event.message);
+        assert!(svc.endpoints.iter().all(|e| e.hints.is_none()));
+        assert_eq!(endpoints_for_node("c-2", "c", &svc).len(), 5);
+    }
+
+    #[test]
+    fn prefer_close_on_a_skewed_service_stays_in_zone() {
+        let (mut svc, nodes) = service(RoutingMode::PreferClose, &[("a", 2), ("b", 2), ("c", 1)]);
+        let verdict = write_hints(&mut svc, &nodes).unwrap();
+        assert!(verdict.enabled);
+        assert_eq!(zones_of(&endpoints_for_node("c-2", "c", &svc)), ["c"]);
+        assert_eq!(zones_of(&endpoints_for_node("a-2", "a", &svc)), ["a", "a"]);
     }
 
     #[test]

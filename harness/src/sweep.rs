@@ -395,13 +395,16 @@ mod tests {
                 repeat: 0,
                 client: "cli-a-0".into(),
                 server: "svc-00010".into(),
-                error: "the ebpf dataplane is not built yet in this branch".into(),
+                error: "the eBPF dataplane is not available in this build: clang was not found".into(),
                 variant: "ebpf".into(),
                 params: [("services".to_string(), 10.into())].into(),
             });
         }
         let text = render(&r);
         assert_eq!(text.lines().count(), 2, "{text}");
-        assert!(text.lines().nth(1).unwrap().contains("ebpf") && text.contains("not built yet"), "{text}");
+        assert!(
+            text.lines().nth(1).unwrap().contains("ebpf") && text.contains("not available in this build"),
+            "{text}"
+        );
     }
 }

@@ -7,10 +7,11 @@
 //! - [`control_client`]: the agent control API client.
 //! - [`scenario`]: scenario files, validation with file/line errors, `--set` overrides.
 //! - [`plan`]: a scenario expanded into agent placements and ordered steps.
-//! - [`platform`]: where agents run (`lab` network namespaces, `local` loopback processes).
+//! - [`platform`]: where agents run (`lab` network namespaces, `local` loopback processes,
+//!   `kube` a cluster through kube-rs).
 //! - [`dataplane`]: Service VIP dataplanes a lab node programs (iptables, nftables, eBPF).
 //! - [`topology`]: EndpointSlice hints and kube-proxy's endpoint choice, as Kubernetes computes them;
-//!   `zonebench hints` explains them on kubectl output.
+//!   `zonebench hints` explains them on kubectl output or live objects; measured locality and cost.
 //! - [`run`]: the orchestrator; [`results`]: results.json/csv, reading runs back, history;
 //!   [`summary`]: the zone matrix.
 //! - [`analysis`]: noise figures, comparisons and regression verdicts; [`report`]: the

@@ -795,3 +795,100 @@ async fn variant_services_are_deployed_with_the_agents_and_their_hints_read_back
     p.teardown().await.unwrap();
     assert!(api.names("zonebench-feed0001", "services").is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_services_creates_a_routed_clusterip_service_per_request_over_labelled_backends_and_deletes_dropped_ones()
+{
+    use zonebench::platform::{AgentPort, ServiceRequest};
+    use zonebench::topology::RoutingMode;
+    let dir = temp_dir("apply-services");
+    let api =
+        FakeApi::start(Kubelet::RunAgents { zonebench: env!("CARGO_BIN_EXE_zonebench").into(), dir: dir.clone() })
+            .await;
+    load_kind(&api);
+    let mut p = KubePlatform::new(kube_options(&dir, &api, "feed0002")).unwrap();
+    p.discover().await.unwrap();
+    let deployed = p
+        .deploy(&[
+            AgentRequest { id: "srv-a-0".into(), node: "zb-worker".into() },
+            AgentRequest { id: "srv-b-0".into(), node: "zb-worker3".into() },
+            AgentRequest { id: "cli-a-0".into(), node: "zb-worker2".into() },
+        ])
+        .await
+        .unwrap();
+    let ip_of = |id: &str| deployed.iter().find(|a| a.id == id).unwrap().ip.to_string();
+    let echo = ServiceRequest {
+        name: "echo".into(),
+        backends: vec!["srv-a-0".into(), "srv-b-0".into()],
+        ports: vec![AgentPort::Tcp, AgentPort::Http],
+        routing: RoutingMode::PreferClose,
+    };
+    let applied = p.apply_services(std::slice::from_ref(&echo), None).await.unwrap();
+    let ns = "zonebench-feed0002";
+    let svc = api.object(ns, "services", "echo").unwrap();
+    assert_eq!(svc["spec"]["type"], "ClusterIP");
+    assert_eq!(svc["spec"]["trafficDistribution"], "PreferClose");
+    assert!(svc["metadata"]["annotations"].is_null(), "{svc}");
+    assert_eq!(svc["spec"]["selector"]["zonebench.dev/run"], "feed0002");
+    assert_eq!(svc["spec"]["selector"]["svc.zonebench.dev/echo"], "backend");
+    let ports: Vec<(String, i64)> = svc["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["name"].as_str().unwrap().to_string(), p["port"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(ports, vec![("tcp".to_string(), 7101), ("http".to_string(), 7180)]);
+    // Exactly the backends carry the Service's label; the client does not.
+    let labelled = |pod: &str, svc: &str| {
+        !api.object(ns, "pods", pod).unwrap()["metadata"]["labels"][format!("svc.zonebench.dev/{svc}")].is_null()
+    };
+    assert!(labelled("srv-a-0", "echo") && labelled("srv-b-0", "echo") && !labelled("cli-a-0", "echo"));
+    // The answer: the Service's ClusterIP and ports, and the doctor's verdict beside what the
+    // controller wrote (the fake's controller writes each endpoint's own zone).
+    assert_eq!(applied.dataplane, "iptables");
+    assert_eq!(applied.probe, None);
+    let d = &applied.services[0];
+    assert_eq!(d.ip.to_string(), svc["spec"]["clusterIP"].as_str().unwrap());
+    assert_eq!(d.address(AgentPort::Http).unwrap().port(), 7180);
+    assert_eq!(d.address(AgentPort::Udp), None);
+    let h = d.hints.as_ref().unwrap();
+    assert_eq!(h.mode, "prefer-close");
+    assert!(h.enabled, "{h:?}");
+    let written = h.explanation.last().unwrap();
+    assert!(written.contains("hints on 2 of 2"), "{written}");
+    assert!(written.contains(&format!("{}→a", ip_of("srv-a-0"))), "{written}");
+    assert!(written.contains(&format!("{}→b", ip_of("srv-b-0"))), "{written}");
+    // The EndpointSlices were read, by the Service's name.
+    assert!(api
+        .requests()
+        .iter()
+        .any(|r| r.path == format!("/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices")
+            && r.query.contains("kubernetes.io%2Fservice-name%3Decho")));
+
+    // A second call with another Service: the dropped one and its labels go.
+    let auto = ServiceRequest {
+        name: "echo-auto".into(),
+        backends: vec!["srv-b-0".into()],
+        ports: vec![AgentPort::Udp],
+        routing: RoutingMode::Auto,
+    };
+    let applied = p.apply_services(std::slice::from_ref(&auto), None).await.unwrap();
+    assert_eq!(api.names(ns, "services"), vec!["echo-auto".to_string()]);
+    let svc = api.object(ns, "services", "echo-auto").unwrap();
+    assert_eq!(svc["metadata"]["annotations"]["service.kubernetes.io/topology-mode"], "Auto");
+    assert!(svc["spec"]["trafficDistribution"].is_null());
+    assert_eq!(svc["spec"]["ports"][0]["protocol"], "UDP");
+    assert!(!labelled("srv-a-0", "echo") && !labelled("srv-b-0", "echo") && labelled("srv-b-0", "echo-auto"));
+    assert_eq!(applied.services[0].hints.as_ref().unwrap().mode, "auto");
+
+    // Bad requests are named.
+    let err = p
+        .apply_services(&[ServiceRequest { backends: vec!["srv-z-9".into()], ..auto.clone() }], None)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("srv-z-9") && err.contains("not deployed"), "{err}");
+    let err = p.set_service_dataplane(zonebench::dataplane::DataplaneKind::Nftables).await.unwrap_err().to_string();
+    assert!(err.contains("cluster's"), "{err}");
+    p.teardown().await.unwrap();
+}

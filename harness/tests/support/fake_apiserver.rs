@@ -408,6 +408,7 @@ async fn handle(
         }
         ("POST", None, None) => create(&t, body, st, ev, ip_base),
         ("DELETE", Some(name), None) => delete(&t, name, st, ev),
+        ("PATCH", Some(name), None) => merge_patch(&t, name, body, st, ev),
         _ => status(405, "MethodNotAllowed", &format!("{method} {path} is not served by the fake")),
     }
 }
@@ -461,8 +462,16 @@ fn create(
     if t.resource == "pods" {
         o["status"] = json!({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "True"}]});
     }
+    if t.resource == "services" && o["spec"]["clusterIP"].is_null() {
+        o["spec"]["clusterIP"] = json!(format!("10.96.{}.{}", rv / 256 % 256, rv % 256));
+    }
     guard.objects.entry(key.clone()).or_default().insert(name.clone(), o.clone());
     let _ = ev.send((key.0.clone(), key.1.clone(), key.2.clone(), json!({"type": "ADDED", "object": o.clone()})));
+    if t.resource == "services" && o["spec"]["selector"].is_object() {
+        drop(guard);
+        endpoint_slice_controller(st, ns, o.clone());
+        return json_response(StatusCode::CREATED, &o);
+    }
     if t.resource == "pods" {
         let n = guard.next_ip;
         guard.next_ip += 1;
@@ -598,8 +607,104 @@ fn delete(
         return json_response(StatusCode::OK, &o);
     }
     g.objects.get_mut(&key).unwrap().remove(name);
+    if t.resource == "services" {
+        // Garbage collection of the slices the controller owns for the Service.
+        let slices = ("/apis/discovery.k8s.io/v1".to_string(), key.1.clone(), "endpointslices".to_string());
+        if let Some(m) = g.objects.get_mut(&slices) {
+            m.retain(|_, s| s["metadata"]["labels"]["kubernetes.io/service-name"].as_str() != Some(name));
+        }
+    }
     let _ = ev.send((key.0, key.1, key.2, json!({"type": "DELETED", "object": o.clone()})));
     json_response(StatusCode::OK, &o)
+}
+
+/// A JSON merge patch (RFC 7386) of a stored object (`kubectl label` and kube-rs `Patch::Merge`).
+fn merge_patch(
+    t: &Target,
+    name: &str,
+    body: Option<Value>,
+    st: Arc<Mutex<State>>,
+    ev: broadcast::Sender<(String, String, String, Value)>,
+) -> Response<Body> {
+    fn merge(target: &mut Value, patch: &Value) {
+        match (target.as_object_mut(), patch.as_object()) {
+            (Some(t), Some(p)) => {
+                for (k, v) in p {
+                    if v.is_null() {
+                        t.remove(k);
+                    } else {
+                        merge(t.entry(k.clone()).or_insert(Value::Null), v);
+                    }
+                }
+            }
+            _ => *target = patch.clone(),
+        }
+    }
+    let Some(patch) = body else { return status(400, "BadRequest", "body is not JSON") };
+    let key = (t.prefix.clone(), t.namespace.clone().unwrap_or_default(), t.resource.clone());
+    let mut g = st.lock().unwrap();
+    let Some(mut o) = g.objects.get(&key).and_then(|m| m.get(name)).cloned() else {
+        return status(404, "NotFound", &format!("{} \"{name}\" not found", t.resource));
+    };
+    merge(&mut o, &patch);
+    g.rv += 1;
+    o["metadata"]["resourceVersion"] = json!(g.rv.to_string());
+    g.objects.get_mut(&key).unwrap().insert(name.to_string(), o.clone());
+    let _ = ev.send((key.0, key.1, key.2, json!({"type": "MODIFIED", "object": o.clone()})));
+    json_response(StatusCode::OK, &o)
+}
+
+/// The EndpointSlice controller, minimally: a moment after a Service with a selector is
+/// created, one slice lists its selected ready pods with their node and zone, and (when the
+/// Service asks for topology) a hint for the endpoint's own zone.
+fn endpoint_slice_controller(st: Arc<Mutex<State>>, ns: String, svc: Value) {
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut g = st.lock().unwrap();
+        let name = svc["metadata"]["name"].as_str().unwrap().to_string();
+        let selector: Vec<(String, String)> = svc["spec"]["selector"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+            .collect();
+        let topology = !svc["metadata"]["annotations"]["service.kubernetes.io/topology-mode"].is_null()
+            || !svc["spec"]["trafficDistribution"].is_null();
+        let zone_of = |g: &State, node: &str| -> Option<String> {
+            let n = g.objects.get(&("/api/v1".into(), String::new(), "nodes".into()))?.get(node)?;
+            n["metadata"]["labels"]["topology.kubernetes.io/zone"].as_str().map(String::from)
+        };
+        let pods: Vec<Value> = g
+            .objects
+            .get(&("/api/v1".to_string(), ns.clone(), "pods".to_string()))
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
+        let mut endpoints = Vec::new();
+        for p in pods {
+            if !selector.iter().all(|(k, v)| p["metadata"]["labels"][k].as_str() == Some(v)) {
+                continue;
+            }
+            let Some(ip) = p["status"]["podIP"].as_str() else { continue };
+            let node = p["spec"]["nodeName"].as_str().unwrap_or("").to_string();
+            let zone = zone_of(&g, &node);
+            let mut e = json!({"addresses": [ip], "conditions": {"ready": true}, "nodeName": node, "zone": zone});
+            if topology {
+                e["hints"] = json!({"forZones": [{"name": zone}]});
+            }
+            endpoints.push(e);
+        }
+        g.rv += 1;
+        let slice = json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": format!("{name}-fake1"), "namespace": ns, "resourceVersion": g.rv.to_string(),
+                "labels": {"kubernetes.io/service-name": name, "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}},
+            "addressType": "IPv4",
+            "endpoints": endpoints,
+            "ports": svc["spec"]["ports"].as_array().unwrap().iter().map(|p| json!({"name": p["name"], "port": p["port"], "protocol": p["protocol"]})).collect::<Vec<_>>(),
+        });
+        let key = ("/apis/discovery.k8s.io/v1".to_string(), ns, "endpointslices".to_string());
+        g.objects.entry(key).or_default().insert(format!("{name}-fake1"), slice);
+    });
 }
 
 /// A watch: JSON lines, first the objects changed since `resourceVersion`, then live events,

@@ -12,6 +12,7 @@
 //! - [`portforward`]: loopback listeners bridged to port-forwards, for the control API;
 //! - [`services`]: Services per routing variant, EndpointSlice hints, service scaling,
 //!   the node inspector's reports, and what the live hints doctor reads;
+//! - [`run_services`]: the Services of a run's `via = "service"` steps (`apply_services`);
 //! - [`gc`]: removing what killed runs left;
 //! - [`settings`]: the scenario's `[kube]` table.
 
@@ -24,7 +25,10 @@ use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{DeleteParams, PostParams};
 use kube::Api;
 
-use super::{AgentRequest, ClusterTopology, ControlEndpoint, DeployedAgent, Node, Platform};
+use super::{
+    AgentRequest, ClusterTopology, ControlEndpoint, DataplaneKind, DeployedAgent, Node, Platform, ProbeRequest,
+    ServiceRequest, ServicesApplied,
+};
 use crate::control_client::ControlClient;
 
 pub mod client;
@@ -34,6 +38,7 @@ pub mod manifests;
 pub mod pods;
 pub mod portforward;
 pub mod pss;
+pub mod run_services;
 pub mod services;
 pub mod settings;
 
@@ -104,6 +109,10 @@ pub struct KubePlatform {
     /// create's answer was lost to a signal.
     namespace_requested: bool,
     bridges: Vec<portforward::Bridge>,
+    /// Services `apply_services` created, so a later call deletes those no longer requested.
+    applied: std::collections::BTreeSet<String>,
+    /// The cluster's kube-proxy mode as discovered (what programs the Services).
+    dataplane: String,
 }
 
 impl KubePlatform {
@@ -121,6 +130,8 @@ impl KubePlatform {
             nodes: Vec::new(),
             namespace_requested: false,
             bridges: Vec::new(),
+            applied: std::collections::BTreeSet::new(),
+            dataplane: String::new(),
         })
     }
 
@@ -205,6 +216,7 @@ impl Platform for KubePlatform {
         let cluster = client::connect(&self.options.source).await?;
         let topology = discovery::discover(&cluster).await?;
         self.nodes = topology.nodes.clone();
+        self.dataplane = topology.fingerprint.extra.get("kube_proxy_mode").cloned().unwrap_or_else(|| "cluster".into());
         self.cluster = Some(cluster);
         Ok(topology)
     }
@@ -265,8 +277,43 @@ impl Platform for KubePlatform {
         Ok(deployed)
     }
 
+    async fn apply_services(
+        &mut self,
+        services: &[ServiceRequest],
+        probe: Option<&ProbeRequest>,
+    ) -> anyhow::Result<ServicesApplied> {
+        let cluster = self.connected()?.clone();
+        let result = run_services::apply(&cluster, &self.run, &self.nodes, services, &self.applied).await;
+        // After a failure any requested Service may exist: remember them all for the next call.
+        match &result {
+            Ok(_) => self.applied = services.iter().map(|s| s.name.clone()).collect(),
+            Err(_) => self.applied.extend(services.iter().map(|s| s.name.clone())),
+        }
+        let deployed = result?;
+        if probe.is_some() {
+            // Programming latency is measured from a client pod's network namespace; on a
+            // cluster that needs an exec into a pod (or a probe pod), which this run does not
+            // create, so the probe is not answered here rather than answered wrongly.
+            tracing::warn!("the kube platform does not measure Service programming latency (no probe pod); skipped");
+        }
+        Ok(ServicesApplied {
+            services: deployed,
+            dataplane: self.dataplane.clone(),
+            // Each node's programming cost needs the node inspector (`--inspect-nodes`).
+            nodes: Vec::new(),
+            probe: None,
+        })
+    }
+
+    async fn set_service_dataplane(&mut self, kind: DataplaneKind) -> anyhow::Result<()> {
+        anyhow::bail!(
+            "the kube platform cannot switch its service dataplane to {kind}: a cluster's dataplane is the cluster's (its kube-proxy mode or CNI); sweep dataplanes on the lab"
+        )
+    }
+
     async fn teardown(&mut self) -> anyhow::Result<()> {
         self.bridges.clear();
+        self.applied.clear();
         if !self.namespace_requested {
             return Ok(());
         }

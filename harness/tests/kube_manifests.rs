@@ -3,7 +3,7 @@
 //! schemas, strictly (unknown fields rejected), and every pod spec or pod template against
 //! the `restricted` Pod Security Standard. Covers `zonebench render` of each scenario in
 //! `scenarios/` (with and without the node inspector) and the objects a run creates later
-//! (Services of every routing variant, service-scaling Services and EndpointSlices).
+//! (Services of every routing variant, `via = "service"` Services, service-scaling Services and EndpointSlices).
 #![allow(clippy::unwrap_used)] // test support: a failure here is a failed test
 
 use std::path::{Path, PathBuf};
@@ -74,6 +74,26 @@ fn later_objects() -> Vec<Value> {
     let mut v: Vec<Value> =
         RoutingVariant::ALL.iter().map(|r| manifests::to_value(&manifests::variant_service(&run, *r))).collect();
     v.push(manifests::to_value(&manifests::scale_service(&run, 0)));
+    // `via = "service"` Services (apply_services), one per routing mode.
+    use zonebench::topology::RoutingMode;
+    for (i, routing) in [
+        RoutingMode::None,
+        RoutingMode::Auto,
+        RoutingMode::PreferClose,
+        RoutingMode::PreferSameZone,
+        RoutingMode::PreferSameNode,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let request = zonebench::platform::ServiceRequest {
+            name: format!("echo-{i}"),
+            backends: vec!["srv-a-0".into()],
+            ports: vec![zonebench::platform::AgentPort::Tcp, zonebench::platform::AgentPort::Udp],
+            routing,
+        };
+        v.push(manifests::to_value(&zonebench::platform::kube::run_services::request_service(&run, &request)));
+    }
     v.push(manifests::to_value(&manifests::scale_endpoint_slice(&run, 0, &echo)));
     let settings = KubeSettings { cpu_limit: Some("2".into()), ..Default::default() };
     let agents = [manifests::AgentPod { id: "srv-a-0".into(), node: "n1".into(), zone: "a".into() }];

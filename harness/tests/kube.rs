@@ -892,3 +892,72 @@ async fn apply_services_creates_a_routed_clusterip_service_per_request_over_labe
     assert!(err.contains("cluster's"), "{err}");
     p.teardown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kube_run_with_a_routing_variant_measures_via_the_service_it_created() {
+    let dir = temp_dir("run-service");
+    let api =
+        FakeApi::start(Kubelet::RunAgents { zonebench: env!("CARGO_BIN_EXE_zonebench").into(), dir: dir.clone() })
+            .await;
+    load_kind(&api);
+    let kc = kubeconfig(&dir, &[("kind-zb", &api.url())]);
+    let scenario = r#"
+name = "kubesvc"
+[kube]
+allow_cidrs = ["127.0.0.0/8"]
+[defaults]
+duration = "300ms"
+warmup = "100ms"
+[topology]
+modes = ["prefer-close"]
+[[topology.placements]]
+endpoints_per_zone = [1, 1, 1]
+[[tests]]
+kind = "tcp-crr"
+via = "service"
+"#;
+    std::fs::write(dir.join("svc.toml"), scenario).unwrap();
+    let out = zonebench()
+        .args(["run", "--backend", "kube", "--image", "example.com/agent:t", "--kubeconfig"])
+        .arg(&kc)
+        .arg(dir.join("svc.toml"))
+        .arg("--out")
+        .arg(dir.join("out"))
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}\n{}", String::from_utf8_lossy(&out.stdout));
+    // The Service as created: its routing and its selector on the per-Service backend label.
+    let created: Vec<Value> = api
+        .writes()
+        .into_iter()
+        .filter(|r| r.method == "POST" && r.path.ends_with("/services"))
+        .map(|r| r.body.unwrap())
+        .collect();
+    assert_eq!(created.len(), 1, "{created:#?}");
+    let svc = &created[0];
+    let name = svc["metadata"]["name"].as_str().unwrap();
+    assert_eq!(svc["spec"]["trafficDistribution"], "PreferClose");
+    assert_eq!(svc["spec"]["selector"][format!("svc.zonebench.dev/{name}")], "backend");
+    let labelled: Vec<String> = api
+        .writes()
+        .into_iter()
+        .filter(|r| r.method == "PATCH")
+        .map(|r| r.path.rsplit('/').next().unwrap().to_string())
+        .collect();
+    assert!(!labelled.is_empty() && labelled.iter().all(|p| p.starts_with("srv-")), "{labelled:?}");
+    // Measured through it: the fake gives the Service its first backend's address (it has no
+    // kube-proxy to route a virtual IP), which the measurements target and are answered from.
+    let r = read_results(&dir.join("out"));
+    assert_eq!(r["status"], "complete");
+    let ms: Vec<&Value> = r["measurements"].as_array().unwrap().iter().filter(|m| m["via"] == "service").collect();
+    assert!(!ms.is_empty(), "{r:#}");
+    for m in &ms {
+        assert!(m["target"].as_str().unwrap().starts_with("127."), "{m:#}");
+        assert!(!m["servers"].as_object().unwrap().is_empty(), "{m:#}");
+    }
+    let text = r.to_string();
+    assert!(text.contains("EndpointSlice controller wrote zone hints on"), "the verdict is recorded: {text}");
+    std::fs::remove_dir_all(dir).unwrap();
+}

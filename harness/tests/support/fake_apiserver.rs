@@ -463,7 +463,16 @@ fn create(
         o["status"] = json!({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "True"}]});
     }
     if t.resource == "services" && o["spec"]["clusterIP"].is_null() {
-        o["spec"]["clusterIP"] = json!(format!("10.96.{}.{}", rv / 256 % 256, rv % 256));
+        // No kube-proxy here to route a virtual IP: a selecting Service gets the address of
+        // the first pod it selects (by name), so a run's `via = "service"` traffic reaches a
+        // real agent; others get an address from the usual Service range.
+        let selected = o["spec"]["selector"].as_object().and_then(|sel| {
+            guard.objects.get(&("/api/v1".to_string(), ns.clone(), "pods".to_string()))?.values().find_map(|p| {
+                let matches = sel.iter().all(|(k, v)| p["metadata"]["labels"][k] == *v);
+                matches.then(|| p["status"]["podIP"].as_str().map(String::from)).flatten()
+            })
+        });
+        o["spec"]["clusterIP"] = json!(selected.unwrap_or_else(|| format!("10.96.{}.{}", rv / 256 % 256, rv % 256)));
     }
     guard.objects.entry(key.clone()).or_default().insert(name.clone(), o.clone());
     let _ = ev.send((key.0.clone(), key.1.clone(), key.2.clone(), json!({"type": "ADDED", "object": o.clone()})));

@@ -142,7 +142,7 @@ pub async fn apply(
         for s in &managed {
             let key = backend_label(s);
             let want = requests.iter().any(|r| &&r.name == s && r.backends.contains(agent));
-            match (want, have.get(&key).is_some()) {
+            match (want, have.contains_key(&key)) {
                 (true, false) => {
                     patch.insert(key, BACKEND_VALUE.into());
                 }

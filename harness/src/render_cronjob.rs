@@ -176,7 +176,8 @@ pub fn render(scenario_path: &Path, opts: &CronJobOptions) -> Result<String, Ren
             // One labelled namespace per run; `gc` lists them to remove leftovers.
             rule(&[""], &["namespaces"], &["get", "list", "create", "delete"]),
             // In the run namespace (granted cluster-wide: it does not exist in advance).
-            rule(&[""], &["pods"], &["get", "list", "watch", "create", "delete"]),
+            // patch: `via = "service"` labels backend pods for their Service's selector.
+            rule(&[""], &["pods"], &["get", "list", "watch", "create", "delete", "patch"]),
             rule(&[""], &["pods/portforward"], &["get", "create"]),
             rule(&[""], &["secrets"], &["get", "create", "delete"]),
             rule(&[""], &["services"], &["get", "list", "create", "delete"]),

@@ -880,6 +880,14 @@ async fn apply_services_creates_a_routed_clusterip_service_per_request_over_labe
     assert_eq!(svc["spec"]["ports"][0]["protocol"], "UDP");
     assert!(!labelled("srv-a-0", "echo") && !labelled("srv-b-0", "echo") && labelled("srv-b-0", "echo-auto"));
     assert_eq!(applied.services[0].hints.as_ref().unwrap().mode, "auto");
+    // The same Service again without routing: replaced, so the annotation is gone too.
+    let plain = ServiceRequest { routing: RoutingMode::None, ..auto.clone() };
+    let applied = p.apply_services(std::slice::from_ref(&plain), None).await.unwrap();
+    let svc = api.object(ns, "services", "echo-auto").unwrap();
+    assert!(svc["metadata"]["annotations"].is_null(), "{svc}");
+    let h = applied.services[0].hints.as_ref().unwrap();
+    assert_eq!((h.mode.as_str(), h.enabled), ("none", false));
+    assert!(h.explanation.last().unwrap().contains("hints on 0 of 1"), "{h:?}");
 
     // Bad requests are named.
     let err = p

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use k8s_openapi::api::core::v1::{Pod, Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
@@ -168,8 +169,11 @@ pub async fn apply(
     }
     let mut created = Vec::with_capacity(requests.len());
     for r in requests {
-        // Replaced, not patched: a routing mode is removed as surely as it is added.
-        delete_service(cluster, &api, &ns, &r.name).await?;
+        // Replaced, not patched: a routing mode is removed as surely as it is added. The old
+        // Service's slices go first, or their endpoints and hints would pass for the new one's.
+        if delete_service(cluster, &api, &ns, &r.name).await? {
+            wait_slices_gone(cluster, &ns, &r.name, ENDPOINTS_WITHIN).await?;
+        }
         let svc = api
             .create(&post(), &request_service(run, r))
             .await
@@ -199,11 +203,34 @@ pub async fn apply(
     Ok(out)
 }
 
-async fn delete_service(cluster: &Cluster, api: &Api<Service>, ns: &str, name: &str) -> anyhow::Result<()> {
+/// Deletes a Service; whether there was one.
+async fn delete_service(cluster: &Cluster, api: &Api<Service>, ns: &str, name: &str) -> anyhow::Result<bool> {
     match api.delete(name, &DeleteParams::default()).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
         Err(e) => Err(cluster.api_error(format!("deleting Service {ns}/{name}"), &e).into()),
+    }
+}
+
+/// Waits until the garbage collector has removed a deleted Service's EndpointSlices.
+async fn wait_slices_gone(cluster: &Cluster, ns: &str, service: &str, within: Duration) -> anyhow::Result<()> {
+    let api: Api<EndpointSlice> = Api::namespaced(cluster.client.clone(), ns);
+    let selector = format!("{}={service}", manifests::SERVICE_NAME_LABEL);
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let left = api
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(|e| cluster.api_error(format!("listing EndpointSlices of {ns}/{service}"), &e))?
+            .items
+            .len();
+        if left == 0 {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("the {left} EndpointSlices of the replaced Service {ns}/{service} are still there after {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 

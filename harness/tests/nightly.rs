@@ -6,21 +6,10 @@
 
 mod support;
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use nix::fcntl::{Flock, FlockArg};
 use support::*;
-
-const LOCK: &str = "/run/zonebench/lab-tests.lock";
-
-fn lab_lock() -> Flock<File> {
-    assert!(nix::unistd::geteuid().is_root(), "the nightly test runs the lab and must run as root (CI does)");
-    std::fs::create_dir_all("/run/zonebench").unwrap();
-    let f = File::options().create(true).truncate(false).write(true).open(LOCK).unwrap();
-    Flock::lock(f, FlockArg::LockShared).map_err(|(_, e)| e).unwrap()
-}
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")

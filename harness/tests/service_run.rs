@@ -7,6 +7,9 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod support;
+use support::{lab_lock, valid_results};
+
 fn zonebench() -> Command {
     Command::new(env!("CARGO_BIN_EXE_zonebench"))
 }
@@ -16,37 +19,6 @@ fn temp_dir(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
-}
-
-fn lock() -> nix::fcntl::Flock<std::fs::File> {
-    assert!(nix::unistd::geteuid().is_root(), "the lab run tests need root (CI runs as root); run them with sudo");
-    std::fs::create_dir_all("/run/zonebench").unwrap();
-    let f = std::fs::File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open("/run/zonebench/lab-tests.lock")
-        .unwrap();
-    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockShared).map_err(|(_, e)| e).unwrap()
-}
-
-fn read_results(dir: &Path) -> serde_json::Value {
-    let schemas = Path::new(env!("CARGO_MANIFEST_DIR")).join("../results/schema");
-    let load = |n: &str| -> serde_json::Value {
-        serde_json::from_str(&std::fs::read_to_string(schemas.join(n)).unwrap()).unwrap()
-    };
-    let validator = jsonschema::options()
-        .with_resource(
-            "https://zonebench.dev/schema/test-result.schema.json",
-            jsonschema::Resource::from_contents(load("test-result.schema.json")).unwrap(),
-        )
-        .build(&load("results.schema.json"))
-        .unwrap();
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).unwrap()).unwrap();
-    let errors: Vec<String> = validator.iter_errors(&v).map(|e| format!("{e} at {}", e.instance_path)).collect();
-    assert!(errors.is_empty(), "results.json does not match the schema: {errors:#?}");
-    v
 }
 
 fn assert_lab_gone(r: &serde_json::Value) {
@@ -71,7 +43,7 @@ fn run(dir: &Path, scenario: &str) -> std::process::Output {
 
 #[test]
 fn a_service_test_reaches_the_servers_of_every_zone_through_one_vip() {
-    let _lock = lock();
+    let _lock = lab_lock();
     let dir = temp_dir("via");
     let out = run(
         &dir,
@@ -94,7 +66,7 @@ pairs = "same-zone"
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    let r = read_results(&dir.join("out"));
+    let r = valid_results(&dir.join("out"));
     assert_eq!(r["fingerprint"]["extra"]["service_dataplane"], "nftables");
     let ms = r["measurements"].as_array().unwrap();
     let via_service: Vec<&serde_json::Value> = ms.iter().filter(|m| m["via"] == "service").collect();
@@ -114,7 +86,7 @@ pairs = "same-zone"
 
 #[test]
 fn a_small_sweep_measures_every_dataplane_at_every_point() {
-    let _lock = lock();
+    let _lock = lab_lock();
     let dir = temp_dir("sweep");
     let out = run(
         &dir,
@@ -141,7 +113,7 @@ kind = "tcp-rr"
     let stderr = String::from_utf8_lossy(&out.stderr);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stderr}\n{stdout}");
-    let r = read_results(&dir.join("out"));
+    let r = valid_results(&dir.join("out"));
     assert_eq!(r["status"], "complete", "{stderr}");
     let ms = r["measurements"].as_array().unwrap();
     assert_eq!(ms.len(), 4 * 2 * 2, "four dataplanes × two counts × two tests: {stderr}");

@@ -6,45 +6,17 @@
 #![allow(clippy::unwrap_used)] // test support: a failure here is a failed test
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
+
+mod support;
+use support::{lab_lock, valid_results};
 
 fn temp_dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("zb-topo-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
-}
-
-fn lock() -> nix::fcntl::Flock<std::fs::File> {
-    assert!(nix::unistd::geteuid().is_root(), "the lab run tests need root (CI runs as root); run them with sudo");
-    std::fs::create_dir_all("/run/zonebench").unwrap();
-    let f = std::fs::File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open("/run/zonebench/lab-tests.lock")
-        .unwrap();
-    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockShared).map_err(|(_, e)| e).unwrap()
-}
-
-fn read_results(dir: &Path) -> serde_json::Value {
-    let schemas = Path::new(env!("CARGO_MANIFEST_DIR")).join("../results/schema");
-    let load = |n: &str| -> serde_json::Value {
-        serde_json::from_str(&std::fs::read_to_string(schemas.join(n)).unwrap()).unwrap()
-    };
-    let validator = jsonschema::options()
-        .with_resource(
-            "https://zonebench.dev/schema/test-result.schema.json",
-            jsonschema::Resource::from_contents(load("test-result.schema.json")).unwrap(),
-        )
-        .build(&load("results.schema.json"))
-        .unwrap();
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).unwrap()).unwrap();
-    let errors: Vec<String> = validator.iter_errors(&v).map(|e| format!("{e} at {}", e.instance_path)).collect();
-    assert!(errors.is_empty(), "results.json does not match the schema: {errors:#?}");
-    v
 }
 
 const SCENARIO: &str = r#"
@@ -72,7 +44,7 @@ response_size = 100
 
 #[test]
 fn hints_keep_traffic_in_zone_where_the_controller_writes_them_and_skewed_auto_falls_back_to_cluster_wide() {
-    let _lock = lock();
+    let _lock = lab_lock();
     let dir = temp_dir("ab");
     std::fs::write(dir.join("s.toml"), SCENARIO).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_zonebench"))
@@ -84,7 +56,7 @@ fn hints_keep_traffic_in_zone_where_the_controller_writes_them_and_skewed_auto_f
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}\n{stdout}", String::from_utf8_lossy(&out.stderr));
-    let r = read_results(&dir.join("out"));
+    let r = valid_results(&dir.join("out"));
 
     // (variant, client zone) → (in-zone fraction, measurement).
     let mut by: BTreeMap<(String, String), (f64, &serde_json::Value)> = BTreeMap::new();

@@ -125,3 +125,37 @@ pub fn files_with(dir: &Path, ext: &str) -> Vec<PathBuf> {
     v.sort();
     v
 }
+
+/// The lab tests' shared lock (the exclusive holder is the test that removes every lab).
+/// Lab tests need root; CI runs as root, so a missing root is a failure, never a skip.
+pub fn lab_lock() -> nix::fcntl::Flock<std::fs::File> {
+    assert!(nix::unistd::geteuid().is_root(), "the lab tests need root (CI runs as root); run them with sudo");
+    std::fs::create_dir_all("/run/zonebench").unwrap();
+    let f = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open("/run/zonebench/lab-tests.lock")
+        .unwrap();
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockShared).map_err(|(_, e)| e).unwrap()
+}
+
+/// A run directory's results.json, checked against the checked-in schema.
+pub fn valid_results(dir: &Path) -> serde_json::Value {
+    let schemas = Path::new(env!("CARGO_MANIFEST_DIR")).join("../results/schema");
+    let load = |n: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(schemas.join(n)).unwrap()).unwrap()
+    };
+    let validator = jsonschema::options()
+        .with_resource(
+            "https://zonebench.dev/schema/test-result.schema.json",
+            jsonschema::Resource::from_contents(load("test-result.schema.json")).unwrap(),
+        )
+        .build(&load("results.schema.json"))
+        .unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).unwrap()).unwrap();
+    let errors: Vec<String> = validator.iter_errors(&v).map(|e| format!("{e} at {}", e.instance_path)).collect();
+    assert!(errors.is_empty(), "results.json does not match the schema: {errors:#?}");
+    v
+}

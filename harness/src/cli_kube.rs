@@ -266,27 +266,38 @@ pub async fn cmd_gc(args: GcArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The images a kube run uses: `--image` (over the scenario's), and the node inspector's
+/// when `--inspect-nodes` is given.
+#[derive(Debug, Clone, Default)]
+pub struct Images {
+    pub agent: Option<String>,
+    pub inspector: Option<String>,
+}
+
 /// `zonebench run --backend kube`: one cluster, or each labelled `--context` in turn.
 pub async fn run_kube(
     scenario: &Scenario,
     cluster: &ClusterArgs,
     targets: Vec<(Option<String>, String)>,
-    image: Option<String>,
+    images: Images,
     opts: &RunOptions,
     cancel: &CancellationToken,
 ) -> anyhow::Result<RunOutcome> {
     let options = |context: Option<String>| KubeOptions {
         source: ClusterSource { kubeconfig: cluster.kubeconfig.clone(), context },
-        image: image.clone(),
+        image: images.agent.clone(),
         settings: scenario.kube.clone(),
         scenario: scenario.name.clone(),
-        inspector_image: None,
+        inspector_image: images.inspector.clone(),
         run_id: None,
         variants: Vec::new(),
     };
     let kubeconfig =
         cluster.kubeconfig.as_ref().map_or("the default kubeconfig".to_string(), |p| p.display().to_string());
-    let image_shown = options(None).image();
+    let mut image_shown = options(None).image();
+    if let Some(i) = &images.inspector {
+        image_shown.push_str(&format!("; node inspector {i}, privileged"));
+    }
     if targets.iter().all(|(l, _)| l.is_none()) {
         let context = targets.into_iter().next().map(|(_, c)| c);
         let mut p = KubePlatform::new(options(context.clone()))?;

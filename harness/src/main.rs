@@ -111,6 +111,14 @@ struct RunArgs {
     /// Agent image on a cluster (over the scenario's kube.image).
     #[arg(long)]
     image: Option<String>,
+    /// On a cluster: deploy a privileged hostNetwork DaemonSet (only then) that reports each
+    /// node's iptables/nftables rule counts and kube-proxy's sync durations (a sweep records
+    /// them per point). The run's namespace then allows privileged pods.
+    #[arg(long)]
+    inspect_nodes: bool,
+    /// Image of the node inspector (bash, iptables-save, nft).
+    #[arg(long, default_value = cli_kube::DEFAULT_INSPECTOR_IMAGE, requires = "inspect_nodes")]
+    inspect_image: String,
     /// Run directory (default results/runs/<time>-<scenario>).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -209,8 +217,8 @@ async fn cmd_run(args: RunArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
-    if choice != PlatformChoice::Kube && (args.cluster.given() || args.image.is_some()) {
-        eprintln!("error: --kubeconfig, --context and --image need --backend kube");
+    if choice != PlatformChoice::Kube && (args.cluster.given() || args.image.is_some() || args.inspect_nodes) {
+        eprintln!("error: --kubeconfig, --context, --image and --inspect-nodes need --backend kube");
         return Ok(ExitCode::from(2));
     }
     let out_dir = args.out.clone().unwrap_or_else(|| {
@@ -222,7 +230,9 @@ async fn cmd_run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let opts = RunOptions { out_dir, progress: true };
 
     if choice == PlatformChoice::Kube {
-        let outcome = cli_kube::run_kube(&scenario, &args.cluster, targets, args.image.clone(), &opts, &cancel).await?;
+        let inspector = args.inspect_nodes.then(|| args.inspect_image.clone());
+        let images = cli_kube::Images { agent: args.image.clone(), inspector };
+        let outcome = cli_kube::run_kube(&scenario, &args.cluster, targets, images, &opts, &cancel).await?;
         return Ok(report_outcome(&outcome));
     }
     let program = agent_program(args.agent_bin.as_deref())?;

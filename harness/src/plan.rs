@@ -4,7 +4,7 @@
 
 use zonebench_agent::spec::{TestKind, TestSpec};
 
-use crate::platform::{AgentPort, AgentRequest, ClusterTopology, ServiceRequest};
+use crate::platform::{AgentPort, AgentRequest, ClusterTopology, EndpointsBy, ServiceRequest};
 use crate::scenario::{Pairs, Scenario, TestEntry, Via};
 use crate::topology::RoutingMode;
 
@@ -251,7 +251,13 @@ fn service_requests(s: &Scenario, placements: &[Placement], zones: &[String]) ->
     }
     let Some(topology) = &s.topology else {
         let backends = placements.iter().filter(|p| p.role == Role::Server).map(|p| p.id.clone()).collect();
-        return vec![ServiceRequest { name: SERVICE_NAME.to_string(), backends, ports, routing: RoutingMode::None }];
+        return vec![ServiceRequest {
+            name: SERVICE_NAME.to_string(),
+            backends,
+            ports,
+            routing: RoutingMode::None,
+            endpoints: EndpointsBy::Controller,
+        }];
     };
     topology
         .variants()
@@ -262,7 +268,13 @@ fn service_requests(s: &Scenario, placements: &[Placement], zones: &[String]) ->
                 .zip(&v.endpoints_per_zone)
                 .flat_map(|(z, &n)| (0..n).map(move |i| format!("srv-{z}-{i}")))
                 .collect();
-            ServiceRequest { name: variant_service(&v.name), backends, ports: ports.clone(), routing: v.mode }
+            ServiceRequest {
+                name: variant_service(&v.name),
+                backends,
+                ports: ports.clone(),
+                routing: v.mode,
+                endpoints: EndpointsBy::Controller,
+            }
         })
         .collect()
 }

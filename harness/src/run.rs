@@ -47,7 +47,7 @@ pub async fn run<P: Platform>(
 ) -> anyhow::Result<RunOutcome> {
     let mut store: Option<RunStore> = None;
     let outcome = if scenario.sweep.is_some() {
-        crate::sweep::drive(platform, scenario, opts, cancel, &mut store).await
+        crate::sweep::drive(platform, scenario, opts, cancel, None, &mut store).await
     } else {
         drive(platform, scenario, opts, cancel, None, &mut store).await
     };
@@ -70,9 +70,13 @@ pub async fn run_each<P: Platform>(
     let mut teardown = Ok(());
     for (label, platform) in platforms.iter_mut() {
         if outcome.is_ok() && !cancel.is_cancelled() {
-            outcome = drive(platform, scenario, opts, cancel, Some(label.as_str()), &mut store)
-                .await
-                .with_context(|| format!("platform {label}"));
+            let label = Some(label.as_str());
+            outcome = if scenario.sweep.is_some() {
+                crate::sweep::drive(platform, scenario, opts, cancel, label, &mut store).await
+            } else {
+                drive(platform, scenario, opts, cancel, label, &mut store).await
+            };
+            outcome = outcome.with_context(|| format!("platform {}", label.unwrap_or_default()));
         }
         // Every platform is torn down, run or not (teardown is safe before deploy).
         let t = platform.teardown().await.with_context(|| format!("platform {label}"));
@@ -144,21 +148,7 @@ async fn drive<P: Platform>(
                 if step.variant.is_empty() { label.to_string() } else { format!("{label}/{}", step.variant) };
         }
     }
-    let store = match store_slot {
-        Some(store) => {
-            merge_fingerprint(&mut store.results.fingerprint, &cluster.fingerprint, label.unwrap_or("?"));
-            store.flush()?;
-            store
-        }
-        None => {
-            let store = store_slot.insert(new_store(scenario, &cluster, opts)?);
-            if let Some(label) = label {
-                store.results.fingerprint.extra = labelled_extra(&cluster.fingerprint, label);
-                store.flush()?;
-            }
-            store
-        }
-    };
+    let store = open_store(store_slot, scenario, &cluster, opts, label)?;
 
     let agents = until_cancelled(cancel, platform.deploy(&plan.agent_requests())).await?.context("deploying agents")?;
     let agents: BTreeMap<String, DeployedAgent> = agents.into_iter().map(|a| (a.id.clone(), a)).collect();
@@ -231,6 +221,32 @@ fn merge_fingerprint(into: &mut Fingerprint, from: &Fingerprint, label: &str) {
 }
 
 /// Creates the run directory with empty results and the scenario as run.
+/// The run's store: made on the first platform's turn, and on a later one (a run over
+/// several platforms) given that platform's fingerprint facts under its label.
+pub(crate) fn open_store<'a>(
+    store_slot: &'a mut Option<RunStore>,
+    scenario: &Scenario,
+    cluster: &ClusterTopology,
+    opts: &RunOptions,
+    label: Option<&str>,
+) -> anyhow::Result<&'a mut RunStore> {
+    match store_slot {
+        Some(store) => {
+            merge_fingerprint(&mut store.results.fingerprint, &cluster.fingerprint, label.unwrap_or("?"));
+            store.flush()?;
+            Ok(store)
+        }
+        None => {
+            let store = store_slot.insert(new_store(scenario, cluster, opts)?);
+            if let Some(label) = label {
+                store.results.fingerprint.extra = labelled_extra(&cluster.fingerprint, label);
+                store.flush()?;
+            }
+            Ok(store)
+        }
+    }
+}
+
 pub(crate) fn new_store(scenario: &Scenario, cluster: &ClusterTopology, opts: &RunOptions) -> anyhow::Result<RunStore> {
     let results = RunResults {
         schema_version: SCHEMA_VERSION,

@@ -15,7 +15,10 @@
 //!
 //! A point that fails (a dataplane not available here, a test that errs) is recorded as
 //! failures with its dataplane and count, and the sweep goes on; results are written after
-//! every point. Written only against [`Platform`], so a cluster platform can drive it too.
+//! every point. Written only against [`Platform`], so a cluster drives it too: there the
+//! dataplane is the cluster's own ([`Platform::fixed_service_dataplane`]), so each count is
+//! measured once, and the Services are selector-less with EndpointSlices the run writes
+//! ([`EndpointsBy::Run`]) in batches, so 10,000 Services need no extra pods.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -28,7 +31,9 @@ use zonebench_agent::units::format_ns;
 
 use crate::dataplane::DataplaneKind;
 use crate::plan::{self, Role, Step};
-use crate::platform::{AgentPort, DeployedAgent, DeployedService, Platform, ProbeRequest, ServiceRequest};
+use crate::platform::{
+    AgentPort, DeployedAgent, DeployedService, EndpointsBy, Platform, ProbeRequest, ServiceRequest,
+};
 use crate::results::store::RunStore;
 use crate::results::{Failure, RunResults, ServiceDataplaneStats};
 use crate::run::{self, RunOptions};
@@ -113,6 +118,7 @@ pub fn service_table(count: u32, backends: &[String], ports: &[AgentPort]) -> Ve
             backends: backends.to_vec(),
             ports: ports.to_vec(),
             routing: RoutingMode::None,
+            endpoints: EndpointsBy::Run,
         })
         .collect()
 }
@@ -120,6 +126,8 @@ pub fn service_table(count: u32, backends: &[String], ports: &[AgentPort]) -> Ve
 /// What stays the same across points.
 struct Setup<'a> {
     scenario: &'a Scenario,
+    /// The platform's label in a run over several (`--context A=…`): the variant then.
+    label: Option<&'a str>,
     sweep: &'a SweepConfig,
     plan: plan::Plan,
     agents: BTreeMap<String, DeployedAgent>,
@@ -129,25 +137,55 @@ struct Setup<'a> {
     ports: Vec<AgentPort>,
 }
 
-/// Runs the sweep of `scenario` on a discovered platform; results go to `store_slot`.
-/// Called by [`run::run`], which tears the platform down on every path.
+/// A dataplane the sweep measures: one it chooses, or the platform's own (a cluster's).
+#[derive(Debug, Clone)]
+enum Dataplane {
+    Chosen(DataplaneKind),
+    Fixed(String),
+}
+
+impl std::fmt::Display for Dataplane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Dataplane::Chosen(k) => write!(f, "{k}"),
+            Dataplane::Fixed(name) => f.write_str(name),
+        }
+    }
+}
+
+/// Runs the sweep of `scenario` on a discovered platform; results go to `store_slot`, each
+/// measurement labelled `label` when given (a run over several platforms), else with its
+/// dataplane. Called by [`run::run`] and [`run::run_each`], which tear the platform down on
+/// every path.
 pub(crate) async fn drive<P: Platform>(
     platform: &mut P,
     scenario: &Scenario,
     opts: &RunOptions,
     cancel: &CancellationToken,
+    label: Option<&str>,
     store_slot: &mut Option<RunStore>,
 ) -> anyhow::Result<()> {
     let sweep = scenario.sweep.as_ref().context("the scenario has no [sweep] table")?;
     let cluster = run::until_cancelled(cancel, platform.discover()).await?.context("discovering the platform")?;
     let plan = plan::expand(scenario, &cluster)?;
-    let store = store_slot.insert(run::new_store(scenario, &cluster, opts)?);
+    let store = run::open_store(store_slot, scenario, &cluster, opts, label)?;
+    let dataplanes: Vec<Dataplane> = match platform.fixed_service_dataplane() {
+        Some(own) => {
+            eprintln!(
+                "sweep: the {} platform's own service dataplane ({own}) is measured; sweep.dataplanes applies to the lab",
+                platform.name()
+            );
+            vec![Dataplane::Fixed(own)]
+        }
+        None => sweep.dataplanes.iter().copied().map(Dataplane::Chosen).collect(),
+    };
     let deployed =
         run::until_cancelled(cancel, platform.deploy(&plan.agent_requests())).await?.context("deploying agents")?;
     let agents: BTreeMap<String, DeployedAgent> = deployed.into_iter().map(|a| (a.id.clone(), a)).collect();
     let client = plan.placements.iter().find(|p| p.role == Role::Client).context("the plan places no client")?;
     let setup = Setup {
         scenario,
+        label,
         sweep,
         client: client.id.clone(),
         client_node: client.node.clone(),
@@ -159,9 +197,10 @@ pub(crate) async fn drive<P: Platform>(
 
     let tests_per_point: u64 =
         scenario.tests.iter().map(|t| u64::from(t.repeat.unwrap_or(scenario.defaults.repeat))).sum();
-    let points = (sweep.dataplanes.len() * sweep.services.len()) as u64;
+    let points = (dataplanes.len() * sweep.services.len()) as u64;
     let bar = run::progress_bar(opts.progress, (points * tests_per_point) as usize);
-    'sweep: for &kind in &sweep.dataplanes {
+    platform.attach_progress(&bar);
+    'sweep: for kind in &dataplanes {
         for &count in &sweep.services {
             if cancel.is_cancelled() {
                 break 'sweep;
@@ -191,11 +230,13 @@ pub(crate) async fn drive<P: Platform>(
 async fn program_point<P: Platform>(
     platform: &mut P,
     setup: &Setup<'_>,
-    kind: DataplaneKind,
+    kind: &Dataplane,
     count: u32,
     cancel: &CancellationToken,
 ) -> anyhow::Result<(ServiceDataplaneStats, DeployedService)> {
-    run::until_cancelled(cancel, platform.set_service_dataplane(kind)).await??;
+    if let Dataplane::Chosen(kind) = kind {
+        run::until_cancelled(cancel, platform.set_service_dataplane(*kind)).await??;
+    }
     let table = service_table(count, &setup.backends, &setup.ports);
     let newest = table.last().context("a point has at least one Service")?.name.clone();
     if count > 1 {
@@ -213,17 +254,14 @@ async fn program_point<P: Platform>(
     let applied = run::until_cancelled(cancel, platform.apply_services(&table, Some(&probe)))
         .await?
         .context("programming the newest Service")?;
-    let node = applied
-        .nodes
-        .iter()
-        .find(|n| n.node == setup.client_node)
-        .or(applied.nodes.first())
-        .context("no node reported programming")?;
+    // The client's node, whose dataplane translates the measured connections; a cluster
+    // without the node inspector reports no node.
+    let node = applied.nodes.iter().find(|n| n.node == setup.client_node).or(applied.nodes.first());
     let stats = ServiceDataplaneStats {
         kind: applied.dataplane.clone(),
         services: count,
-        rules: node.rules,
-        program_ns: u64::try_from(node.elapsed.as_nanos()).unwrap_or(u64::MAX),
+        rules: node.and_then(|n| n.rules),
+        program_ns: node.and_then(|n| n.elapsed).map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
         programming_latency_ns: applied.probe.map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
     };
     let service = applied.services.into_iter().find(|s| s.name == newest).context("the newest Service is missing")?;
@@ -233,7 +271,7 @@ async fn program_point<P: Platform>(
 /// Runs every test through the newest Service and records each measurement or failure.
 async fn measure_point(
     setup: &Setup<'_>,
-    kind: DataplaneKind,
+    kind: &Dataplane,
     stats: ServiceDataplaneStats,
     service: DeployedService,
     store: &mut RunStore,
@@ -254,7 +292,7 @@ async fn measure_point(
                 name: t.label(),
                 kind: t.kind,
                 via: Via::Service,
-                variant: stats.kind.clone(),
+                variant: setup.label.map_or_else(|| stats.kind.clone(), String::from),
                 repeat,
                 client: setup.client.clone(),
                 server: service_name(count),
@@ -294,14 +332,14 @@ fn failure(setup: &Setup<'_>, step: &Step, count: u32, error: String) -> Failure
 }
 
 /// A point that could not be programmed: one failure per test it would have run.
-fn record_point_failure(results: &mut RunResults, setup: &Setup<'_>, kind: DataplaneKind, count: u32, error: &str) {
+fn record_point_failure(results: &mut RunResults, setup: &Setup<'_>, kind: &Dataplane, count: u32, error: &str) {
     for (test_index, t) in setup.scenario.tests.iter().enumerate() {
         let step = Step {
             test_index,
             name: t.label(),
             kind: t.kind,
             via: Via::Service,
-            variant: kind.to_string(),
+            variant: setup.label.map_or_else(|| kind.to_string(), String::from),
             repeat: 0,
             client: setup.client.clone(),
             server: service_name(count),
@@ -334,8 +372,8 @@ pub fn render(r: &RunResults) -> String {
             ns(m.connect.as_ref().map(|c| c.p99_ns)),
             ns(m.latency.as_ref().map(|l| l.p50_ns)),
             ns(m.latency.as_ref().map(|l| l.p99_ns)),
-            d.rules,
-            format_ns(d.program_ns as f64),
+            d.rules.map_or_else(|| "-".to_string(), |r| r.to_string()),
+            ns(d.program_ns),
             ns(d.programming_latency_ns),
         );
     }

@@ -238,12 +238,14 @@ async fn lab_services_get_vips_every_node_programs_and_the_probe_times_the_first
         backends: vec!["srv-a-0".into(), "srv-b-0".into()],
         ports: vec![AgentPort::Tcp, AgentPort::Udp],
         routing: RoutingMode::None,
+        endpoints: Default::default(),
     };
     let filler = ServiceRequest {
         name: "filler".into(),
         backends: vec!["srv-a-1".into()],
         ports: vec![AgentPort::Tcp],
         routing: RoutingMode::None,
+        endpoints: Default::default(),
     };
     let probe = ProbeRequest {
         from_agent: "cli-b".into(),
@@ -280,6 +282,7 @@ async fn lab_services_get_vips_every_node_programs_and_the_probe_times_the_first
         backends: vec!["nobody".into()],
         ports: vec![AgentPort::Tcp],
         routing: RoutingMode::None,
+        endpoints: Default::default(),
     };
     let e = format!("{:#}", lab.apply_services(&[unknown], None).await.unwrap_err());
     assert!(e.contains("backend agent \"nobody\" is not deployed"), "{e}");

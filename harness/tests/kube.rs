@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use support::fake_apiserver::{fixture, kubeconfig, FakeApi, Kubelet};
 use zonebench::platform::kube::{self, manifests, services, ClusterSource, KubeOptions, KubePlatform, KubeSettings};
-use zonebench::platform::{AgentRequest, Platform as _};
+use zonebench::platform::{AgentPort, AgentRequest, Platform as _};
 
 fn temp_dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("zb-kube-{name}-{}", std::process::id()));
@@ -339,20 +339,29 @@ async fn service_scaling_creates_and_deletes_selectorless_services_in_batches_wi
             zone: "b".into(),
         },
     ];
+    let ports = [AgentPort::Tcp, AgentPort::Udp];
+    let names: Vec<String> = (1..=5).map(zonebench::sweep::service_name).collect();
+    let objects = names
+        .iter()
+        .map(|n| (manifests::selectorless_service(&run, n, &ports), manifests::run_endpoint_slice(&run, n, &ports, &echo)))
+        .collect();
     let mut seen = Vec::new();
-    services::create_scale_services(&cluster, &run, 0..5, &echo, 2, |d, t| seen.push((d, t))).await.unwrap();
+    let created =
+        services::create_written_services(&cluster, &run.namespace(), objects, 2, |d, t| seen.push((d, t))).await.unwrap();
     assert_eq!(seen, vec![(2, 5), (4, 5), (5, 5)]);
-    let mut names = api.names("zonebench-feed0001", "services");
-    names.sort();
-    assert_eq!(names, vec!["zb-scale-0", "zb-scale-1", "zb-scale-2", "zb-scale-3", "zb-scale-4"]);
-    let slice = api.object("zonebench-feed0001", "endpointslices", "zb-scale-3").unwrap();
-    assert_eq!(slice["metadata"]["labels"]["kubernetes.io/service-name"], "zb-scale-3");
+    assert_eq!(created.len(), 5);
+    assert!(created.iter().all(|s| s.spec.as_ref().unwrap().cluster_ip.is_some()), "the server's answers are returned");
+    let mut listed = api.names("zonebench-feed0001", "services");
+    listed.sort();
+    assert_eq!(listed, names);
+    let slice = api.object("zonebench-feed0001", "endpointslices", "svc-00003").unwrap();
+    assert_eq!(slice["metadata"]["labels"]["kubernetes.io/service-name"], "svc-00003");
     assert_eq!(slice["endpoints"][1]["addresses"][0], "10.244.3.7");
-    let svc = api.object("zonebench-feed0001", "services", "zb-scale-3").unwrap();
+    let svc = api.object("zonebench-feed0001", "services", "svc-00003").unwrap();
     assert!(svc["spec"].get("selector").is_none(), "scaling Services select no pods: {svc}");
 
     let mut seen = Vec::new();
-    services::delete_scale_services(&cluster, &run, 0..5, 3, |d, t| seen.push((d, t))).await.unwrap();
+    services::delete_written_services(&cluster, &run.namespace(), &names, 3, |d, t| seen.push((d, t))).await.unwrap();
     assert_eq!(seen, vec![(3, 5), (5, 5)]);
     assert!(api.names("zonebench-feed0001", "services").is_empty());
     assert!(api.names("zonebench-feed0001", "endpointslices").is_empty());
@@ -364,7 +373,7 @@ async fn node_inspector_reports_are_read_from_its_pods_logs() {
     api.load(fixture("namespace-leftover.json"));
     api.load(serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "zb-inspect-nodes-x1",
         "namespace": "zonebench-feed0001", "labels": {"app.kubernetes.io/name": "zonebench-inspector",
-        "zonebench.dev/run": "feed0001"}}, "spec": {"containers": [{"name": "inspect"}]}}));
+        "zonebench.dev/run": "feed0001"}}, "spec": {"containers": [{"name": "inspect"}]}, "status": {"phase": "Running"}}));
     api.set_log(
         "zb-inspect-nodes-x1",
         "{\"node\":\"zb-worker\",\"iptables_rules\":1042,\"iptables_legacy_rules\":0,\"nft_rules\":0,\"sync_seconds_sum\":2.5,\"sync_count\":40}\n",
@@ -372,9 +381,10 @@ async fn node_inspector_reports_are_read_from_its_pods_logs() {
     let dir = temp_dir("inspect");
     let cluster = connect(&api, &dir).await;
     let run = manifests::RunMeta { run_id: "feed0001".into(), scenario: "quick".into() };
-    let reports = services::node_reports(&cluster, &run).await.unwrap();
+    let reports = kube::inspect::node_reports(&cluster, &run).await.unwrap();
     assert_eq!(reports.len(), 1);
-    assert_eq!((reports[0].node.as_str(), reports[0].iptables_rules), ("zb-worker", 1042));
+    let r = reports["zb-inspect-nodes-x1"].as_ref().expect("a report");
+    assert_eq!((r.node.as_str(), r.iptables_rules), ("zb-worker", 1042));
     assert!(api
         .requests()
         .iter()
@@ -799,7 +809,7 @@ async fn variant_services_are_deployed_with_the_agents_and_their_hints_read_back
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apply_services_creates_a_routed_clusterip_service_per_request_over_labelled_backends_and_deletes_dropped_ones()
 {
-    use zonebench::platform::{AgentPort, ServiceRequest};
+    use zonebench::platform::ServiceRequest;
     use zonebench::topology::RoutingMode;
     let dir = temp_dir("apply-services");
     let api =
@@ -822,6 +832,7 @@ async fn apply_services_creates_a_routed_clusterip_service_per_request_over_labe
         backends: vec!["srv-a-0".into(), "srv-b-0".into()],
         ports: vec![AgentPort::Tcp, AgentPort::Http],
         routing: RoutingMode::PreferClose,
+        endpoints: Default::default(),
     };
     let applied = p.apply_services(std::slice::from_ref(&echo), None).await.unwrap();
     let ns = "zonebench-feed0002";
@@ -871,6 +882,7 @@ async fn apply_services_creates_a_routed_clusterip_service_per_request_over_labe
         backends: vec!["srv-b-0".into()],
         ports: vec![AgentPort::Udp],
         routing: RoutingMode::Auto,
+        endpoints: Default::default(),
     };
     let applied = p.apply_services(std::slice::from_ref(&auto), None).await.unwrap();
     assert_eq!(api.names(ns, "services"), vec!["echo-auto".to_string()]);

@@ -164,6 +164,22 @@ pub struct ServiceRequest {
     /// Topology-aware routing as the Service asks for it (`none`: neither the annotation
     /// nor `trafficDistribution`).
     pub routing: crate::topology::RoutingMode,
+    /// Who lists the backends as the Service's endpoints (on a cluster; the lab programs
+    /// every Service from the request itself).
+    pub endpoints: EndpointsBy,
+}
+
+/// Who writes a Service's EndpointSlices on a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EndpointsBy {
+    /// The cluster's EndpointSlice controller, from a selector on the backends' pods: what
+    /// users' Services get, hints included.
+    #[default]
+    Controller,
+    /// The run itself: a selector-less Service and one EndpointSlice it writes, so thousands
+    /// of Services need no pod labels and no controller work (service scaling). No hints:
+    /// only the controller writes those, so the routing must be `none`.
+    Run,
 }
 
 /// A Service as created: its virtual IP and port numbers.
@@ -200,10 +216,12 @@ pub struct ProbeRequest {
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeProgramming {
     pub node: String,
-    /// Rules or entries after programming, as the dataplane counts them.
-    pub rules: u64,
-    /// From the start of the sync until the kernel accepted it.
-    pub elapsed: Duration,
+    /// Rules or entries after programming, as the dataplane counts them (None: nothing on
+    /// the node could count them).
+    pub rules: Option<u64>,
+    /// From the start of the sync until the kernel accepted it (on a cluster, kube-proxy's
+    /// mean sync duration meanwhile); None when unknown.
+    pub elapsed: Option<Duration>,
 }
 
 /// The outcome of [`Platform::apply_services`].
@@ -240,6 +258,18 @@ pub trait Platform {
         let _ = (services, probe);
         let name = self.name();
         async move { anyhow::bail!("Services are not available on the {name} platform; run on the lab") }
+    }
+
+    /// The service dataplane the platform has and cannot change (a cluster's kube-proxy mode
+    /// or CNI), after `discover`; None where [`Platform::set_service_dataplane`] chooses it.
+    fn fixed_service_dataplane(&self) -> Option<String> {
+        None
+    }
+
+    /// A progress bar the platform may write long steps' progress on (creating thousands
+    /// of Services on a cluster, in batches).
+    fn attach_progress(&mut self, bar: &indicatif::ProgressBar) {
+        let _ = bar;
     }
 
     /// Chooses the dataplane every node programs Services with, replacing the current one.

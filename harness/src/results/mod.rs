@@ -135,9 +135,13 @@ pub struct ServiceDataplaneStats {
     /// Services programmed (each with the same ports and real endpoints).
     pub services: u32,
     /// On the client's node: `iptables-save`/`nft list ruleset` lines, or BPF map entries.
-    pub rules: u64,
-    /// On the client's node: the sync that added the newest Service, start to kernel accept.
-    pub program_ns: u64,
+    /// Absent on a cluster run without `--inspect-nodes` (nothing there can count them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules: Option<u64>,
+    /// On the client's node: the sync that added the newest Service, start to kernel accept
+    /// (on a cluster: kube-proxy's mean sync duration over the point, from its metrics).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub program_ns: Option<u64>,
     /// From the newest Service's creation to a client pod's first successful connect to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub programming_latency_ns: Option<u64>,

@@ -24,6 +24,7 @@ use serde::Serialize;
 
 use super::settings::KubeSettings;
 use crate::platform::lab::{AGENT_HTTP_PORT, AGENT_TCP_PORT, AGENT_UDP_PORT};
+use crate::platform::AgentPort;
 
 pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const MANAGER: &str = "zonebench";
@@ -365,14 +366,34 @@ fn pin_to_node(node: &str) -> Affinity {
 }
 
 fn service_ports() -> Vec<ServicePort> {
-    let p = |name: &str, port: u16, protocol: &str| ServicePort {
-        name: Some(name.into()),
-        port: i32::from(port),
-        protocol: Some(protocol.into()),
-        target_port: Some(IntOrString::Int(i32::from(port))),
+    [AgentPort::Tcp, AgentPort::Udp, AgentPort::Http].into_iter().map(service_port).collect()
+}
+
+/// An agent port's number in every agent pod (a Service forwards to the same number).
+pub fn agent_port(p: AgentPort) -> u16 {
+    match p {
+        AgentPort::Tcp => AGENT_TCP_PORT,
+        AgentPort::Udp => AGENT_UDP_PORT,
+        AgentPort::Http => AGENT_HTTP_PORT,
+    }
+}
+
+/// A Service port named after the agent port, forwarding to the same number on the pods.
+pub fn service_port(p: AgentPort) -> ServicePort {
+    ServicePort {
+        name: Some(p.name().into()),
+        port: i32::from(agent_port(p)),
+        protocol: Some(protocol(p).into()),
+        target_port: Some(IntOrString::Int(i32::from(agent_port(p)))),
         ..Default::default()
-    };
-    vec![p("tcp", AGENT_TCP_PORT, "TCP"), p("udp", AGENT_UDP_PORT, "UDP"), p("http", AGENT_HTTP_PORT, "TCP")]
+    }
+}
+
+fn protocol(p: AgentPort) -> &'static str {
+    match p {
+        AgentPort::Udp => "UDP",
+        AgentPort::Tcp | AgentPort::Http => "TCP",
+    }
 }
 
 /// The echo Service of one routing variant, selecting the run's server agents.
@@ -409,29 +430,29 @@ pub struct EchoEndpoint {
     pub zone: String,
 }
 
-/// The name of the `index`th service-scaling Service (and of its one EndpointSlice).
-pub fn scale_service_name(index: u32) -> String {
-    format!("zb-scale-{index}")
-}
-
-/// A selector-less Service: its endpoints come from [`scale_endpoint_slice`], so thousands of
-/// Services need no extra pods.
-pub fn scale_service(run: &RunMeta, index: u32) -> Service {
+/// A selector-less Service whose endpoints the run writes itself ([`run_endpoint_slice`]),
+/// so thousands of Services (service scaling) need no extra pods and no pod labels.
+pub fn selectorless_service(run: &RunMeta, name: &str, ports: &[AgentPort]) -> Service {
     Service {
-        metadata: run.meta(&scale_service_name(index), &[(ROLE_LABEL, "service-scaling")]),
-        spec: Some(ServiceSpec { type_: Some("ClusterIP".into()), ports: Some(service_ports()), ..Default::default() }),
+        metadata: run.meta(name, &[(ROLE_LABEL, "service-scaling")]),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            ports: Some(ports.iter().map(|&p| service_port(p)).collect()),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
 
-/// The EndpointSlice of a selector-less scaling Service, pointing at the echo pods.
-pub fn scale_endpoint_slice(run: &RunMeta, index: u32, echo: &[EchoEndpoint]) -> EndpointSlice {
-    let name = scale_service_name(index);
+/// The one EndpointSlice of a [`selectorless_service`], named after it, pointing at the echo
+/// pods. kube-proxy finds it by the `kubernetes.io/service-name` label; our manager label
+/// keeps the EndpointSlice controller's hands off it.
+pub fn run_endpoint_slice(run: &RunMeta, name: &str, ports: &[AgentPort], echo: &[EchoEndpoint]) -> EndpointSlice {
     let ipv6 = echo.first().is_some_and(|e| e.ip.contains(':'));
     EndpointSlice {
         metadata: run.meta(
-            &name,
-            &[(SERVICE_NAME_LABEL, &name), (SLICE_MANAGED_BY, SLICE_MANAGER), (ROLE_LABEL, "service-scaling")],
+            name,
+            &[(SERVICE_NAME_LABEL, name), (SLICE_MANAGED_BY, SLICE_MANAGER), (ROLE_LABEL, "service-scaling")],
         ),
         address_type: if ipv6 { "IPv6" } else { "IPv4" }.into(),
         endpoints: echo
@@ -455,35 +476,46 @@ pub fn scale_endpoint_slice(run: &RunMeta, index: u32, echo: &[EchoEndpoint]) ->
             })
             .collect(),
         ports: Some(
-            service_ports()
-                .into_iter()
-                .map(|p| EndpointPort { name: p.name, port: Some(p.port), protocol: p.protocol, app_protocol: None })
+            ports
+                .iter()
+                .map(|&p| EndpointPort {
+                    name: Some(p.name().into()),
+                    port: Some(i32::from(agent_port(p))),
+                    protocol: Some(protocol(p).into()),
+                    app_protocol: None,
+                })
                 .collect(),
         ),
     }
 }
 
-/// The node inspector's script: every 10 s one JSON line with the node's service rule
-/// counts (iptables through both backends, nftables) and kube-proxy's sync metrics, read
-/// from its metrics port with bash's /dev/tcp (the image needs bash, iptables and nft).
+/// The node inspector's script: every 5 s one JSON line with a sequence number, the node's
+/// service rule counts (iptables through both backends, all nftables rules, and those of
+/// kube-proxy's own nftables tables) and kube-proxy's sync metrics, read from its metrics
+/// port with bash's /dev/tcp (the image needs bash, iptables and nft).
 pub const INSPECTOR_SCRIPT: &str = r#"set -u
 count_rules() { "$@" 2>/dev/null | grep -c '^-A' || true; }
+count_nft() { nft -a "$@" 2>/dev/null | grep '# handle' | grep -cvE '^\s*(table|chain|set|map|flowtable) ' || true; }
 metric() { printf '%s' "$METRICS" | awk -v m="$1" '$1 == m { print $2; found=1 } END { if (!found) print "null" }'; }
+SEQ=0
 while true; do
+  SEQ=$((SEQ + 1))
   IPT=$(count_rules iptables-nft-save)
   IPT_LEGACY=$(count_rules iptables-legacy-save)
-  NFT=$(nft -a list ruleset 2>/dev/null | grep '# handle' | grep -cvE '^\s*(table|chain|set|map|flowtable) ' || true)
+  NFT=$(count_nft list ruleset)
+  KP4=$(count_nft list table ip kube-proxy)
+  KP6=$(count_nft list table ip6 kube-proxy)
   METRICS=""
   if exec 3<>/dev/tcp/127.0.0.1/10249 2>/dev/null; then
     printf 'GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n' >&3
     METRICS=$(timeout 5 cat <&3 | tr -d '\r')
     exec 3<&-
   fi
-  printf '{"node":"%s","iptables_rules":%s,"iptables_legacy_rules":%s,"nft_rules":%s,"sync_seconds_sum":%s,"sync_count":%s}\n' \
-    "$NODE_NAME" "${IPT:-0}" "${IPT_LEGACY:-0}" "${NFT:-0}" \
+  printf '{"node":"%s","seq":%s,"iptables_rules":%s,"iptables_legacy_rules":%s,"nft_rules":%s,"kube_proxy_nft_rules":%s,"sync_seconds_sum":%s,"sync_count":%s}\n' \
+    "$NODE_NAME" "$SEQ" "${IPT:-0}" "${IPT_LEGACY:-0}" "${NFT:-0}" "$(( ${KP4:-0} + ${KP6:-0} ))" \
     "$(metric kubeproxy_sync_proxy_rules_duration_seconds_sum)" \
     "$(metric kubeproxy_sync_proxy_rules_duration_seconds_count)"
-  sleep 10
+  sleep 5
 done
 "#;
 

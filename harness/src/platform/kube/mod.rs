@@ -10,9 +10,10 @@
 //! - [`pss`]: the restricted Pod Security Standard checked on pod specs;
 //! - [`pods`]: creating the run's objects and waiting for agents to become ready;
 //! - [`portforward`]: loopback listeners bridged to port-forwards, for the control API;
-//! - [`services`]: Services per routing variant, EndpointSlice hints, service scaling,
-//!   the node inspector's reports, and what the live hints doctor reads;
-//! - [`run_services`]: the Services of a run's `via = "service"` steps (`apply_services`);
+//! - [`services`]: Services per routing variant, EndpointSlice hints, batched creation and
+//!   deletion of selector-less Services, and what the live hints doctor reads;
+//! - [`run_services`]: the Services of `via = "service"` steps and of sweeps (`apply_services`);
+//! - [`inspect`]: the node inspector's reports (`--inspect-nodes`): rules and sync times;
 //! - [`gc`]: removing what killed runs left;
 //! - [`settings`]: the scenario's `[kube]` table.
 
@@ -34,6 +35,7 @@ use crate::control_client::ControlClient;
 pub mod client;
 pub mod discovery;
 pub mod gc;
+pub mod inspect;
 pub mod manifests;
 pub mod pods;
 pub mod portforward;
@@ -48,6 +50,9 @@ pub use settings::KubeSettings;
 
 /// How long an agent may take to answer through its port-forward once its pod is ready.
 const HEALTHY_WITHIN: Duration = Duration::from_secs(30);
+/// How long a point waits for every node inspector pod to report after programming (its
+/// script reports every 5 s; a fresh report may need two).
+const INSPECT_FRESH_WITHIN: Duration = Duration::from_secs(20);
 /// How long teardown waits for the namespace to be gone before leaving it to the cluster.
 const NAMESPACE_GONE_WITHIN: Duration = Duration::from_secs(90);
 
@@ -109,10 +114,15 @@ pub struct KubePlatform {
     /// create's answer was lost to a signal.
     namespace_requested: bool,
     bridges: Vec<portforward::Bridge>,
-    /// Services `apply_services` created, so a later call deletes those no longer requested.
-    applied: std::collections::BTreeSet<String>,
+    /// The agents as deployed, for their control APIs (the programming probe runs in one).
+    agents: BTreeMap<String, DeployedAgent>,
+    /// The Services `apply_services` made, so a later call changes only what differs.
+    services: run_services::State,
     /// The cluster's kube-proxy mode as discovered (what programs the Services).
     dataplane: String,
+    /// The inspector's reports as the last `apply_services` ended (or at deploy).
+    reports: Vec<inspect::NodeReport>,
+    progress: Option<indicatif::ProgressBar>,
 }
 
 impl KubePlatform {
@@ -130,8 +140,11 @@ impl KubePlatform {
             nodes: Vec::new(),
             namespace_requested: false,
             bridges: Vec::new(),
-            applied: std::collections::BTreeSet::new(),
+            agents: BTreeMap::new(),
+            services: run_services::State::default(),
             dataplane: String::new(),
+            reports: Vec::new(),
+            progress: None,
         })
     }
 
@@ -196,6 +209,17 @@ impl KubePlatform {
     }
 }
 
+/// The short name of a cluster's service dataplane, from the fingerprint's kube-proxy mode
+/// (as the sweep's `variant` and `service_dataplane.kind`): `iptables`, `nftables`, `ipvs`,
+/// `cilium-kpr` (Cilium's kube-proxy replacement), `none`, or `unknown`.
+pub fn dataplane_name(kube_proxy_mode: Option<&str>) -> String {
+    match kube_proxy_mode.map(str::trim) {
+        Some(m) if m.starts_with("none (cilium") => "cilium-kpr".into(),
+        Some(m) if !m.is_empty() => m.split_whitespace().next().unwrap_or("unknown").to_string(),
+        _ => "unknown".into(),
+    }
+}
+
 /// Agent pods for requests, each in the zone of its node.
 pub fn agent_pods(agents: &[AgentRequest], nodes: &[Node]) -> anyhow::Result<Vec<manifests::AgentPod>> {
     agents
@@ -216,7 +240,7 @@ impl Platform for KubePlatform {
         let cluster = client::connect(&self.options.source).await?;
         let topology = discovery::discover(&cluster).await?;
         self.nodes = topology.nodes.clone();
-        self.dataplane = topology.fingerprint.extra.get("kube_proxy_mode").cloned().unwrap_or_else(|| "cluster".into());
+        self.dataplane = dataplane_name(topology.fingerprint.extra.get("kube_proxy_mode").map(String::as_str));
         self.cluster = Some(cluster);
         Ok(topology)
     }
@@ -274,6 +298,11 @@ impl Platform for KubePlatform {
                 token: self.token.clone(),
             });
         }
+        if let Some(image) = &self.options.inspector_image {
+            let within = self.options.settings.ready_timeout();
+            self.reports = inspect::wait_first_reports(&cluster, &self.run, image, within).await?;
+        }
+        self.agents = deployed.iter().map(|a| (a.id.clone(), a.clone())).collect();
         Ok(deployed)
     }
 
@@ -283,26 +312,44 @@ impl Platform for KubePlatform {
         probe: Option<&ProbeRequest>,
     ) -> anyhow::Result<ServicesApplied> {
         let cluster = self.connected()?.clone();
-        let result = run_services::apply(&cluster, &self.run, &self.nodes, services, &self.applied).await;
-        // After a failure any requested Service may exist: remember them all for the next call.
-        match &result {
-            Ok(_) => self.applied = services.iter().map(|s| s.name.clone()).collect(),
-            Err(_) => self.applied.extend(services.iter().map(|s| s.name.clone())),
-        }
-        let deployed = result?;
-        if probe.is_some() {
-            // Programming latency is measured from a client pod's network namespace; on a
-            // cluster that needs an exec into a pod (or a probe pod), which this run does not
-            // create, so the probe is not answered here rather than answered wrongly.
-            tracing::warn!("the kube platform does not measure Service programming latency (no probe pod); skipped");
-        }
-        Ok(ServicesApplied {
-            services: deployed,
-            dataplane: self.dataplane.clone(),
-            // Each node's programming cost needs the node inspector (`--inspect-nodes`).
-            nodes: Vec::new(),
-            probe: None,
-        })
+        let client = match probe {
+            Some(p) => {
+                let agent = self.agents.get(&p.from_agent).with_context(|| {
+                    format!("the probe's client agent {:?} is not deployed", p.from_agent)
+                })?;
+                Some(ControlClient::new(agent.control.clone(), agent.token.clone()))
+            }
+            None => None,
+        };
+        let probe = probe.zip(client.as_ref()).map(|(request, client)| run_services::Probe { client, request });
+        let bar = self.progress.clone();
+        let mut progress = |m: String| {
+            if let Some(b) = &bar {
+                b.set_message(format!("kube: {m}"));
+            }
+        };
+        let (deployed, latency) =
+            run_services::apply(&cluster, &self.run, &self.nodes, services, &mut self.services, probe, &mut progress)
+                .await?;
+        // Each node's rules and sync time come from the node inspector, when it runs.
+        let nodes = if self.options.inspector_image.is_some() {
+            progress("waiting for the node inspector's next reports".into());
+            let after = inspect::fresh_reports(&cluster, &self.run, INSPECT_FRESH_WITHIN).await?;
+            let nodes = inspect::programming(&self.reports, &after, &self.dataplane);
+            self.reports = after;
+            nodes
+        } else {
+            Vec::new()
+        };
+        Ok(ServicesApplied { services: deployed, dataplane: self.dataplane.clone(), nodes, probe: latency })
+    }
+
+    fn fixed_service_dataplane(&self) -> Option<String> {
+        Some(if self.dataplane.is_empty() { dataplane_name(None) } else { self.dataplane.clone() })
+    }
+
+    fn attach_progress(&mut self, bar: &indicatif::ProgressBar) {
+        self.progress = Some(bar.clone());
     }
 
     async fn set_service_dataplane(&mut self, kind: DataplaneKind) -> anyhow::Result<()> {
@@ -313,7 +360,8 @@ impl Platform for KubePlatform {
 
     async fn teardown(&mut self) -> anyhow::Result<()> {
         self.bridges.clear();
-        self.applied.clear();
+        self.agents.clear();
+        self.services = run_services::State::default();
         if !self.namespace_requested {
             return Ok(());
         }

@@ -2,19 +2,19 @@
 //! EndpointSlice controller to publish its endpoints and reading the zone hints it wrote
 //! (set beside the hints doctor's prediction by the caller); service scaling with
 //! selector-less Services whose EndpointSlices point at the echo pods (no extra pods),
-//! created and deleted in batches with progress; and the node inspector's reports.
+//! created and deleted in batches with progress.
 
 use std::time::Duration;
 
 use futures::future::join_all;
-use k8s_openapi::api::core::v1::{Event, Namespace, Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Event, Namespace, Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{DeleteParams, ListParams, LogParams};
+use kube::api::{DeleteParams, ListParams};
 use kube::Api;
 use serde::{Deserialize, Serialize};
 
 use super::client::Cluster;
-use super::manifests::{self, EchoEndpoint, RoutingVariant, RunMeta};
+use super::manifests::{self, RoutingVariant, RunMeta};
 use super::{post, KubeError};
 
 /// One endpoint as an EndpointSlice publishes it, with the zones it is hinted for.
@@ -247,73 +247,65 @@ pub async fn wait_for_endpoints(
     }
 }
 
-/// Creates scaling Services `range` (each with its EndpointSlice) `batch` at a time,
-/// calling `progress(done, total)` after each batch.
-pub async fn create_scale_services(
+/// Creates selector-less Services, each followed by its EndpointSlice, `batch` at a time
+/// (each batch's requests concurrent), calling `progress(done, total)` after each batch.
+pub async fn create_written_services(
     cluster: &Cluster,
-    run: &RunMeta,
-    range: std::ops::Range<u32>,
-    echo: &[EchoEndpoint],
+    namespace: &str,
+    objects: Vec<(Service, EndpointSlice)>,
     batch: usize,
     mut progress: impl FnMut(usize, usize),
-) -> Result<(), KubeError> {
-    let ns = run.namespace();
-    let services: Api<Service> = Api::namespaced(cluster.client.clone(), &ns);
-    let slices: Api<EndpointSlice> = Api::namespaced(cluster.client.clone(), &ns);
-    let indices: Vec<u32> = range.collect();
-    let total = indices.len();
-    let mut done = 0;
-    for chunk in indices.chunks(batch.max(1)) {
-        let results = join_all(chunk.iter().map(|&i| {
+) -> Result<Vec<Service>, KubeError> {
+    let services: Api<Service> = Api::namespaced(cluster.client.clone(), namespace);
+    let slices: Api<EndpointSlice> = Api::namespaced(cluster.client.clone(), namespace);
+    let total = objects.len();
+    let mut created = Vec::with_capacity(total);
+    for chunk in objects.chunks(batch.max(1)) {
+        let results = join_all(chunk.iter().map(|(svc, slice)| {
             let (services, slices) = (services.clone(), slices.clone());
-            let svc = manifests::scale_service(run, i);
-            let slice = manifests::scale_endpoint_slice(run, i, echo);
+            let name = svc.metadata.name.clone().unwrap_or_default();
             async move {
-                services.create(&post(), &svc).await.map_err(|e| (i, "Service", e))?;
-                slices.create(&post(), &slice).await.map_err(|e| (i, "EndpointSlice", e))?;
-                Ok::<(), (u32, &str, kube::Error)>(())
+                let made = services.create(&post(), svc).await.map_err(|e| (name.clone(), "Service", e))?;
+                slices.create(&post(), slice).await.map_err(|e| (name, "EndpointSlice", e))?;
+                Ok::<Service, (String, &str, kube::Error)>(made)
             }
         }))
         .await;
         for r in results {
-            r.map_err(|(i, kind, e)| {
-                cluster.api_error(format!("creating {kind} {ns}/{}", manifests::scale_service_name(i)), &e)
-            })?;
+            created.push(
+                r.map_err(|(name, kind, e)| cluster.api_error(format!("creating {kind} {namespace}/{name}"), &e))?,
+            );
         }
-        done += chunk.len();
-        progress(done, total);
+        progress(created.len(), total);
     }
-    Ok(())
+    Ok(created)
 }
 
-/// Deletes scaling Services `range` (their EndpointSlices with them) `batch` at a time.
-pub async fn delete_scale_services(
+/// Deletes Services and the EndpointSlices of the same name (a selector-less Service's
+/// slice has no owner reference to it, so it goes explicitly), `batch` at a time. Objects
+/// already gone are fine.
+pub async fn delete_written_services(
     cluster: &Cluster,
-    run: &RunMeta,
-    range: std::ops::Range<u32>,
+    namespace: &str,
+    names: &[String],
     batch: usize,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<(), KubeError> {
-    let ns = run.namespace();
-    let services: Api<Service> = Api::namespaced(cluster.client.clone(), &ns);
-    let slices: Api<EndpointSlice> = Api::namespaced(cluster.client.clone(), &ns);
-    let indices: Vec<u32> = range.collect();
-    let total = indices.len();
+    let services: Api<Service> = Api::namespaced(cluster.client.clone(), namespace);
+    let slices: Api<EndpointSlice> = Api::namespaced(cluster.client.clone(), namespace);
     let mut done = 0;
-    for chunk in indices.chunks(batch.max(1)) {
-        let results = join_all(chunk.iter().map(|&i| {
+    for chunk in names.chunks(batch.max(1)) {
+        let results = join_all(chunk.iter().map(|name| {
             let (services, slices) = (services.clone(), slices.clone());
             async move {
-                let name = manifests::scale_service_name(i);
-                // Our slices have no owner reference to the Service, so they go explicitly.
                 for r in [
-                    services.delete(&name, &DeleteParams::default()).await.map(|_| ()),
-                    slices.delete(&name, &DeleteParams::default()).await.map(|_| ()),
+                    services.delete(name, &DeleteParams::default()).await.map(|_| ()),
+                    slices.delete(name, &DeleteParams::default()).await.map(|_| ()),
                 ] {
                     match r {
                         Ok(()) => {}
                         Err(kube::Error::Api(s)) if s.code == 404 => {}
-                        Err(e) => return Err((i, e)),
+                        Err(e) => return Err((name, e)),
                     }
                 }
                 Ok(())
@@ -321,69 +313,10 @@ pub async fn delete_scale_services(
         }))
         .await;
         for r in results {
-            r.map_err(|(i, e)| cluster.api_error(format!("deleting {ns}/{}", manifests::scale_service_name(i)), &e))?;
+            r.map_err(|(name, e)| cluster.api_error(format!("deleting {namespace}/{name}"), &e))?;
         }
         done += chunk.len();
-        progress(done, total);
+        progress(done, names.len());
     }
     Ok(())
-}
-
-/// One node inspector report (a JSON line of [`manifests::INSPECTOR_SCRIPT`]).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct NodeReport {
-    pub node: String,
-    pub iptables_rules: u64,
-    pub iptables_legacy_rules: u64,
-    pub nft_rules: u64,
-    /// kube-proxy's `kubeproxy_sync_proxy_rules_duration_seconds` sum and count (absent when
-    /// its metrics port does not answer on the node).
-    pub sync_seconds_sum: Option<f64>,
-    pub sync_count: Option<u64>,
-}
-
-/// The last report in an inspector pod's log.
-pub fn last_report(log: &str) -> Option<NodeReport> {
-    log.lines().rev().find_map(|l| serde_json::from_str(l.trim()).ok())
-}
-
-/// The latest report of every inspector pod of the run.
-pub async fn node_reports(cluster: &Cluster, run: &RunMeta) -> Result<Vec<NodeReport>, KubeError> {
-    let ns = run.namespace();
-    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &ns);
-    let selector = format!("{}=zonebench-inspector,{}={}", manifests::NAME_LABEL, manifests::RUN_LABEL, run.run_id);
-    let list = pods
-        .list(&ListParams::default().labels(&selector))
-        .await
-        .map_err(|e| cluster.api_error("listing the node inspector's pods", &e))?;
-    let mut out = Vec::new();
-    for p in list.items {
-        let name = p.metadata.name.unwrap_or_default();
-        let log = pods
-            .logs(&name, &LogParams { tail_lines: Some(5), ..Default::default() })
-            .await
-            .map_err(|e| cluster.api_error(format!("reading the log of {ns}/{name}"), &e))?;
-        match last_report(&log) {
-            Some(r) => out.push(r),
-            None => tracing::warn!("node inspector {ns}/{name} has not reported yet"),
-        }
-    }
-    out.sort_by(|a, b| a.node.cmp(&b.node));
-    Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_inspector_log_yields_its_last_complete_report() {
-        let log = "{\"node\":\"n1\",\"iptables_rules\":10,\"iptables_legacy_rules\":0,\"nft_rules\":3,\"sync_seconds_sum\":null,\"sync_count\":null}\n\
-                   {\"node\":\"n1\",\"iptables_rules\":12,\"iptables_legacy_rules\":0,\"nft_rules\":3,\"sync_seconds_sum\":1.5,\"sync_count\":30}\n\
-                   bash: warning: something\n";
-        let r = last_report(log).unwrap();
-        assert_eq!(r.iptables_rules, 12);
-        assert_eq!(r.sync_count, Some(30));
-        assert_eq!(last_report("nothing yet\n"), None);
-    }
 }

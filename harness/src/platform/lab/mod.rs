@@ -547,7 +547,11 @@ impl LabPlatform {
                 }
             }
             let report = dp.sync(&rules).with_context(|| format!("programming Services on node {node}"))?;
-            programming.push(NodeProgramming { node: node.clone(), rules: report.rules, elapsed: report.elapsed });
+            programming.push(NodeProgramming {
+                node: node.clone(),
+                rules: Some(report.rules),
+                elapsed: Some(report.elapsed),
+            });
         }
         let probed = started.map(probe::Probe::wait).transpose()?;
         Ok(ServicesApplied {

@@ -111,10 +111,12 @@ fn services_carry_their_routing_variant() {
 #[test]
 fn scaling_slices_point_at_the_echo_pods_under_our_own_manager() {
     let echo = [EchoEndpoint { pod: "srv-a-0".into(), ip: "10.1.2.3".into(), node: "n1".into(), zone: "a".into() }];
-    let svc = scale_service(&run(), 7);
+    let ports = [AgentPort::Tcp, AgentPort::Udp];
+    let svc = selectorless_service(&run(), "svc-00007", &ports);
     assert!(svc.spec.as_ref().unwrap().selector.is_none());
-    let slice = serde_json::to_value(scale_endpoint_slice(&run(), 7, &echo)).unwrap();
-    assert_eq!(slice["metadata"]["labels"][SERVICE_NAME_LABEL], "zb-scale-7");
+    let slice = serde_json::to_value(run_endpoint_slice(&run(), "svc-00007", &ports, &echo)).unwrap();
+    assert_eq!(slice["metadata"]["name"], "svc-00007");
+    assert_eq!(slice["metadata"]["labels"][SERVICE_NAME_LABEL], "svc-00007");
     assert_eq!(slice["metadata"]["labels"][SLICE_MANAGED_BY], SLICE_MANAGER);
     assert_eq!(slice["addressType"], "IPv4");
     assert_eq!(slice["endpoints"][0]["addresses"][0], "10.1.2.3");

@@ -344,7 +344,7 @@ fn healthz_answers_without_a_token_over_tcp_and_unix() {
 #[test]
 fn every_other_route_needs_the_bearer_token() {
     for api in [tcp_api(|_| {}), unix_api(|_| {})] {
-        for path in ["/v1/info", "/v1/tests", "/v1/tests/anything", "/metrics", "/no-such-route"] {
+        for path in ["/v1/info", "/v1/tests", "/v1/tests/anything", "/v1/probe", "/metrics", "/no-such-route"] {
             for auth in [None, Some("Bearer wrong-token"), Some("Basic emI6dGVzdA=="), Some("Bearer "), Some(TOKEN)] {
                 let r = request(&api.endpoint, "GET", path, auth, None);
                 assert_eq!(r.status, 401, "{path} with {auth:?}: {}", r.text());
@@ -390,6 +390,7 @@ fn unknown_routes_are_404_and_wrong_methods_are_405_with_allow() {
         ("PUT", "/v1/tests", "GET, POST"),
         ("PATCH", "/v1/tests/abc", "GET, DELETE"),
         ("POST", "/metrics", "GET"),
+        ("GET", "/v1/probe", "POST"),
     ] {
         let r = request(&api.endpoint, method, path, Some(BEARER), None);
         assert_eq!(r.status, 405, "{method} {path}: {}", r.text());
@@ -989,4 +990,236 @@ fn serve_answers_on_its_unix_control_socket_until_terminated() {
     assert!(status.success(), "{status}");
     assert!(!socket.exists(), "serve left its control socket behind");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+// ---------------------------------------------------------------------------------------
+// Probes: real sockets on loopback.
+
+fn probe(api: &Api, body: &Value) -> Reply {
+    request(&api.endpoint, "POST", "/v1/probe", Some(BEARER), Some(&body.to_string()))
+}
+
+/// A probe's 200 answer, checked for shape.
+fn outcome(r: &Reply) -> Value {
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    let o: zonebench_agent::probe::ProbeOutcome = serde_json::from_value(v.clone()).unwrap();
+    assert!(o.attempts >= 1, "{v}");
+    v
+}
+
+/// A loopback port nothing listens on: bound, then closed.
+fn closed_tcp_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+fn metric(api: &Api, series: &str) -> f64 {
+    value_of(&parse_exposition(&get(api, "/metrics").text()), series)
+}
+
+/// Waits (bounded) until the agent reports `n` probes running.
+fn wait_probes_running(api: &Api, n: f64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(api, "zonebench_control_probes_running") != n {
+        assert!(Instant::now() < deadline, "never saw {n} probes running");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn a_probe_reaches_a_listening_tcp_port_on_the_first_attempt() {
+    let api = tcp_api(|_| {});
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = listener.local_addr().unwrap().to_string();
+    let v = outcome(&probe(&api, &json!({"target": target, "protocol": "tcp", "within_ms": 5000})));
+    assert_eq!(v["reached"], true, "{v}");
+    assert_eq!(v["attempts"], 1, "{v}");
+    assert_eq!(v["last_error"], Value::Null, "{v}");
+    assert!(v["elapsed_ns"].as_u64().unwrap() > 0, "{v}");
+    // The probe connected (and closed at once): the connection is in the accept queue.
+    listener.set_nonblocking(true).unwrap();
+    assert!(listener.accept().is_ok(), "the probe's connection never arrived");
+}
+
+#[test]
+fn a_probe_waits_for_a_port_that_starts_listening_later() {
+    let api = Arc::new(tcp_api(|_| {}));
+    let port = closed_tcp_port();
+    let target = port.to_string();
+    // The listener appears 300 ms after the agent reports the probe running, so the probe's
+    // clock (started just before that report) has run at least that long when it succeeds.
+    let later = {
+        let api = Arc::clone(&api);
+        std::thread::spawn(move || {
+            wait_probes_running(&api, 1.0);
+            std::thread::sleep(Duration::from_millis(300));
+            std::net::TcpListener::bind(port).unwrap()
+        })
+    };
+    let v = outcome(&probe(&api, &json!({"target": target, "protocol": "tcp", "within_ms": 10_000, "interval_ms": 5})));
+    let _listener = later.join().unwrap();
+    assert_eq!(v["reached"], true, "{v}");
+    assert!(v["attempts"].as_u64().unwrap() > 1, "{v}");
+    let elapsed = Duration::from_nanos(v["elapsed_ns"].as_u64().unwrap());
+    assert!(elapsed >= Duration::from_millis(295), "reached after {elapsed:?}, before the port listened: {v}");
+    assert_eq!(v["last_error"], "connection refused", "the attempts before it were refused: {v}");
+}
+
+#[test]
+fn a_port_that_never_listens_is_not_reached_and_the_api_keeps_answering_meanwhile() {
+    let api = Arc::new(tcp_api(|_| {}));
+    let target = closed_tcp_port().to_string();
+    let body = json!({"target": target, "protocol": "tcp", "within_ms": 600, "attempt_timeout_ms": 50});
+    let asker = {
+        let api = Arc::clone(&api);
+        std::thread::spawn(move || probe(&api, &body))
+    };
+    // While the probe runs, other requests are answered.
+    wait_probes_running(&api, 1.0);
+    assert_still_serving(&api);
+    let v = outcome(&asker.join().unwrap());
+    assert_eq!(v["reached"], false, "{v}");
+    assert!(v["elapsed_ns"].as_u64().unwrap() >= 600_000_000, "gave up before within_ms: {v}");
+    assert!(v["attempts"].as_u64().unwrap() > 1, "{v}");
+    assert_eq!(v["last_error"], "connection refused", "{v}");
+    assert_eq!(metric(&api, "zonebench_control_probes_running"), 0.0);
+    assert_eq!(metric(&api, "zonebench_control_probes_started_total{protocol=\"tcp\"}"), 1.0);
+    assert_eq!(metric(&api, "zonebench_control_probes_not_reached_total{protocol=\"tcp\"}"), 1.0);
+    assert_eq!(metric(&api, "zonebench_control_probes_reached_total{protocol=\"tcp\"}"), 0.0);
+}
+
+#[test]
+fn a_udp_probe_reaches_the_agents_own_udp_echo_server() {
+    let agent = start_agent("probe-u", &[Which::Udp]);
+    let udp = agent.udp.unwrap();
+    let data = Bound { udp, ..fake_data_ports() };
+    let api = start_api_with(Endpoint::Tcp("127.0.0.1:0".parse().unwrap()), data, Some(agent), None, |_| {});
+    let v = outcome(&probe(&api, &json!({"target": udp.to_string(), "protocol": "udp", "within_ms": 5000})));
+    assert_eq!(v["reached"], true, "{v}");
+    assert_eq!(v["attempts"], 1, "{v}");
+    assert_eq!(metric(&api, "zonebench_control_probes_reached_total{protocol=\"udp\"}"), 1.0);
+    // The echo server counted the probe's request.
+    assert!(api
+        ._agent
+        .as_ref()
+        .unwrap()
+        .ctx
+        .counters
+        .snapshot()
+        .iter()
+        .any(|(n, _, v)| *n == "zonebench_udp_datagrams_total" && *v >= 1));
+}
+
+#[test]
+fn a_udp_probe_to_a_port_without_a_server_is_not_reached() {
+    let api = tcp_api(|_| {});
+    let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let v = outcome(&probe(&api, &json!({"target": port.to_string(), "protocol": "udp", "within_ms": 200})));
+    assert_eq!(v["reached"], false, "{v}");
+    assert!(v["last_error"].is_string(), "{v}");
+}
+
+#[test]
+fn a_probe_outside_the_allowed_cidrs_is_forbidden_naming_the_target() {
+    let api = tcp_api(|_| {});
+    for target in ["10.96.0.10:7101", "[2001:db8::1]:7101", "[::ffff:10.1.2.3]:7101"] {
+        let r = probe(&api, &json!({"target": target, "protocol": "tcp", "within_ms": 1000}));
+        assert_eq!(r.status, 403, "{target}: {}", r.text());
+        let e = r.error();
+        assert!(e.contains(target) && e.contains("127.0.0.0/8, ::1/128") && e.contains("--allow-cidr"), "{e}");
+    }
+    assert_eq!(metric(&api, "zonebench_control_probes_started_total{protocol=\"tcp\"}"), 0.0);
+    assert_still_serving(&api);
+}
+
+#[test]
+fn a_bad_probe_spec_is_a_400_naming_the_field() {
+    let api = tcp_api(|_| {});
+    let base = json!({"target": "127.0.0.1:9", "protocol": "tcp", "within_ms": 1000});
+    let with = |k: &str, x: Value| {
+        let mut v = base.clone();
+        v[k] = x;
+        v
+    };
+    // Refused by the JSON reader: the message names the field or value.
+    for (body, names) in [
+        (with("retries", json!(3)), "retries"),
+        (with("protocol", json!("sctp")), "sctp"),
+        (with("target", json!("localhost:9")), "socket address"),
+        (json!({"target": "127.0.0.1:9", "protocol": "tcp"}), "within_ms"),
+    ] {
+        let r = probe(&api, &body);
+        assert_eq!(r.status, 400, "{body}: {}", r.text());
+        let e = r.error();
+        assert!(e.starts_with("invalid probe spec") && e.contains(names), "{body}: {e}");
+    }
+    // Refused by the range checks: the answer also names the field on its own.
+    for (body, field) in [
+        (with("within_ms", json!(0)), "within_ms"),
+        (with("within_ms", json!(600_001)), "within_ms"),
+        (with("attempt_timeout_ms", json!(0)), "attempt_timeout_ms"),
+        (with("interval_ms", json!(1001)), "interval_ms"),
+        (with("target", json!("127.0.0.1:0")), "target"),
+    ] {
+        let r = probe(&api, &body);
+        assert_eq!(r.status, 400, "{body}: {}", r.text());
+        assert_eq!(r.json()["field"], field, "{body}");
+        assert!(r.error().contains(field), "{}", r.text());
+    }
+    let r = request(&api.endpoint, "POST", "/v1/probe", Some(BEARER), Some("{\"target\":"));
+    assert_eq!(r.status, 400);
+    assert!(r.error().contains("line 1 column"), "{}", r.text());
+    assert_still_serving(&api);
+}
+
+#[test]
+fn a_probe_without_the_token_is_401() {
+    let api = tcp_api(|_| {});
+    let body = json!({"target": "127.0.0.1:9", "protocol": "tcp", "within_ms": 1000}).to_string();
+    for auth in [None, Some("Bearer wrong-token")] {
+        let r = request(&api.endpoint, "POST", "/v1/probe", auth, Some(&body));
+        assert_eq!(r.status, 401, "{auth:?}: {}", r.text());
+        assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+    }
+    assert_eq!(metric(&api, "zonebench_control_probes_started_total{protocol=\"tcp\"}"), 0.0);
+}
+
+#[test]
+fn probes_past_the_limit_get_429_and_the_slot_frees_when_one_ends() {
+    let api = Arc::new(tcp_api(|c| c.limits.max_probes = 1));
+    assert_eq!(get(&api, "/v1/info").json()["limits"]["max_running_probes"], 1);
+    let target = closed_tcp_port().to_string();
+    let long = json!({"target": target, "protocol": "tcp", "within_ms": 800});
+    let first = {
+        let api = Arc::clone(&api);
+        std::thread::spawn(move || probe(&api, &long))
+    };
+    wait_probes_running(&api, 1.0);
+    let r = probe(&api, &json!({"target": target, "protocol": "tcp", "within_ms": 100}));
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert!(r.error().contains("1 probes are already running"), "{}", r.text());
+    assert_eq!(outcome(&first.join().unwrap())["reached"], false);
+    let r = probe(&api, &json!({"target": target, "protocol": "tcp", "within_ms": 50}));
+    assert_eq!(outcome(&r)["reached"], false, "the slot was freed");
+}
+
+#[test]
+fn shutting_the_agent_down_stops_a_running_probe() {
+    let api = Arc::new(tcp_api(|_| {}));
+    let target = closed_tcp_port().to_string();
+    let body = json!({"target": target, "protocol": "tcp", "within_ms": 60_000});
+    let asker = {
+        let api = Arc::clone(&api);
+        std::thread::spawn(move || {
+            let asked = Instant::now();
+            (probe(&api, &body), asked.elapsed())
+        })
+    };
+    wait_probes_running(&api, 1.0);
+    api.ctx.shutdown.cancel();
+    let (r, took) = asker.join().unwrap();
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.error().contains("shutting down"), "{}", r.text());
+    assert!(took < Duration::from_secs(30), "the probe ran on for {took:?} after shutdown");
 }

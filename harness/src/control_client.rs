@@ -10,11 +10,13 @@ use http_body_util::{BodyExt as _, Full};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
+use zonebench_agent::probe::{ProbeOutcome, ProbeSpec};
 use zonebench_agent::spec::{TestResult, TestSpec};
 
 use crate::platform::ControlEndpoint;
 
-/// Longest a single control call may take (connect, send, answer).
+/// Longest a single control call may take (connect, send, answer). A probe's answer
+/// waits for the probe, so that call gets the probe's `within_ms` on top.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
@@ -108,6 +110,19 @@ impl ControlClient {
         Ok(())
     }
 
+    /// `POST /v1/probe`: runs a probe on the agent and waits for its outcome, reached or
+    /// not. The call may take `within_ms` plus the usual call timeout.
+    pub async fn probe(&self, spec: &ProbeSpec) -> anyhow::Result<ProbeOutcome> {
+        // The agent checks too; checking here first turns a bad spec into an error that
+        // costs no round trip and keeps the timeout below from being absurd.
+        spec.validate().map_err(|e| anyhow::anyhow!("invalid probe spec: {e}"))?;
+        let body = serde_json::to_vec(spec)?;
+        let within = CALL_TIMEOUT.saturating_add(Duration::from_millis(spec.within_ms));
+        let (status, answer) = self.call_within(within, Method::POST, "/v1/probe", Some(body)).await?;
+        expect(status, StatusCode::OK, &answer, "POST /v1/probe")?;
+        serde_json::from_slice(&answer).context("parsing the POST /v1/probe answer")
+    }
+
     /// Polls test `id` (started with `spec`) until it finishes.
     pub async fn wait_for(&self, id: &str, spec: &TestSpec) -> anyhow::Result<TestResult> {
         let id = id.to_string();
@@ -133,7 +148,17 @@ impl ControlClient {
     }
 
     async fn call(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> anyhow::Result<(StatusCode, Bytes)> {
-        tokio::time::timeout(CALL_TIMEOUT, self.call_inner(method.clone(), path, body))
+        self.call_within(CALL_TIMEOUT, method, path, body).await
+    }
+
+    async fn call_within(
+        &self,
+        timeout: Duration,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> anyhow::Result<(StatusCode, Bytes)> {
+        tokio::time::timeout(timeout, self.call_inner(method.clone(), path, body))
             .await
             .with_context(|| format!("{method} {path} on {:?} timed out", self.endpoint))?
             .with_context(|| format!("{method} {path} on {:?}", self.endpoint))

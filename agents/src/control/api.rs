@@ -1,11 +1,13 @@
-//! The control API's routes: authentication, the checks a test must pass before it runs
-//! (body size, JSON, spec, limits, allowed targets, capacity) and the JSON answers. Every
-//! refusal is a JSON `{"error": …}` with a status that says whose fault it was; none of
-//! them costs more than the one request.
+//! The control API's routes: authentication, the checks a test or a probe must pass before
+//! it runs (body size, JSON, spec, limits, allowed targets, capacity) and the JSON answers.
+//! Every refusal is a JSON `{"error": …}` with a status that says whose fault it was; none
+//! of them costs more than the one request.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::Semaphore;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full, LengthLimitError, Limited};
@@ -18,6 +20,7 @@ use super::cidr::{self, Cidr};
 use super::metrics::{self, ControlMetrics};
 use super::registry::{Registry, SubmitError};
 use super::{Limits, Token};
+use crate::probe::{self, ProbeSpec};
 use crate::servers::ServerCtx;
 use crate::spec::{SpecError, TestSpec};
 use crate::tests::resolve_target;
@@ -34,6 +37,8 @@ pub(crate) struct Api {
     pub metrics: Arc<ControlMetrics>,
     /// `GET /v1/info`, fixed at start.
     pub info: Bytes,
+    /// One permit per probe running; `limits.max_probes` of them.
+    pub probes: Arc<Semaphore>,
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -57,8 +62,9 @@ fn error(status: StatusCode, message: impl Into<String>) -> Resp {
     respond(status, "application/json", body.to_string())
 }
 
-fn field_error(status: StatusCode, e: &SpecError) -> Resp {
-    let body = json!({ "error": format!("invalid test spec: {e}"), "field": e.field });
+/// `what` is what was invalid: "test spec" or "probe spec".
+fn field_error(status: StatusCode, what: &str, e: &SpecError) -> Resp {
+    let body = json!({ "error": format!("invalid {what}: {e}"), "field": e.field });
     respond(status, "application/json", body.to_string())
 }
 
@@ -104,7 +110,9 @@ impl Api {
         match path.as_str() {
             "/metrics" => match method {
                 Method::GET => {
-                    let text = self.metrics.render(&self.ctx.counters, &self.ctx.identity, self.registry.active());
+                    let probes = self.limits.max_probes.saturating_sub(self.probes.available_permits());
+                    let text =
+                        self.metrics.render(&self.ctx.counters, &self.ctx.identity, self.registry.active(), probes);
                     respond(StatusCode::OK, metrics::CONTENT_TYPE, text)
                 }
                 _ => method_not_allowed(&method, &path, "GET"),
@@ -117,6 +125,10 @@ impl Api {
                 Method::GET => json(StatusCode::OK, &json!({ "tests": self.registry.list() })),
                 Method::POST => self.create(req).await,
                 _ => method_not_allowed(&method, &path, "GET, POST"),
+            },
+            "/v1/probe" => match method {
+                Method::POST => self.probe(req).await,
+                _ => method_not_allowed(&method, &path, "POST"),
             },
             _ => match path.strip_prefix("/v1/tests/").filter(|id| !id.is_empty() && !id.contains('/')) {
                 Some(id) => match method {
@@ -143,8 +155,8 @@ impl Api {
         }
     }
 
-    /// `POST /v1/tests`: every check, cheapest first, then the test's thread.
-    async fn create<B>(&self, req: Request<B>) -> Resp
+    /// The whole request body, within `max_body_bytes` and [`BODY_TIMEOUT`].
+    async fn read_body<B>(&self, req: Request<B>) -> Result<Bytes, Resp>
     where
         B: Body<Data = Bytes>,
         B::Error: std::error::Error + Send + Sync + 'static,
@@ -159,25 +171,37 @@ impl Api {
         };
         let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         if let Some(len) = declared.filter(|&len| len > max as u64) {
-            return too_large(format!("{len} bytes"));
+            return Err(too_large(format!("{len} bytes")));
         }
         // A chunked body declares no length: cap it while reading.
         let body = Limited::new(req.into_body(), max);
-        let bytes = match tokio::time::timeout(BODY_TIMEOUT, body.collect()).await {
-            Err(_) => return error(StatusCode::REQUEST_TIMEOUT, "the request body did not arrive in time"),
-            Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => return too_large("chunked".into()),
-            Ok(Err(e)) => return error(StatusCode::BAD_REQUEST, format!("cannot read the request body: {e}")),
-            Ok(Ok(c)) => c.to_bytes(),
+        match tokio::time::timeout(BODY_TIMEOUT, body.collect()).await {
+            Err(_) => Err(error(StatusCode::REQUEST_TIMEOUT, "the request body did not arrive in time")),
+            Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large("chunked".into())),
+            Ok(Err(e)) => Err(error(StatusCode::BAD_REQUEST, format!("cannot read the request body: {e}"))),
+            Ok(Ok(c)) => Ok(c.to_bytes()),
+        }
+    }
+
+    /// `POST /v1/tests`: every check, cheapest first, then the test's thread.
+    async fn create<B>(&self, req: Request<B>) -> Resp
+    where
+        B: Body<Data = Bytes>,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let bytes = match self.read_body(req).await {
+            Ok(b) => b,
+            Err(r) => return r,
         };
         let spec: TestSpec = match serde_json::from_slice(&bytes) {
             Ok(s) => s,
             Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid test spec: {e}")),
         };
         if let Err(e) = spec.validate() {
-            return field_error(StatusCode::BAD_REQUEST, &e);
+            return field_error(StatusCode::BAD_REQUEST, "test spec", &e);
         }
         if let Err(e) = self.limits.check(&spec) {
-            return field_error(StatusCode::BAD_REQUEST, &e);
+            return field_error(StatusCode::BAD_REQUEST, "test spec", &e);
         }
         let pinned = match self.check_target(&spec.target).await {
             Ok(addr) => addr,
@@ -200,6 +224,48 @@ impl Api {
         }
     }
 
+    /// `POST /v1/probe`: the checks a test gets (body, JSON, ranges, allowed target), then a
+    /// free probe slot, then the probe itself on this task, so the answer is its outcome.
+    /// Other requests are served meanwhile: each connection is a task of its own. A client
+    /// that hangs up drops this future, which stops the probe.
+    async fn probe<B>(&self, req: Request<B>) -> Resp
+    where
+        B: Body<Data = Bytes>,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let bytes = match self.read_body(req).await {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        let spec: ProbeSpec = match serde_json::from_slice(&bytes) {
+            Ok(s) => s,
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid probe spec: {e}")),
+        };
+        if let Err(e) = spec.validate() {
+            return field_error(StatusCode::BAD_REQUEST, "probe spec", &e);
+        }
+        if let Some(r) = self.forbidden(&spec.target.to_string(), spec.target) {
+            return r;
+        }
+        let Ok(_permit) = Arc::clone(&self.probes).try_acquire_owned() else {
+            let max = self.limits.max_probes;
+            let mut r = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("{max} probes are already running, the most this agent runs at once; retry when one ends"),
+            );
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return r;
+        };
+        self.metrics.probe_started(spec.protocol);
+        match probe::run(&spec, &self.ctx.shutdown).await {
+            Ok(outcome) => {
+                self.metrics.probe_ended(spec.protocol, outcome.reached);
+                json(StatusCode::OK, &outcome)
+            }
+            Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        }
+    }
+
     /// Resolves the target as the load generator would and requires the address to be in
     /// an allowed CIDR; the address is what the test will then use.
     async fn check_target(&self, target: &str) -> Result<SocketAddr, Resp> {
@@ -210,16 +276,25 @@ impl Api {
             Ok(Ok(a)) => a,
             Ok(Err(e)) => {
                 let e = SpecError { field: "target", message: e.to_string() };
-                return Err(field_error(StatusCode::BAD_REQUEST, &e));
+                return Err(field_error(StatusCode::BAD_REQUEST, "test spec", &e));
             }
             Err(e) => return Err(error(StatusCode::INTERNAL_SERVER_ERROR, format!("resolving {target:?}: {e}"))),
         };
+        match self.forbidden(target, addr) {
+            Some(r) => Err(r),
+            None => Ok(addr),
+        }
+    }
+
+    /// The 403 for `addr` (what `target` resolved to) outside every allowed CIDR; `None`
+    /// when it is inside one.
+    fn forbidden(&self, target: &str, addr: SocketAddr) -> Option<Resp> {
         if self.allow.iter().any(|c| c.contains(addr.ip())) {
-            return Ok(addr);
+            return None;
         }
         let shown = if addr.to_string() == target { String::new() } else { format!(" ({addr})") };
         let allowed = if self.allow.is_empty() { "none".to_string() } else { cidr::list(&self.allow) };
-        Err(error(
+        Some(error(
             StatusCode::FORBIDDEN,
             format!("target {target}{shown} is outside the CIDRs this agent may send to: {allowed} (--allow-cidr)"),
         ))
@@ -244,6 +319,7 @@ pub(crate) fn info(ctx: &ServerCtx, data: &crate::servers::Bound, limits: &Limit
             "max_connections": limits.max_connections,
             "max_running_tests": limits.max_running,
             "max_kept_results": limits.max_kept,
+            "max_running_probes": limits.max_probes,
             "max_body_bytes": limits.max_body_bytes,
             "allow_cidrs": allow.iter().map(ToString::to_string).collect::<Vec<_>>(),
         },

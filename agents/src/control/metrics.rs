@@ -5,12 +5,14 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::probe::ProbeProtocol;
 use crate::servers::Counters;
 use crate::spec::{Identity, TestKind};
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 const KINDS: usize = TestKind::ALL.len();
+const PROTOCOLS: usize = ProbeProtocol::ALL.len();
 /// Status codes 100..=599, one slot each: lock-free, and the control API is no hot path, so
 /// 4 KiB of counters is the simple way.
 const STATUS_SLOTS: usize = 500;
@@ -22,6 +24,9 @@ pub struct ControlMetrics {
     completed: [AtomicU64; KINDS],
     failed: [AtomicU64; KINDS],
     cancelled: [AtomicU64; KINDS],
+    probes_started: [AtomicU64; PROTOCOLS],
+    probes_reached: [AtomicU64; PROTOCOLS],
+    probes_not_reached: [AtomicU64; PROTOCOLS],
     responses: [AtomicU64; STATUS_SLOTS],
 }
 
@@ -32,6 +37,9 @@ impl Default for ControlMetrics {
             completed: Default::default(),
             failed: Default::default(),
             cancelled: Default::default(),
+            probes_started: Default::default(),
+            probes_reached: Default::default(),
+            probes_not_reached: Default::default(),
             responses: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
@@ -56,7 +64,24 @@ fn kind_index(kind: TestKind) -> usize {
     }
 }
 
+fn protocol_index(protocol: ProbeProtocol) -> usize {
+    match protocol {
+        ProbeProtocol::Tcp => 0,
+        ProbeProtocol::Udp => 1,
+    }
+}
+
 impl ControlMetrics {
+    pub fn probe_started(&self, protocol: ProbeProtocol) {
+        self.probes_started[protocol_index(protocol)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A probe that answered (reached or not); one stopped by shutdown is only started.
+    pub fn probe_ended(&self, protocol: ProbeProtocol, reached: bool) {
+        let set = if reached { &self.probes_reached } else { &self.probes_not_reached };
+        set[protocol_index(protocol)].fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn started(&self, kind: TestKind) {
         self.started[kind_index(kind)].fetch_add(1, Ordering::Relaxed);
     }
@@ -76,8 +101,9 @@ impl ControlMetrics {
         }
     }
 
-    /// The whole exposition. `running` is the number of tests queued or running now.
-    pub fn render(&self, counters: &Counters, identity: &Identity, running: usize) -> String {
+    /// The whole exposition. `running` is the number of tests queued or running now,
+    /// `probes_running` the number of probes.
+    pub fn render(&self, counters: &Counters, identity: &Identity, running: usize, probes_running: usize) -> String {
         let mut out = String::with_capacity(4096);
         // Writing into a String cannot fail, hence the ignored results below.
         for (name, help, value) in counters.snapshot() {
@@ -97,6 +123,23 @@ impl ControlMetrics {
         }
         let name = "zonebench_control_tests_running";
         let _ = write!(out, "# HELP {name} Tests queued or running now\n# TYPE {name} gauge\n{name} {running}\n");
+        for (name, help, set) in [
+            ("zonebench_control_probes_started_total", "Probes accepted by the control API", &self.probes_started),
+            ("zonebench_control_probes_reached_total", "Probes whose target answered in time", &self.probes_reached),
+            (
+                "zonebench_control_probes_not_reached_total",
+                "Probes that gave up without an answer",
+                &self.probes_not_reached,
+            ),
+        ] {
+            let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} counter\n");
+            for protocol in ProbeProtocol::ALL {
+                let v = set[protocol_index(protocol)].load(Ordering::Relaxed);
+                let _ = writeln!(out, "{name}{{protocol=\"{protocol}\"}} {v}");
+            }
+        }
+        let name = "zonebench_control_probes_running";
+        let _ = write!(out, "# HELP {name} Probes running now\n# TYPE {name} gauge\n{name} {probes_running}\n");
         let name = "zonebench_control_requests_total";
         let _ = write!(out, "# HELP {name} Control API responses by status code\n# TYPE {name} counter\n");
         for (i, slot) in self.responses.iter().enumerate() {
@@ -154,16 +197,22 @@ mod tests {
         m.response(401);
         m.response(401);
         m.response(999); // out of range: ignored, never a panic
+        m.probe_started(ProbeProtocol::Udp);
+        m.probe_ended(ProbeProtocol::Udp, false);
         let counters = Counters::default();
         Counters::add(&counters.udp_rejected, 7);
         let id = Identity { id: "a\"b".into(), zone: "z".into(), node: "n".into() };
-        let text = m.render(&counters, &id, 1);
+        let text = m.render(&counters, &id, 1, 2);
         for line in [
             "zonebench_udp_rejected_total 7",
             "zonebench_control_tests_started_total{test=\"tcp-rr\"} 2",
             "zonebench_control_tests_cancelled_total{test=\"tcp-rr\"} 1",
             "zonebench_control_tests_completed_total{test=\"http\"} 0",
             "zonebench_control_tests_running 1",
+            "zonebench_control_probes_started_total{protocol=\"udp\"} 1",
+            "zonebench_control_probes_not_reached_total{protocol=\"udp\"} 1",
+            "zonebench_control_probes_reached_total{protocol=\"tcp\"} 0",
+            "zonebench_control_probes_running 2",
             "zonebench_control_requests_total{code=\"401\"} 2",
             "zonebench_control_requests_total{code=\"201\"} 1",
             "# TYPE zonebench_tcp_connections_total counter",

@@ -5,7 +5,7 @@
 //! An agent must never become an open load generator, so a test is refused unless it fits
 //! the limits the agent was started with ([`Limits`]) and its target resolves into an
 //! allowed CIDR ([`Cidr`]); bodies are capped, and so are the tests running at once and the
-//! results kept.
+//! results kept. A probe ([`crate::probe`]) passes the same target check and has its own cap.
 //!
 //! | route | answer |
 //! |---|---|
@@ -15,6 +15,7 @@
 //! | `GET /v1/tests` | every kept test's id and state |
 //! | `GET /v1/tests/{id}` | state, spec, times, and the [`TestResult`] or the error |
 //! | `DELETE /v1/tests/{id}` | cancels; the state turns `cancelled` once the test stopped |
+//! | `POST /v1/probe` | a [`ProbeSpec`](crate::probe::ProbeSpec) in; the answer waits for the probe: `200` [`ProbeOutcome`](crate::probe::ProbeOutcome), reached or not |
 //! | `GET /metrics` | Prometheus text: server counters and the control API's own |
 
 use std::convert::Infallible;
@@ -74,6 +75,9 @@ pub struct Limits {
     pub max_running: usize,
     /// Finished tests whose results are kept; the oldest go first.
     pub max_kept: usize,
+    /// Probes running at once; more get 429. Probes are a socket each and mostly wait, so
+    /// this is a bound on misuse, not on load.
+    pub max_probes: usize,
     pub max_body_bytes: usize,
 }
 
@@ -86,6 +90,7 @@ impl Default for Limits {
             max_connections: 1024,
             max_running: 4,
             max_kept: 256,
+            max_probes: 16,
             max_body_bytes: 1 << 20,
         }
     }
@@ -152,8 +157,8 @@ impl Limits {
         if self.max_connections == 0 {
             return Err("max_connections (--max-connections) must be greater than 0".into());
         }
-        if self.max_running == 0 || self.max_body_bytes == 0 {
-            return Err("max_running and max_body_bytes must be greater than 0".into());
+        if self.max_running == 0 || self.max_body_bytes == 0 || self.max_probes == 0 {
+            return Err("max_running, max_probes and max_body_bytes must be greater than 0".into());
         }
         Ok(())
     }
@@ -220,6 +225,7 @@ pub async fn start(cfg: Config) -> io::Result<Control> {
     ));
     let info = api::info(&cfg.ctx, &cfg.data, &cfg.limits, &cfg.allow).to_string().into();
     let api = Arc::new(api::Api {
+        probes: Arc::new(Semaphore::new(cfg.limits.max_probes)),
         token: cfg.token,
         ctx: cfg.ctx,
         limits: cfg.limits,

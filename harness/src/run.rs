@@ -70,13 +70,13 @@ pub async fn run_each<P: Platform>(
     let mut teardown = Ok(());
     for (label, platform) in platforms.iter_mut() {
         if outcome.is_ok() && !cancel.is_cancelled() {
-            let label = Some(label.as_str());
+            let named = Some(label.as_str());
             outcome = if scenario.sweep.is_some() {
-                crate::sweep::drive(platform, scenario, opts, cancel, label, &mut store).await
+                crate::sweep::drive(platform, scenario, opts, cancel, named, &mut store).await
             } else {
-                drive(platform, scenario, opts, cancel, label, &mut store).await
+                drive(platform, scenario, opts, cancel, named, &mut store).await
             };
-            outcome = outcome.with_context(|| format!("platform {}", label.unwrap_or_default()));
+            outcome = outcome.with_context(|| format!("platform {label}"));
         }
         // Every platform is torn down, run or not (teardown is safe before deploy).
         let t = platform.teardown().await.with_context(|| format!("platform {label}"));

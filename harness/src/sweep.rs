@@ -31,9 +31,7 @@ use zonebench_agent::units::format_ns;
 
 use crate::dataplane::DataplaneKind;
 use crate::plan::{self, Role, Step};
-use crate::platform::{
-    AgentPort, DeployedAgent, DeployedService, EndpointsBy, Platform, ProbeRequest, ServiceRequest,
-};
+use crate::platform::{AgentPort, DeployedAgent, DeployedService, EndpointsBy, Platform, ProbeRequest, ServiceRequest};
 use crate::results::store::RunStore;
 use crate::results::{Failure, RunResults, ServiceDataplaneStats};
 use crate::run::{self, RunOptions};

@@ -343,11 +343,14 @@ async fn service_scaling_creates_and_deletes_selectorless_services_in_batches_wi
     let names: Vec<String> = (1..=5).map(zonebench::sweep::service_name).collect();
     let objects = names
         .iter()
-        .map(|n| (manifests::selectorless_service(&run, n, &ports), manifests::run_endpoint_slice(&run, n, &ports, &echo)))
+        .map(|n| {
+            (manifests::selectorless_service(&run, n, &ports), manifests::run_endpoint_slice(&run, n, &ports, &echo))
+        })
         .collect();
     let mut seen = Vec::new();
-    let created =
-        services::create_written_services(&cluster, &run.namespace(), objects, 2, |d, t| seen.push((d, t))).await.unwrap();
+    let created = services::create_written_services(&cluster, &run.namespace(), objects, 2, |d, t| seen.push((d, t)))
+        .await
+        .unwrap();
     assert_eq!(seen, vec![(2, 5), (4, 5), (5, 5)]);
     assert_eq!(created.len(), 5);
     assert!(created.iter().all(|s| s.spec.as_ref().unwrap().cluster_ip.is_some()), "the server's answers are returned");

@@ -73,7 +73,11 @@ fn later_objects() -> Vec<Value> {
     ];
     let mut v: Vec<Value> =
         RoutingVariant::ALL.iter().map(|r| manifests::to_value(&manifests::variant_service(&run, *r))).collect();
-    v.push(manifests::to_value(&manifests::selectorless_service(&run, "svc-00001", &[zonebench::platform::AgentPort::Tcp, zonebench::platform::AgentPort::Udp])));
+    v.push(manifests::to_value(&manifests::selectorless_service(
+        &run,
+        "svc-00001",
+        &[zonebench::platform::AgentPort::Tcp, zonebench::platform::AgentPort::Udp],
+    )));
     // `via = "service"` Services (apply_services), one per routing mode.
     use zonebench::topology::RoutingMode;
     for (i, routing) in [
@@ -95,7 +99,12 @@ fn later_objects() -> Vec<Value> {
         };
         v.push(manifests::to_value(&zonebench::platform::kube::run_services::request_service(&run, &request)));
     }
-    v.push(manifests::to_value(&manifests::run_endpoint_slice(&run, "svc-00001", &[zonebench::platform::AgentPort::Tcp, zonebench::platform::AgentPort::Udp], &echo)));
+    v.push(manifests::to_value(&manifests::run_endpoint_slice(
+        &run,
+        "svc-00001",
+        &[zonebench::platform::AgentPort::Tcp, zonebench::platform::AgentPort::Udp],
+        &echo,
+    )));
     let settings = KubeSettings { cpu_limit: Some("2".into()), ..Default::default() };
     let agents = [manifests::AgentPod { id: "srv-a-0".into(), node: "n1".into(), zone: "a".into() }];
     let m = manifests::run_manifests(&manifests::RunInput {

@@ -205,7 +205,11 @@ mod tests {
         assert_eq!(p[0].rules, Some(5100));
         assert_eq!(p[0].elapsed, Some(Duration::from_millis(250)), "1 s over 4 syncs");
         assert_eq!((p[1].rules, p[1].elapsed), (Some(5100), None), "no metrics, no duration");
-        assert_eq!(programming(&before, &after, "nftables")[0].rules, Some(5107), "all nft rules without a kube-proxy count");
+        assert_eq!(
+            programming(&before, &after, "nftables")[0].rules,
+            Some(5107),
+            "all nft rules without a kube-proxy count"
+        );
         assert_eq!(programming(&before, &after, "ipvs")[0].rules, None);
         let idle = [report("n1", 9, 5100, Some(3.0), Some(14))];
         assert_eq!(programming(&after, &idle, "iptables")[0].elapsed, None, "no sync in between");

@@ -314,9 +314,10 @@ impl Platform for KubePlatform {
         let cluster = self.connected()?.clone();
         let client = match probe {
             Some(p) => {
-                let agent = self.agents.get(&p.from_agent).with_context(|| {
-                    format!("the probe's client agent {:?} is not deployed", p.from_agent)
-                })?;
+                let agent = self
+                    .agents
+                    .get(&p.from_agent)
+                    .with_context(|| format!("the probe's client agent {:?} is not deployed", p.from_agent))?;
                 Some(ControlClient::new(agent.control.clone(), agent.token.clone()))
             }
             None => None,
@@ -400,4 +401,19 @@ pub async fn delete_namespace(cluster: &Cluster, name: &str, within: Duration) -
 /// Creating with `PostParams` defaults; a helper so call sites read as what they create.
 pub(crate) fn post() -> PostParams {
     PostParams { dry_run: false, field_manager: Some(manifests::MANAGER.to_string()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dataplane_name;
+
+    #[test]
+    fn a_clusters_dataplane_is_named_by_its_kube_proxy_mode_in_one_word() {
+        assert_eq!(dataplane_name(Some("iptables")), "iptables");
+        assert_eq!(dataplane_name(Some("nftables")), "nftables");
+        assert_eq!(dataplane_name(Some("none (cilium kube-proxy replacement)")), "cilium-kpr");
+        assert_eq!(dataplane_name(Some("none")), "none");
+        assert_eq!(dataplane_name(Some("unknown (kube-proxy runs; no readable configuration)")), "unknown");
+        assert_eq!(dataplane_name(None), "unknown");
+    }
 }

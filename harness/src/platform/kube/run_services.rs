@@ -29,10 +29,10 @@ use super::post;
 use super::services::{self, ServiceHints};
 use crate::control_client::ControlClient;
 use crate::platform::{AgentPort, DeployedService, EndpointsBy, Node, ProbeRequest, ServiceRequest};
-use zonebench_agent::probe::{ProbeProtocol, ProbeSpec};
 use crate::results::{HintsEvent, HintsVerdict};
 use crate::topology::input::{ServiceObject, SliceObject};
 use crate::topology::{self, doctor, hints, RoutingMode, ServiceConfig};
+use zonebench_agent::probe::{ProbeProtocol, ProbeSpec};
 
 /// The label (prefix + Service name) marking a pod as one of that Service's backends. The
 /// name part is the Service name, which `check_name` keeps a valid label name (≤63).
@@ -135,7 +135,11 @@ fn check_requests(requests: &[ServiceRequest], probe: Option<&Probe<'_>>) -> any
             .find(|r| r.name == p.request.service)
             .with_context(|| format!("the probe watches service {:?}, which is not requested", p.request.service))?;
         if !r.ports.contains(&p.request.port) {
-            bail!("the probe connects to port {} of service {:?}, which it does not expose", p.request.port.name(), r.name);
+            bail!(
+                "the probe connects to port {} of service {:?}, which it does not expose",
+                p.request.port.name(),
+                r.name
+            );
         }
     }
     Ok(())
@@ -221,7 +225,9 @@ async fn apply_inner(
         .await?;
     }
     for a in &stale {
-        if a.request.endpoints == EndpointsBy::Controller && delete_service(cluster, &services, &ns, &a.request.name).await? {
+        if a.request.endpoints == EndpointsBy::Controller
+            && delete_service(cluster, &services, &ns, &a.request.name).await?
+        {
             // The old Service's slices go first, or their endpoints and hints would pass for
             // a new one's of the same name.
             wait_slices_gone(cluster, &ns, &a.request.name, ENDPOINTS_WITHIN).await?;
@@ -237,10 +243,7 @@ async fn apply_inner(
     // Run-written Services, in batches.
     let batch: Vec<&ServiceRequest> = new.iter().copied().filter(|r| r.endpoints == EndpointsBy::Run).collect();
     if !batch.is_empty() {
-        let objects = batch
-            .iter()
-            .map(|r| written_objects(run, r, &echo(r)?))
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        let objects = batch.iter().map(|r| written_objects(run, r, &echo(r)?)).collect::<anyhow::Result<Vec<_>>>()?;
         let created = services::create_written_services(cluster, &ns, objects, BATCH, |d, t| {
             progress(format!("creating Services {d}/{t}"))
         })
@@ -294,7 +297,12 @@ async fn apply_inner(
 
     requests
         .iter()
-        .map(|r| applied.get(&r.name).map(|a| a.deployed.clone()).with_context(|| format!("service {:?} was not made", r.name)))
+        .map(|r| {
+            applied
+                .get(&r.name)
+                .map(|a| a.deployed.clone())
+                .with_context(|| format!("service {:?} was not made", r.name))
+        })
         .collect::<anyhow::Result<Vec<_>>>()
         .map(|d| (d, latency))
 }
@@ -311,13 +319,8 @@ async fn label_backends(
     applied: &BTreeMap<String, Applied>,
 ) -> anyhow::Result<()> {
     let controller = |r: &&ServiceRequest| r.endpoints == EndpointsBy::Controller;
-    let managed: BTreeSet<&str> = applied
-        .values()
-        .map(|a| &a.request)
-        .chain(requests)
-        .filter(controller)
-        .map(|r| r.name.as_str())
-        .collect();
+    let managed: BTreeSet<&str> =
+        applied.values().map(|a| &a.request).chain(requests).filter(controller).map(|r| r.name.as_str()).collect();
     if managed.is_empty() {
         return Ok(());
     }
@@ -360,16 +363,28 @@ fn echo_endpoints(
         .map(|b| {
             let pod = by_agent.get(b).with_context(|| format!("backend agent {b:?} is not deployed"))?;
             let name = pod.metadata.name.clone().unwrap_or_default();
-            let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone()).with_context(|| format!("pod {name} has no IP"))?;
-            let node = pod.spec.as_ref().and_then(|s| s.node_name.clone()).with_context(|| format!("pod {name} is not scheduled"))?;
+            let ip =
+                pod.status.as_ref().and_then(|s| s.pod_ip.clone()).with_context(|| format!("pod {name} has no IP"))?;
+            let node = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.clone())
+                .with_context(|| format!("pod {name} is not scheduled"))?;
             let zone = nodes.iter().find(|n| n.name == node).map(|n| n.zone.clone()).unwrap_or_default();
             Ok(EchoEndpoint { pod: name, ip, node, zone })
         })
         .collect()
 }
 
-fn written_objects(run: &RunMeta, r: &ServiceRequest, echo: &[EchoEndpoint]) -> anyhow::Result<(Service, EndpointSlice)> {
-    Ok((manifests::selectorless_service(run, &r.name, &r.ports), manifests::run_endpoint_slice(run, &r.name, &r.ports, echo)))
+fn written_objects(
+    run: &RunMeta,
+    r: &ServiceRequest,
+    echo: &[EchoEndpoint],
+) -> anyhow::Result<(Service, EndpointSlice)> {
+    Ok((
+        manifests::selectorless_service(run, &r.name, &r.ports),
+        manifests::run_endpoint_slice(run, &r.name, &r.ports, echo),
+    ))
 }
 
 async fn create_service(cluster: &Cluster, api: &Api<Service>, ns: &str, svc: &Service) -> anyhow::Result<Service> {
@@ -386,7 +401,12 @@ fn cluster_ip(ns: &str, r: &ServiceRequest, svc: &Service) -> anyhow::Result<IpA
         .with_context(|| format!("Service {ns}/{}'s ClusterIP", r.name))
 }
 
-fn deployed(ns: &str, r: &ServiceRequest, svc: &Service, hints: Option<HintsVerdict>) -> anyhow::Result<DeployedService> {
+fn deployed(
+    ns: &str,
+    r: &ServiceRequest,
+    svc: &Service,
+    hints: Option<HintsVerdict>,
+) -> anyhow::Result<DeployedService> {
     Ok(DeployedService {
         name: r.name.clone(),
         ip: cluster_ip(ns, r, svc)?,
@@ -405,7 +425,8 @@ async fn await_controller(
     svc: &Service,
 ) -> anyhow::Result<DeployedService> {
     let want_hints = r.routing != RoutingMode::None;
-    let live = services::wait_for_endpoints(cluster, ns, &r.name, r.backends.len(), want_hints, ENDPOINTS_WITHIN).await?;
+    let live =
+        services::wait_for_endpoints(cluster, ns, &r.name, r.backends.len(), want_hints, ENDPOINTS_WITHIN).await?;
     deployed(ns, r, svc, Some(verdict(ns, nodes, r.routing, &live)?))
 }
 

@@ -1,0 +1,256 @@
+//! The service-scaling sweep on the kube platform, against the fake API server: its
+//! "kube-proxy" starts forwarding a selector-less Service's ClusterIP (a loopback address of
+//! its own) to the Service's EndpointSlice a set delay after the slice appears, so the
+//! programming-latency probe, run by the real client agent through its control API, has a
+//! real first connect to find; its "DaemonSet controller" gives the node inspector one pod
+//! per node, whose log lines the test writes as the inspector script would.
+#![allow(clippy::unwrap_used)] // test support: a failure here is a failed test
+
+mod support {
+    pub mod fake_apiserver;
+}
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::fake_apiserver::{fixture, kubeconfig, FakeApi, Kubelet};
+
+const DELAY: Duration = Duration::from_millis(400);
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("zb-kube-sweep-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn scenario(services: &str) -> String {
+    format!(
+        r#"
+name = "kube-sweep"
+[kube]
+allow_cidrs = ["127.0.0.0/8"]
+[agents]
+servers_per_zone = 1
+clients_per_zone = 1
+[defaults]
+duration = "300ms"
+warmup = "100ms"
+via = "service"
+[sweep]
+dataplanes = ["nftables", "ebpf"]
+services = {services}
+probe_timeout = "20s"
+[[tests]]
+kind = "tcp-crr"
+"#
+    )
+}
+
+async fn fake(dir: &Path) -> FakeApi {
+    let api = FakeApi::start(Kubelet::RunAgents { zonebench: env!("CARGO_BIN_EXE_zonebench").into(), dir: dir.into() })
+        .await;
+    api.load(fixture("kind-nodes.json"));
+    api.load(fixture("kind-daemonsets.json"));
+    api.load(fixture("kind-kube-proxy-configmap.json"));
+    api.set_programming_delay(DELAY);
+    api
+}
+
+async fn run(dir: &Path, kc: &Path, extra: &[&str]) -> (std::process::Output, Value) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_zonebench"))
+        .args(["run", "--backend", "kube", "--image", "example.com/agent:t", "--kubeconfig"])
+        .arg(kc)
+        .args(extra)
+        .arg(dir.join("sweep.toml"))
+        .arg("--out")
+        .arg(dir.join("out"))
+        .output()
+        .await
+        .unwrap();
+    let results = std::fs::read_to_string(dir.join("out/results.json")).map_or(Value::Null, |t| {
+        serde_json::from_str(&t).unwrap()
+    });
+    (out, results)
+}
+
+/// The run's namespace, from the first namespace it created.
+fn run_namespace(api: &FakeApi) -> String {
+    let w = api.writes();
+    let ns = w.iter().find(|r| r.method == "POST" && r.path == "/api/v1/namespaces").expect("a namespace was created");
+    ns.body.as_ref().unwrap()["metadata"]["name"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_on_a_cluster_adds_only_new_selectorless_services_and_probes_each_newest_from_the_client_pod() {
+    let dir = temp_dir("probe");
+    let api = fake(&dir).await;
+    let kc = kubeconfig(&dir, &[("kind-zb", &api.url())]);
+    std::fs::write(dir.join("sweep.toml"), scenario("[3, 8]")).unwrap();
+    let (out, r) = run(&dir, &kc, &[]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}\n{}", String::from_utf8_lossy(&out.stdout));
+    assert!(stderr.contains("own service dataplane (iptables) is measured"), "{stderr}");
+    assert_eq!(r["status"], "complete");
+
+    // One point per count (the cluster's dataplane only), each through its newest Service.
+    let ms = r["measurements"].as_array().unwrap();
+    assert_eq!(ms.len(), 2, "{r:#}");
+    for (m, count) in ms.iter().zip([3u64, 8]) {
+        assert_eq!(m["variant"], "iptables");
+        assert_eq!(m["params"]["services"], count);
+        let d = &m["service_dataplane"];
+        assert_eq!((d["kind"].as_str(), d["services"].as_u64()), (Some("iptables"), Some(count)));
+        assert!(d.get("rules").is_none() && d.get("program_ns").is_none(), "no inspector, no node figures: {d}");
+        // The fake programs a Service DELAY after its slice appears: the probe cannot have
+        // connected sooner, and a probe that saw it at once would be measuring nothing.
+        let latency = Duration::from_nanos(d["programming_latency_ns"].as_u64().unwrap());
+        assert!(latency >= DELAY && latency < Duration::from_secs(10), "{latency:?}");
+        assert_eq!(m["server"]["agent"], format!("svc-{count:05}"));
+        assert!(m["target"].as_str().unwrap().starts_with("127."), "{m:#}");
+        let answered: u64 = m["servers"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
+        assert!(answered > 0, "{m:#}");
+    }
+
+    // Eight selector-less Services and eight slices, none created twice, no pod labelled.
+    let w = api.writes();
+    let posted = |suffix: &str| -> Vec<Value> {
+        w.iter().filter(|r| r.method == "POST" && r.path.ends_with(suffix)).map(|r| r.body.clone().unwrap()).collect()
+    };
+    let services = posted("/services");
+    let mut names: Vec<&str> = services.iter().map(|s| s["metadata"]["name"].as_str().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, (1..=8).map(|i| format!("svc-{i:05}")).collect::<Vec<_>>());
+    assert!(services.iter().all(|s| s["spec"].get("selector").is_none()), "{services:#?}");
+    let slices = posted("/endpointslices");
+    assert_eq!(slices.len(), 8);
+    assert!(slices.iter().all(|s| s["endpoints"].as_array().unwrap().len() == 3), "three echo servers each");
+    assert!(!w.iter().any(|r| r.method == "PATCH"), "selector-less Services label no pod");
+    // Nothing left: the namespace went, with the Services in it.
+    let ns = run_namespace(&api);
+    assert!(!api.names("", "namespaces").contains(&ns));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Writes inspector log lines for every inspector pod once a second, as the script would:
+/// the iptables rules grow with the Services in the run's namespace and kube-proxy syncs
+/// once per report, 50 ms each.
+fn emulate_inspector(api: Arc<FakeApi>, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut seq = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            seq += 1;
+            let namespaces: Vec<String> =
+                api.names("", "namespaces").into_iter().filter(|n| n.starts_with("zonebench-")).collect();
+            for ns in namespaces {
+                let services = api.names(&ns, "services").len() as u64;
+                for pod in api.names(&ns, "pods").into_iter().filter(|p| p.starts_with("zb-inspect-nodes-")) {
+                    let node = pod.trim_start_matches("zb-inspect-nodes-");
+                    let line = serde_json::json!({
+                        "node": node, "seq": seq, "iptables_rules": 100 + 10 * services,
+                        "iptables_legacy_rules": 0, "nft_rules": 0, "kube_proxy_nft_rules": 0,
+                        "sync_seconds_sum": 0.05 * seq as f64, "sync_count": seq,
+                    });
+                    api.set_log(&pod, &format!("{line}\n"));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(1000)).await;
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_inspect_nodes_each_point_records_the_client_nodes_rules_and_kube_proxys_sync_time() {
+    let dir = temp_dir("inspect");
+    let api = Arc::new(fake(&dir).await);
+    let stop = Arc::new(AtomicBool::new(false));
+    let inspector = emulate_inspector(api.clone(), stop.clone());
+    let kc = kubeconfig(&dir, &[("kind-zb", &api.url())]);
+    std::fs::write(dir.join("sweep.toml"), scenario("[2, 5]")).unwrap();
+    let (out, r) = run(&dir, &kc, &["--inspect-nodes", "--inspect-image", "example.com/inspect:t"]).await;
+    stop.store(true, Ordering::Relaxed);
+    inspector.await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}\n{}", String::from_utf8_lossy(&out.stdout));
+    assert!(stderr.contains("node inspector example.com/inspect:t, privileged"), "{stderr}");
+
+    let ms = r["measurements"].as_array().unwrap();
+    assert_eq!(ms.len(), 2, "{r:#}");
+    for (m, count) in ms.iter().zip([2u64, 5]) {
+        let d = &m["service_dataplane"];
+        // Reports measured after the point's Services all exist: 100 + 10 per Service.
+        assert_eq!(d["rules"].as_u64(), Some(100 + 10 * count), "{d}");
+        let sync = d["program_ns"].as_u64().unwrap();
+        assert!((49_000_000..=51_000_000).contains(&sync), "kube-proxy's mean sync: {sync}");
+        assert!(d["programming_latency_ns"].as_u64().is_some());
+    }
+    // The DaemonSet was created (and only with the flag), in a namespace that allows it.
+    let w = api.writes();
+    let ds: Vec<&Value> =
+        w.iter().filter(|r| r.method == "POST" && r.path.ends_with("/daemonsets")).filter_map(|r| r.body.as_ref()).collect();
+    assert_eq!(ds.len(), 1);
+    assert_eq!(ds[0]["spec"]["template"]["spec"]["containers"][0]["image"], "example.com/inspect:t");
+    let ns = w.iter().find(|r| r.method == "POST" && r.path == "/api/v1/namespaces").unwrap().body.clone().unwrap();
+    assert_eq!(ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"], "privileged");
+    assert!(!api.names("", "namespaces").contains(&run_namespace(&api)));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_over_two_clusters_labels_each_clusters_points_with_its_context_label() {
+    let dir = temp_dir("multi");
+    let a = fake(&dir).await;
+    let b = fake(&dir).await;
+    let kc = kubeconfig(&dir, &[("ctx-a", &a.url()), ("ctx-b", &b.url())]);
+    std::fs::write(dir.join("sweep.toml"), scenario("[2]")).unwrap();
+    let (out, r) = run(&dir, &kc, &["--context", "A=ctx-a", "--context", "B=ctx-b"]).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ms = r["measurements"].as_array().unwrap();
+    let variants: Vec<&str> = ms.iter().map(|m| m["variant"].as_str().unwrap()).collect();
+    assert_eq!(variants, ["A", "B"], "{r:#}");
+    assert!(ms.iter().all(|m| m["service_dataplane"]["kind"] == "iptables"));
+    assert_eq!(r["fingerprint"]["extra"]["B.kube_proxy_mode"], "iptables");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test]
+async fn inspect_nodes_without_a_cluster_is_a_usage_error() {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_zonebench"))
+        .args(["run", "--backend", "local", "--inspect-nodes", "scenarios/quick.toml"])
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--inspect-nodes need --backend kube"));
+}
+
+/// A real cluster, only when `ZONEBENCH_TEST_KUBECONFIG` names its kubeconfig (with
+/// `ZONEBENCH_TEST_CONTEXT` and `ZONEBENCH_TEST_IMAGE` as for `live_cluster_run`): a short
+/// service-scaling sweep (10 and 200 Services), each point with its programming latency.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_cluster_sweep() {
+    let Ok(kc) = std::env::var("ZONEBENCH_TEST_KUBECONFIG") else {
+        eprintln!("skipped: ZONEBENCH_TEST_KUBECONFIG is not set");
+        return;
+    };
+    let dir = temp_dir("live");
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_zonebench"));
+    cmd.args(["run", "--backend", "kube", "--kubeconfig", &kc, "--set", "sweep.services=[10,200]"]);
+    if let Ok(ctx) = std::env::var("ZONEBENCH_TEST_CONTEXT") {
+        cmd.args(["--context", &ctx]);
+    }
+    if let Ok(image) = std::env::var("ZONEBENCH_TEST_IMAGE") {
+        cmd.args(["--image", &image]);
+    }
+    let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/service-scaling.toml");
+    let out = cmd.arg(scenario).arg("--out").arg(dir.join("out")).output().await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("out/results.json")).unwrap()).unwrap();
+    let ms = r["measurements"].as_array().unwrap();
+    assert!(!ms.is_empty());
+    assert!(ms.iter().all(|m| m["service_dataplane"]["programming_latency_ns"].as_u64().is_some()), "{r:#}");
+}

@@ -5,7 +5,7 @@
 //! It implements what zonebench uses: GET /version; list (label and field selectors), get,
 //! create, replace, merge-patch, delete and delete-collection of namespaced and cluster-scoped
 //! resources; watch (JSON lines from a resourceVersion); pod logs (with `tailLines`); and
-//! port-forward over WebSocket (`v4.channel.k8s.io`). Three controllers act as a cluster's do:
+//! port-forward over WebSocket (`v4.channel.k8s.io`). Controllers act as a cluster's do:
 //!
 //! - A "kubelet" gives created pods a status. In [`Kubelet::RunAgents`] mode it really starts
 //!   each agent pod's container args with `zonebench agent`, on a pod address of its own (the
@@ -129,6 +129,8 @@ struct State {
     /// change comes from a test's synchronous call ([`FakeApi::load`]).
     rt: tokio::runtime::Handle,
     proxy: Proxy,
+    /// The server was dropped: tasks still finishing (a namespace's removal) start nothing.
+    closed: bool,
 }
 
 /// The fake kube-proxy's state.
@@ -175,6 +177,7 @@ impl Drop for FakeApi {
     fn drop(&mut self) {
         self.task.abort();
         let mut st = self.state.lock().unwrap();
+        st.closed = true;
         for (_, rule) in std::mem::take(&mut st.proxy.rules) {
             rule.task.abort();
         }
@@ -226,6 +229,7 @@ impl FakeApi {
             deny_all: false,
             hold_pods: false,
             rt: tokio::runtime::Handle::current(),
+            closed: false,
             proxy: Proxy {
                 delay: DEFAULT_PROGRAMMING_DELAY,
                 next_cluster_ip: 0,
@@ -810,7 +814,9 @@ fn start_pod(st: Arc<Mutex<State>>, ev: Events, key: Key, name: String, ip: Ipv4
         tokio::time::sleep(Duration::from_millis(150)).await;
         let daemon = {
             let g = st.lock().unwrap();
-            g.objects.get(&key).and_then(|m| m.get(&name)).and_then(daemonset_owner).is_some()
+            // Deleted meanwhile (its DaemonSet or namespace gone): nothing to start.
+            let Some(pod) = g.objects.get(&key).and_then(|m| m.get(&name)) else { return };
+            daemonset_owner(pod).is_some()
         };
         if let (Kubelet::RunAgents { zonebench, dir }, false) = (&kubelet, daemon) {
             let (pod, token) = {
@@ -1273,6 +1279,9 @@ fn forwarding_plan(g: &State, ns: &str, name: &str) -> Option<Plan> {
 /// what changed address or ports. Endpoint changes need nothing: each connection picks its
 /// endpoint from the store.
 fn reconcile(g: &mut State, st: &Arc<Mutex<State>>, services: Vec<(String, String)>) {
+    if g.closed {
+        return;
+    }
     for key in services {
         let plan = forwarding_plan(g, &key.0, &key.1);
         if g.proxy.rules.get(&key).map(|r| &r.plan) == plan.as_ref() {
@@ -1297,7 +1306,8 @@ fn reconcile(g: &mut State, st: &Arc<Mutex<State>>, services: Vec<(String, Strin
 /// rules exist. Only loopback endpoints are dialled (tests send nothing off this machine); a
 /// connection with no such endpoint is closed at once. Runs until aborted (the Service, its
 /// slices or its namespace deleted, or the server dropped), which closes the listeners and
-/// the spliced connections.
+/// the spliced connections. Each forwarding Service holds a socket per TCP port: thousands of
+/// Services need an open-file limit to match (`ulimit -n`).
 async fn forward_service(st: Arc<Mutex<State>>, key: (String, String), generation: u64, plan: Plan, delay: Duration) {
     tokio::time::sleep(delay).await;
     let at = Instant::now();

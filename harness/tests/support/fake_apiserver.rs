@@ -2,23 +2,47 @@
 //! objects (the fixtures under `tests/fixtures/kube/`) and whatever the client creates, and
 //! recording every request kube-rs makes (method, path, query, body) so tests can check them.
 //!
-//! It implements what zonebench uses: GET /version; list, get, create and delete of
-//! namespaced and cluster-scoped resources with label selectors; watch (JSON lines from a
-//! resourceVersion); pod logs; and port-forward over WebSocket (`v4.channel.k8s.io`).
+//! It implements what zonebench uses: GET /version; list (label and field selectors), get,
+//! create, replace, merge-patch, delete and delete-collection of namespaced and cluster-scoped
+//! resources; watch (JSON lines from a resourceVersion); pod logs (with `tailLines`); and
+//! port-forward over WebSocket (`v4.channel.k8s.io`). Controllers act as a cluster's do:
 //!
-//! A "kubelet" gives created pods a status. In [`Kubelet::RunAgents`] mode it really starts
-//! each agent pod's container args with `zonebench agent`, on a pod address of its own in
-//! 127.0.0.0/8 (the args' `0.0.0.0` becomes that address, and the Secret's token goes to a
-//! file): port-forward then reaches a real agent, as on a cluster.
+//! - A "kubelet" gives created pods a status. In [`Kubelet::RunAgents`] mode it really starts
+//!   each agent pod's container args with `zonebench agent`, on a pod address of its own (the
+//!   args' `0.0.0.0` becomes that address, and the Secret's token goes to a file):
+//!   port-forward then reaches a real agent, as on a cluster.
+//! - An EndpointSlice controller writes a slice for each selecting Service, and a DaemonSet
+//!   controller creates one pod per eligible Node for each DaemonSet created through the API
+//!   (see [`daemonset_pods`]).
+//! - A kube-proxy forwards TCP to the endpoints of selector-less Services, whose EndpointSlices
+//!   the client writes itself, after a programming delay (see [`forward_service`]).
+//!
+//! ## Addresses
+//!
+//! Each server leases a /16 of 127.0.0.0/8 for its lifetime, `127.<slot>.0.0/16` with `slot`
+//! in 1..=255, by listening on `127.<slot>.0.1:`[`LEASE_PORT`]: the kernel refuses a second
+//! listener there, so no two fake servers, in this test process or any other on the machine,
+//! share a slot, and a slot frees itself when its holder exits, even on a crash. The search
+//! starts at a slot derived from the process id and a per-process counter. Within the slot:
+//!
+//! | addresses                  | what                                                    |
+//! |----------------------------|---------------------------------------------------------|
+//! | `127.<slot>.0.1`           | the lease, nothing else                                 |
+//! | `127.<slot>.0.2`–`.0.255`  | pod addresses, in creation order (254 pods)             |
+//! | `127.<slot>.1–255.1–254`   | ClusterIPs of selector-less Services (64 770 of them)   |
+//!
+//! Selecting Services keep the address of the first pod they select as ClusterIP (nothing
+//! routes a virtual IP for them, so `via = "service"` traffic reaches a real agent), or get
+//! `10.96.x.y` when they select none: tests never send traffic there.
 #![allow(clippy::unwrap_used, dead_code)] // test support: a failure here is a failed test
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::{SinkExt as _, StreamExt as _};
@@ -31,6 +55,23 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::broadcast;
 
 type Body = BoxBody<Bytes, Infallible>;
+
+/// Watch events: (api prefix, namespace, resource, `{"type", "object"}`).
+type Events = broadcast::Sender<(String, String, String, Value)>;
+
+/// (api prefix, namespace or "", resource).
+type Key = (String, String, String);
+
+/// The port of a server's address lease on `127.<slot>.0.1` (see the module docs).
+pub const LEASE_PORT: u16 = 7099;
+
+/// How long the fake kube-proxy takes to program a selector-less Service once it has ready
+/// endpoints, unless [`FakeApi::set_programming_delay`] says otherwise.
+pub const DEFAULT_PROGRAMMING_DELAY: Duration = Duration::from_millis(200);
+
+const SLICE_SERVICE_LABEL: &str = "kubernetes.io/service-name";
+const SLICE_MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";
+const SLICE_CONTROLLER: &str = "endpointslice-controller.k8s.io";
 
 /// A request as the server received it.
 #[derive(Debug, Clone)]
@@ -57,6 +98,7 @@ pub enum Kubelet {
     /// Pods turn Running and Ready after a moment, with a pod IP; nothing runs.
     Ready,
     /// As Ready, and each agent pod's container really runs (`zonebench agent <args>`).
+    /// DaemonSet pods are not agents: they only turn Ready.
     RunAgents { zonebench: PathBuf, dir: PathBuf },
     /// Pods are stuck: their image cannot be pulled.
     ImagePullBackOff,
@@ -65,9 +107,12 @@ pub enum Kubelet {
 struct State {
     requests: Vec<Recorded>,
     /// (api prefix, namespace or "", resource) → name → object.
-    objects: BTreeMap<(String, String, String), BTreeMap<String, Value>>,
+    objects: BTreeMap<Key, BTreeMap<String, Value>>,
     rv: u64,
+    /// The last octet of the next pod address.
     next_ip: u32,
+    /// This server's /16 of 127/8 (see the module docs).
+    slot: u8,
     kubelet: Kubelet,
     /// Where each pod listens (its pod IP).
     pod_ips: BTreeMap<String, Ipv4Addr>,
@@ -80,21 +125,62 @@ struct State {
     deny_all: bool,
     /// Created pods stay Pending (a slow image pull).
     hold_pods: bool,
+    /// The runtime the server started on: where the kube-proxy's listeners run, also when a
+    /// change comes from a test's synchronous call ([`FakeApi::load`]).
+    rt: tokio::runtime::Handle,
+    proxy: Proxy,
+    /// The server was dropped: tasks still finishing (a namespace's removal) start nothing.
+    closed: bool,
+}
+
+/// The fake kube-proxy's state.
+struct Proxy {
+    delay: Duration,
+    /// Index of the next ClusterIP to give out (see [`cluster_ip`]).
+    next_cluster_ip: u32,
+    /// (namespace, Service) → its forwarding, pending (in the programming delay) or live.
+    rules: BTreeMap<(String, String), Rule>,
+    /// (namespace, Service) → when forwarding last started; kept after teardown.
+    programmed_at: BTreeMap<(String, String), Instant>,
+    generation: u64,
+}
+
+/// What to forward for one Service: its ClusterIP and TCP ports (name, port).
+#[derive(Debug, Clone, PartialEq)]
+struct Plan {
+    ip: Ipv4Addr,
+    ports: Vec<(String, u16)>,
+}
+
+struct Rule {
+    /// Tells a superseded task from the current one.
+    generation: u64,
+    plan: Plan,
+    /// Sleeps out the delay, then owns the listeners and spliced connections: aborting it
+    /// closes them all.
+    task: tokio::task::JoinHandle<()>,
+    /// Where it listens (empty while pending).
+    listening: Vec<SocketAddr>,
 }
 
 pub struct FakeApi {
     pub addr: SocketAddr,
     state: Arc<Mutex<State>>,
-    events: broadcast::Sender<(String, String, String, Value)>,
+    events: Events,
     task: tokio::task::JoinHandle<()>,
-    /// Base of this server's pod addresses: 127.<a>.<b>.x, distinct per process and server.
-    ip_base: [u8; 2],
+    slot: u8,
+    /// Holds the slot (see the module docs); closed with the server.
+    _lease: std::net::TcpListener,
 }
 
 impl Drop for FakeApi {
     fn drop(&mut self) {
         self.task.abort();
         let mut st = self.state.lock().unwrap();
+        st.closed = true;
+        for (_, rule) in std::mem::take(&mut st.proxy.rules) {
+            rule.task.abort();
+        }
         for c in &mut st.children {
             let _ = c.kill();
             let _ = c.wait();
@@ -108,16 +194,32 @@ pub fn fixture(name: &str) -> Value {
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// Leases a free slot: see the module docs.
+fn lease_slot() -> (u8, std::net::TcpListener) {
+    static SERVERS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = SERVERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let start = (std::process::id().wrapping_mul(31)).wrapping_add(n.wrapping_mul(97)) % 255;
+    for i in 0..255 {
+        let slot = 1 + ((start + i) % 255) as u8;
+        if let Ok(l) = std::net::TcpListener::bind((Ipv4Addr::new(127, slot, 0, 1), LEASE_PORT)) {
+            return (slot, l);
+        }
+    }
+    panic!("no free address slot for a fake API server: 127.N.0.1:{LEASE_PORT} is taken for every N in 1..=255")
+}
+
 impl FakeApi {
     pub async fn start(kubelet: Kubelet) -> FakeApi {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (events, _) = broadcast::channel(1024);
+        let (slot, lease) = lease_slot();
         let state = Arc::new(Mutex::new(State {
             requests: Vec::new(),
             objects: BTreeMap::new(),
             rv: 1000,
             next_ip: 2,
+            slot,
             kubelet,
             pod_ips: BTreeMap::new(),
             logs: BTreeMap::new(),
@@ -126,13 +228,16 @@ impl FakeApi {
             terminating_for: Duration::from_millis(300),
             deny_all: false,
             hold_pods: false,
+            rt: tokio::runtime::Handle::current(),
+            closed: false,
+            proxy: Proxy {
+                delay: DEFAULT_PROGRAMMING_DELAY,
+                next_cluster_ip: 0,
+                rules: BTreeMap::new(),
+                programmed_at: BTreeMap::new(),
+                generation: 0,
+            },
         }));
-        // Distinct pod address ranges per process and per server, so agents of parallel
-        // tests never contend for a port.
-        static SERVERS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = SERVERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 4;
-        let pid = std::process::id();
-        let ip_base = [(pid % 256) as u8, (((pid >> 8) % 64) * 4 + n) as u8];
         let (st, ev) = (state.clone(), events.clone());
         let task = tokio::spawn(async move {
             loop {
@@ -141,7 +246,7 @@ impl FakeApi {
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
                         let (st, ev) = (st.clone(), ev.clone());
-                        async move { Ok::<_, Infallible>(handle(req, st, ev, ip_base).await) }
+                        async move { Ok::<_, Infallible>(handle(req, st, ev).await) }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(conn), service)
@@ -150,27 +255,38 @@ impl FakeApi {
                 });
             }
         });
-        FakeApi { addr, state, events, task, ip_base }
+        FakeApi { addr, state, events, task, slot, _lease: lease }
     }
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
-    /// Adds recorded objects: a `…List` (its items) or a single object.
+    /// This server's address slot: pods are `127.<slot>.0.n`, selector-less Services'
+    /// ClusterIPs `127.<slot>.1–255.n` (see the module docs).
+    pub fn slot(&self) -> u8 {
+        self.slot
+    }
+
+    /// Adds recorded objects: a `…List` (its items) or a single object. No controller acts
+    /// on them (a recorded DaemonSet gets no pods), but the kube-proxy does: a loaded
+    /// EndpointSlice of a selector-less Service is forwarded to as a created one is.
     pub fn load(&self, object: Value) {
         let items = match object.get("items") {
             Some(items) => items.as_array().unwrap().clone(),
             None => vec![object],
         };
         let mut st = self.state.lock().unwrap();
+        let mut touched = Vec::new();
         for mut o in items {
             st.rv += 1;
             o["metadata"]["resourceVersion"] = json!(st.rv.to_string());
             let key = key_of(&o);
             let name = o["metadata"]["name"].as_str().unwrap().to_string();
+            touched.extend(proxied_services(&key, [&o]));
             st.objects.entry(key).or_default().insert(name, o);
         }
+        reconcile(&mut st, &self.state, touched);
     }
 
     pub fn deny_all(&self) {
@@ -181,8 +297,33 @@ impl FakeApi {
         self.state.lock().unwrap().hold_pods = true;
     }
 
+    /// The log of the pod named `pod` (in any namespace), as `GET …/pods/{pod}/log` answers it.
     pub fn set_log(&self, pod: &str, text: &str) {
         self.state.lock().unwrap().logs.insert(pod.to_string(), text.to_string());
+    }
+
+    /// How long the kube-proxy waits, once a selector-less Service has ready endpoints,
+    /// before it forwards (a cluster's rule sync). For Services programmed from now on.
+    pub fn set_programming_delay(&self, delay: Duration) {
+        self.state.lock().unwrap().proxy.delay = delay;
+    }
+
+    /// When the kube-proxy last started forwarding for `namespace/service`: taken just
+    /// before its listeners were bound, so no connection through it is older. Kept after
+    /// the Service is gone.
+    pub fn programmed_at(&self, namespace: &str, service: &str) -> Option<Instant> {
+        let st = self.state.lock().unwrap();
+        st.proxy.programmed_at.get(&(namespace.to_string(), service.to_string())).copied()
+    }
+
+    /// Where the kube-proxy listens for `namespace/service` now (empty: not forwarding).
+    pub fn forwarding(&self, namespace: &str, service: &str) -> Vec<SocketAddr> {
+        let st = self.state.lock().unwrap();
+        st.proxy
+            .rules
+            .get(&(namespace.to_string(), service.to_string()))
+            .map(|r| r.listening.clone())
+            .unwrap_or_default()
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
@@ -219,8 +360,10 @@ impl FakeApi {
         object["metadata"]["resourceVersion"] = json!(st.rv.to_string());
         let key = key_of(&object);
         let name = object["metadata"]["name"].as_str().unwrap().to_string();
-        st.objects.entry(key.clone()).or_default().insert(name, object.clone());
+        let old = st.objects.entry(key.clone()).or_default().insert(name, object.clone());
+        let touched = proxied_services(&key, old.iter().chain([&object]));
         let _ = self.events.send((key.0, key.1, key.2, json!({"type": "MODIFIED", "object": object})));
+        reconcile(&mut st, &self.state, touched);
     }
 
     /// Processes the kubelet started (RunAgents).
@@ -243,6 +386,7 @@ fn key_of(o: &Value) -> (String, String, String) {
 }
 
 /// A parsed resource path.
+#[derive(Clone)]
 struct Target {
     prefix: String,
     namespace: Option<String>,
@@ -300,12 +444,75 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// `a=b,c=d` (equality only, what zonebench sends).
+/// A label selector as the API server takes it: terms joined by commas, each `k=v`, `k==v`,
+/// `k!=v`, `k`, `!k`, `k in (a,b)` or `k notin (a,b)` (kube-rs passes `ListParams::labels`
+/// through and writes `Selector`s in this syntax).
 fn matches_selector(o: &Value, selector: Option<&str>) -> bool {
-    let Some(sel) = selector.filter(|s| !s.is_empty()) else { return true };
-    sel.split(',').all(|term| match term.split_once('=') {
-        Some((k, v)) => o["metadata"]["labels"][k].as_str() == Some(v),
-        None => !o["metadata"]["labels"][term].is_null(),
+    let Some(sel) = selector.filter(|s| !s.trim().is_empty()) else { return true };
+    let labels = &o["metadata"]["labels"];
+    selector_terms(sel).into_iter().all(|term| label_term(labels, term.trim()))
+}
+
+/// Splits a selector at the commas outside parentheses (`in (a,b)` holds commas).
+fn selector_terms(sel: &str) -> Vec<&str> {
+    let (mut out, mut depth, mut from) = (Vec::new(), 0, 0);
+    for (i, c) in sel.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                out.push(&sel[from..i]);
+                from = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&sel[from..]);
+    out
+}
+
+fn label_term(labels: &Value, term: &str) -> bool {
+    let value = |k: &str| labels[k.trim()].as_str();
+    if let Some(k) = term.strip_prefix('!') {
+        return value(k).is_none();
+    }
+    for (op, want) in [(" notin ", false), (" in ", true)] {
+        if let Some((k, set)) = term.split_once(op) {
+            let set = set.trim().trim_start_matches('(').trim_end_matches(')');
+            return value(k).is_some_and(|v| set.split(',').any(|s| s.trim() == v)) == want;
+        }
+    }
+    if let Some((k, v)) = term.split_once("!=") {
+        return value(k) != Some(v.trim());
+    }
+    if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
+        return value(k) == Some(v.trim());
+    }
+    value(term).is_some()
+}
+
+/// A field selector: `a.b.c=v`, `a.b.c==v` or `a.b.c!=v` terms on the object's JSON (a
+/// missing field reads as "").
+fn matches_fields(o: &Value, selector: Option<&str>) -> bool {
+    let Some(sel) = selector.filter(|s| !s.trim().is_empty()) else { return true };
+    sel.split(',').all(|term| {
+        let (path, want, equal) = if let Some((p, v)) = term.split_once("!=") {
+            (p, v, false)
+        } else if let Some((p, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
+            (p, v, true)
+        } else {
+            return true;
+        };
+        let mut field = o;
+        for seg in path.trim().split('.') {
+            field = &field[seg];
+        }
+        let got = match field {
+            Value::String(s) => s.clone(),
+            Value::Null => String::new(),
+            v => v.to_string(),
+        };
+        (got == want.trim()) == equal
     })
 }
 
@@ -342,12 +549,17 @@ fn now() -> String {
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
-async fn handle(
-    req: Request<Incoming>,
-    st: Arc<Mutex<State>>,
-    ev: broadcast::Sender<(String, String, String, Value)>,
-    ip_base: [u8; 2],
-) -> Response<Body> {
+fn emit(ev: &Events, key: &Key, kind: &str, o: &Value) {
+    let _ = ev.send((key.0.clone(), key.1.clone(), key.2.clone(), json!({"type": kind, "object": o})));
+}
+
+/// The last `n` lines of a log, as `tailLines` asks.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].iter().map(|l| format!("{l}\n")).collect()
+}
+
+async fn handle(req: Request<Incoming>, st: Arc<Mutex<State>>, ev: Events) -> Response<Body> {
     let method = req.method().to_string();
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
@@ -373,29 +585,31 @@ async fn handle(
     }
     let Some(t) = parse_path(&path) else { return status(404, "NotFound", &format!("no route {path}")) };
     let selector = query_param(&query, "labelSelector");
+    let fields = query_param(&query, "fieldSelector");
     match (method.as_str(), &t.name, &t.sub) {
         ("GET", None, _) if query_param(&query, "watch").as_deref() == Some("true") => {
-            watch(&t, &query, selector, st, ev)
+            watch(&t, &query, selector, fields, st, ev)
         }
         ("GET", None, _) => {
             let st = st.lock().unwrap();
-            let items: Vec<Value> = st
-                .objects
-                .iter()
-                .filter(|((p, ns, r), _)| {
-                    *p == t.prefix && *r == t.resource && t.namespace.as_ref().is_none_or(|want| want == ns)
-                })
-                .flat_map(|(_, m)| m.values())
-                .filter(|o| matches_selector(o, selector.as_deref()))
-                .cloned()
-                .collect();
+            let items: Vec<Value> = selected(&st, &t, selector.as_deref(), fields.as_deref()).cloned().collect();
             json_response(
                 StatusCode::OK,
                 &json!({"kind": "List", "apiVersion": "v1", "metadata": {"resourceVersion": st.rv.to_string()}, "items": items}),
             )
         }
         ("GET", Some(name), Some(sub)) if sub == "log" => {
-            let log = st.lock().unwrap().logs.get(name).cloned().unwrap_or_default();
+            let st = st.lock().unwrap();
+            let ns = t.namespace.clone().unwrap_or_default();
+            if !st.objects.get(&("/api/v1".into(), ns.clone(), "pods".into())).is_some_and(|m| m.contains_key(name)) {
+                return status(404, "NotFound", &format!("pods \"{name}\" not found in namespace {ns}"));
+            }
+            let log = st.logs.get(name).cloned().unwrap_or_default();
+            let log = match query_param(&query, "tailLines").map(|n| n.parse::<usize>()) {
+                None => log,
+                Some(Ok(n)) => tail(&log, n),
+                Some(Err(_)) => return status(400, "BadRequest", "tailLines: not a whole number"),
+            };
             Response::builder().status(200).body(Full::new(Bytes::from(log)).boxed()).unwrap()
         }
         ("GET", Some(name), None) => {
@@ -406,20 +620,32 @@ async fn handle(
                 None => status(404, "NotFound", &format!("{} \"{name}\" not found", t.resource)),
             }
         }
-        ("POST", None, None) => create(&t, body, st, ev, ip_base),
+        ("POST", None, None) => create(&t, body, st, ev),
+        ("PUT", Some(name), None) => replace(&t, name, body, st, ev),
         ("DELETE", Some(name), None) => delete(&t, name, st, ev),
+        ("DELETE", None, None) => delete_collection(&t, selector.as_deref(), fields.as_deref(), st, ev),
         ("PATCH", Some(name), None) => merge_patch(&t, name, body, st, ev),
         _ => status(405, "MethodNotAllowed", &format!("{method} {path} is not served by the fake")),
     }
 }
 
-fn create(
-    t: &Target,
-    body: Option<Value>,
-    st: Arc<Mutex<State>>,
-    ev: broadcast::Sender<(String, String, String, Value)>,
-    ip_base: [u8; 2],
-) -> Response<Body> {
+/// The stored objects a list (or watch, or delete-collection) of `t` covers.
+fn selected<'a>(
+    st: &'a State,
+    t: &'a Target,
+    labels: Option<&'a str>,
+    fields: Option<&'a str>,
+) -> impl Iterator<Item = &'a Value> + 'a {
+    st.objects
+        .iter()
+        .filter(move |((p, ns, r), _)| {
+            *p == t.prefix && *r == t.resource && t.namespace.as_ref().is_none_or(|want| want == ns)
+        })
+        .flat_map(|(_, m)| m.values())
+        .filter(move |o| matches_selector(o, labels) && matches_fields(o, fields))
+}
+
+fn create(t: &Target, body: Option<Value>, st: Arc<Mutex<State>>, ev: Events) -> Response<Body> {
     let Some(mut o) = body else { return status(400, "BadRequest", "body is not JSON") };
     let ns = t.namespace.clone().unwrap_or_default();
     let name = o["metadata"]["name"].as_str().unwrap_or("").to_string();
@@ -436,6 +662,14 @@ fn create(
     if guard.objects.get(&key).is_some_and(|m| m.contains_key(&name)) {
         return status(409, "AlreadyExists", &format!("{} \"{name}\" already exists", t.resource));
     }
+    let pod_ip = if t.resource == "pods" {
+        match next_pod_ip(&mut guard) {
+            Some(ip) => Some(ip),
+            None => return status(500, "InternalError", "the fake's 254 pod addresses are used up"),
+        }
+    } else {
+        None
+    };
     guard.rv += 1;
     let rv = guard.rv;
     o["metadata"]["resourceVersion"] = json!(rv.to_string());
@@ -462,29 +696,52 @@ fn create(
     if t.resource == "pods" {
         o["status"] = json!({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "True"}]});
     }
-    if t.resource == "services" && o["spec"]["clusterIP"].is_null() {
-        // No kube-proxy here to route a virtual IP: a selecting Service gets the address of
-        // the first pod it selects (by name), so a run's `via = "service"` traffic reaches a
-        // real agent; others get an address from the usual Service range.
-        let selected = o["spec"]["selector"].as_object().and_then(|sel| {
-            guard.objects.get(&("/api/v1".to_string(), ns.clone(), "pods".to_string()))?.values().find_map(|p| {
-                let matches = sel.iter().all(|(k, v)| p["metadata"]["labels"][k] == *v);
-                matches.then(|| p["status"]["podIP"].as_str().map(String::from)).flatten()
-            })
-        });
-        o["spec"]["clusterIP"] = json!(selected.unwrap_or_else(|| format!("10.96.{}.{}", rv / 256 % 256, rv % 256)));
+    if t.resource == "services" && o["spec"]["clusterIP"].is_null() && o["spec"]["type"] != "ExternalName" {
+        let ip = if is_selectorless(&o) {
+            // The kube-proxy forwards this address once the client writes the endpoints.
+            match cluster_ip(&mut guard) {
+                Some(ip) => ip.to_string(),
+                None => return status(500, "InternalError", "the fake's 64770 ClusterIPs are used up"),
+            }
+        } else {
+            // No kube-proxy here to route a virtual IP for a selecting Service: it gets the
+            // address of the first pod it selects (by name), so a run's `via = "service"`
+            // traffic reaches a real agent; one selecting nothing gets an address from the
+            // usual Service range, where nothing is ever sent.
+            let selected = o["spec"]["selector"].as_object().and_then(|sel| {
+                guard.objects.get(&("/api/v1".to_string(), ns.clone(), "pods".to_string()))?.values().find_map(|p| {
+                    let matches = sel.iter().all(|(k, v)| p["metadata"]["labels"][k] == *v);
+                    matches.then(|| p["status"]["podIP"].as_str().map(String::from)).flatten()
+                })
+            });
+            selected.unwrap_or_else(|| format!("10.96.{}.{}", rv / 256 % 256, rv % 256))
+        };
+        o["spec"]["clusterIP"] = json!(ip);
+        o["spec"]["clusterIPs"] = json!([ip]);
     }
     guard.objects.entry(key.clone()).or_default().insert(name.clone(), o.clone());
-    let _ = ev.send((key.0.clone(), key.1.clone(), key.2.clone(), json!({"type": "ADDED", "object": o.clone()})));
-    if t.resource == "services" && o["spec"]["selector"].is_object() {
+    emit(&ev, &key, "ADDED", &o);
+    let touched = proxied_services(&key, [&o]);
+    reconcile(&mut guard, &st, touched);
+    if t.resource == "services" && !is_selectorless(&o) {
         drop(guard);
-        endpoint_slice_controller(st, ns, o.clone());
+        endpoint_slice_controller(st, ev, ns, o.clone());
         return json_response(StatusCode::CREATED, &o);
     }
-    if t.resource == "pods" {
-        let n = guard.next_ip;
-        guard.next_ip += 1;
-        let ip = Ipv4Addr::new(127, ip_base[0], ip_base[1], n as u8);
+    if t.resource == "daemonsets" && t.prefix == "/apis/apps/v1" {
+        let pods = daemonset_pods(&mut guard, &ev, &ns, &o);
+        daemonset_status(&mut guard, &ev, &ns, &name);
+        let (kubelet, hold) = (guard.kubelet.clone(), guard.hold_pods);
+        drop(guard);
+        if !hold {
+            for (pod, ip) in pods {
+                let key = ("/api/v1".to_string(), ns.clone(), "pods".to_string());
+                start_pod(st.clone(), ev.clone(), key, pod, ip, kubelet.clone());
+            }
+        }
+        return json_response(StatusCode::CREATED, &o);
+    }
+    if let Some(ip) = pod_ip {
         guard.pod_ips.insert(name.clone(), ip);
         let kubelet = guard.kubelet.clone();
         let hold = guard.hold_pods;
@@ -496,18 +753,72 @@ fn create(
     json_response(StatusCode::CREATED, &o)
 }
 
+fn next_pod_ip(g: &mut State) -> Option<Ipv4Addr> {
+    let n = u8::try_from(g.next_ip).ok()?;
+    g.next_ip += 1;
+    Some(Ipv4Addr::new(127, g.slot, 0, n))
+}
+
+/// The next ClusterIP for a selector-less Service: `127.<slot>.<1 + i / 254>.<1 + i % 254>`
+/// (no .0 or .255, so no address looks like a network or a broadcast address).
+fn cluster_ip(g: &mut State) -> Option<Ipv4Addr> {
+    let i = g.proxy.next_cluster_ip;
+    if i >= 255 * 254 {
+        return None;
+    }
+    g.proxy.next_cluster_ip += 1;
+    Some(Ipv4Addr::new(127, g.slot, (1 + i / 254) as u8, (1 + i % 254) as u8))
+}
+
+fn is_cluster_ip_of(slot: u8, ip: Ipv4Addr) -> bool {
+    let o = ip.octets();
+    o[0] == 127 && o[1] == slot && o[2] >= 1 && (1..=254).contains(&o[3])
+}
+
+fn is_selectorless(svc: &Value) -> bool {
+    svc["spec"]["selector"].as_object().is_none_or(|m| m.is_empty())
+}
+
+/// A replace (PUT) of a stored object, as `Api::replace` sends it.
+fn replace(t: &Target, name: &str, body: Option<Value>, st: Arc<Mutex<State>>, ev: Events) -> Response<Body> {
+    let Some(mut o) = body else { return status(400, "BadRequest", "body is not JSON") };
+    let key = (t.prefix.clone(), t.namespace.clone().unwrap_or_default(), t.resource.clone());
+    let mut g = st.lock().unwrap();
+    let Some(old) = g.objects.get(&key).and_then(|m| m.get(name)).cloned() else {
+        return status(404, "NotFound", &format!("{} \"{name}\" not found", t.resource));
+    };
+    if o["metadata"]["name"].as_str() != Some(name) {
+        return status(400, "BadRequest", &format!("the body's metadata.name is not {name:?}"));
+    }
+    for field in ["uid", "creationTimestamp", "namespace"] {
+        o["metadata"][field] = old["metadata"][field].clone();
+    }
+    if t.resource == "services" {
+        // The ClusterIP is immutable.
+        o["spec"]["clusterIP"] = old["spec"]["clusterIP"].clone();
+        o["spec"]["clusterIPs"] = old["spec"]["clusterIPs"].clone();
+    }
+    g.rv += 1;
+    o["metadata"]["resourceVersion"] = json!(g.rv.to_string());
+    g.objects.get_mut(&key).unwrap().insert(name.to_string(), o.clone());
+    emit(&ev, &key, "MODIFIED", &o);
+    let touched = proxied_services(&key, [&old, &o]);
+    reconcile(&mut g, &st, touched);
+    json_response(StatusCode::OK, &o)
+}
+
 /// The kubelet: after a moment, a pod is running and ready (or stuck pulling its image).
-fn start_pod(
-    st: Arc<Mutex<State>>,
-    ev: broadcast::Sender<(String, String, String, Value)>,
-    key: (String, String, String),
-    name: String,
-    ip: Ipv4Addr,
-    kubelet: Kubelet,
-) {
+/// Agent pods really run in [`Kubelet::RunAgents`] mode; DaemonSet pods never do.
+fn start_pod(st: Arc<Mutex<State>>, ev: Events, key: Key, name: String, ip: Ipv4Addr, kubelet: Kubelet) {
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(150)).await;
-        if let Kubelet::RunAgents { zonebench, dir } = &kubelet {
+        let daemon = {
+            let g = st.lock().unwrap();
+            // Deleted meanwhile (its DaemonSet or namespace gone): nothing to start.
+            let Some(pod) = g.objects.get(&key).and_then(|m| m.get(&name)) else { return };
+            daemonset_owner(pod).is_some()
+        };
+        if let (Kubelet::RunAgents { zonebench, dir }, false) = (&kubelet, daemon) {
             let (pod, token) = {
                 let g = st.lock().unwrap();
                 let pod = g.objects.get(&key).and_then(|m| m.get(&name)).cloned().unwrap();
@@ -558,14 +869,19 @@ fn start_pod(
         let mut g = st.lock().unwrap();
         let Some(pod) = g.objects.get(&key).and_then(|m| m.get(&name)).cloned() else { return };
         let mut pod = pod;
-        pod["spec"]["nodeName"] = pod["spec"]["affinity"]["nodeAffinity"]
-            ["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]["matchFields"][0]["values"][0]
+        if pod["spec"]["nodeName"].is_null() {
+            // The scheduler: agent pods name their node in a required node affinity.
+            pod["spec"]["nodeName"] = pod["spec"]["affinity"]["nodeAffinity"]
+                ["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]["matchFields"][0]["values"]
+                [0]
             .clone();
+        }
+        let container = pod["spec"]["containers"][0]["name"].as_str().unwrap_or("agent").to_string();
         pod["status"] = match kubelet {
             Kubelet::ImagePullBackOff => json!({
                 "phase": "Pending",
                 "conditions": [{"type": "PodScheduled", "status": "True"}, {"type": "Ready", "status": "False"}],
-                "containerStatuses": [{"name": "agent", "ready": false, "restartCount": 0,
+                "containerStatuses": [{"name": container, "ready": false, "restartCount": 0,
                     "image": pod["spec"]["containers"][0]["image"], "imageID": "",
                     "state": {"waiting": {"reason": "ImagePullBackOff",
                         "message": format!("Back-off pulling image {}", pod["spec"]["containers"][0]["image"])}}}]
@@ -575,7 +891,7 @@ fn start_pod(
                 "podIP": ip.to_string(),
                 "podIPs": [{"ip": ip.to_string()}],
                 "conditions": [{"type": "PodScheduled", "status": "True"}, {"type": "Ready", "status": "True"}],
-                "containerStatuses": [{"name": "agent", "ready": true, "restartCount": 0,
+                "containerStatuses": [{"name": container, "ready": true, "restartCount": 0,
                     "image": pod["spec"]["containers"][0]["image"], "imageID": "",
                     "state": {"running": {"startedAt": now()}}}]
             }),
@@ -583,16 +899,127 @@ fn start_pod(
         g.rv += 1;
         pod["metadata"]["resourceVersion"] = json!(g.rv.to_string());
         g.objects.entry(key.clone()).or_default().insert(name, pod.clone());
-        let _ = ev.send((key.0, key.1, key.2, json!({"type": "MODIFIED", "object": pod})));
+        emit(&ev, &key, "MODIFIED", &pod);
+        if let Some(ds) = daemonset_owner(&pod) {
+            daemonset_status(&mut g, &ev, &key.1, &ds);
+        }
     });
 }
 
-fn delete(
-    t: &Target,
-    name: &str,
-    st: Arc<Mutex<State>>,
-    ev: broadcast::Sender<(String, String, String, Value)>,
-) -> Response<Body> {
+/// The DaemonSet a pod belongs to (its controller owner reference).
+fn daemonset_owner(pod: &Value) -> Option<String> {
+    pod["metadata"]["ownerReferences"].as_array()?.iter().find_map(|r| {
+        (r["kind"] == "DaemonSet" && r["controller"] == true).then(|| r["name"].as_str().map(String::from)).flatten()
+    })
+}
+
+/// The DaemonSet controller, minimally: one pod per Node in the store that the template
+/// lets it onto (its `nodeSelector`, and tolerations for the Node's NoSchedule/NoExecute
+/// taints; like the real controller it tolerates the `node.kubernetes.io/*` condition taints
+/// and cordons), named `<daemonset>-<node>`, with the template's labels and spec, bound to
+/// its node. The kubelet then makes them Running and Ready with a pod address of this
+/// server: a hostNetwork pod would show its node's IP on a cluster, but here nothing may be
+/// sent off this machine. Returns the pods to start, with their addresses.
+fn daemonset_pods(g: &mut State, ev: &Events, ns: &str, ds: &Value) -> Vec<(String, Ipv4Addr)> {
+    let ds_name = ds["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    let template = &ds["spec"]["template"];
+    let nodes: Vec<Value> = g
+        .objects
+        .get(&("/api/v1".to_string(), String::new(), "nodes".to_string()))
+        .map(|m| m.values().cloned().collect())
+        .unwrap_or_default();
+    let key = ("/api/v1".to_string(), ns.to_string(), "pods".to_string());
+    let mut out = Vec::new();
+    for node in nodes {
+        let node_name = node["metadata"]["name"].as_str().unwrap_or_default();
+        let selects = template["spec"]["nodeSelector"]
+            .as_object()
+            .is_none_or(|sel| sel.iter().all(|(k, v)| node["metadata"]["labels"][k] == *v));
+        if !selects || !tolerates(&template["spec"]["tolerations"], &node["spec"]["taints"]) {
+            continue;
+        }
+        let name = format!("{ds_name}-{node_name}");
+        if g.objects.get(&key).is_some_and(|m| m.contains_key(&name)) {
+            continue;
+        }
+        let Some(ip) = next_pod_ip(g) else {
+            eprintln!("fake DaemonSet controller: no pod address left for {ns}/{name}");
+            continue;
+        };
+        g.rv += 1;
+        let rv = g.rv;
+        let mut spec = template["spec"].clone();
+        spec["nodeName"] = json!(node_name);
+        let pod = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {
+                "name": name, "namespace": ns, "uid": format!("00000000-0000-4000-8000-{rv:012}"),
+                "resourceVersion": rv.to_string(), "creationTimestamp": now(),
+                "labels": template["metadata"]["labels"], "annotations": template["metadata"]["annotations"],
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "DaemonSet", "name": ds_name,
+                    "uid": ds["metadata"]["uid"], "controller": true, "blockOwnerDeletion": true}],
+            },
+            "spec": spec,
+            "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "True"}]},
+        });
+        g.objects.entry(key.clone()).or_default().insert(name.clone(), pod.clone());
+        g.pod_ips.insert(name.clone(), ip);
+        emit(ev, &key, "ADDED", &pod);
+        out.push((name, ip));
+    }
+    out
+}
+
+/// Whether tolerations let a pod onto a node with these taints.
+fn tolerates(tolerations: &Value, taints: &Value) -> bool {
+    let tolerations = tolerations.as_array().map(Vec::as_slice).unwrap_or_default();
+    taints.as_array().map(Vec::as_slice).unwrap_or_default().iter().all(|taint| {
+        let key = taint["key"].as_str().unwrap_or_default();
+        taint["effect"] == "PreferNoSchedule"
+            || key.starts_with("node.kubernetes.io/")
+            || tolerations.iter().any(|tol| {
+                let exists = tol["operator"] == "Exists";
+                let key_ok = match tol["key"].as_str().filter(|k| !k.is_empty()) {
+                    None => exists,
+                    Some(k) => k == key,
+                };
+                let value_ok =
+                    exists || tol["value"].as_str().unwrap_or_default() == taint["value"].as_str().unwrap_or_default();
+                let effect_ok = tol["effect"].as_str().is_none_or(|e| e.is_empty() || taint["effect"] == e);
+                key_ok && value_ok && effect_ok
+            })
+    })
+}
+
+/// A DaemonSet's status from its pods, as its controller writes it.
+fn daemonset_status(g: &mut State, ev: &Events, ns: &str, ds_name: &str) {
+    let pods: Vec<&Value> = g
+        .objects
+        .get(&("/api/v1".to_string(), ns.to_string(), "pods".to_string()))
+        .map(|m| m.values().filter(|p| daemonset_owner(p).as_deref() == Some(ds_name)).collect())
+        .unwrap_or_default();
+    let ready = pods
+        .iter()
+        .filter(|p| {
+            p["status"]["conditions"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+        })
+        .count();
+    let desired = pods.len();
+    let key = ("/apis/apps/v1".to_string(), ns.to_string(), "daemonsets".to_string());
+    g.rv += 1;
+    let rv = g.rv;
+    let Some(ds) = g.objects.get_mut(&key).and_then(|m| m.get_mut(ds_name)) else { return };
+    ds["status"] = json!({"currentNumberScheduled": desired, "desiredNumberScheduled": desired,
+        "numberMisscheduled": 0, "numberReady": ready, "numberAvailable": ready,
+        "updatedNumberScheduled": desired, "observedGeneration": 1});
+    ds["metadata"]["resourceVersion"] = json!(rv.to_string());
+    let ds = ds.clone();
+    emit(ev, &key, "MODIFIED", &ds);
+}
+
+fn delete(t: &Target, name: &str, st: Arc<Mutex<State>>, ev: Events) -> Response<Body> {
     let key = (t.prefix.clone(), t.namespace.clone().unwrap_or_default(), t.resource.clone());
     let mut g = st.lock().unwrap();
     let Some(mut o) = g.objects.get(&key).and_then(|m| m.get(name)).cloned() else {
@@ -604,37 +1031,99 @@ fn delete(
         o["status"] = json!({"phase": "Terminating"});
         g.objects.get_mut(&key).unwrap().insert(name.to_string(), o.clone());
         let wait = g.terminating_for;
-        let (st2, ns) = (st.clone(), name.to_string());
+        let (st2, ns, ev) = (st.clone(), name.to_string(), ev.clone());
         tokio::spawn(async move {
             tokio::time::sleep(wait).await;
             let mut g = st2.lock().unwrap();
-            g.objects.retain(|(_, n, _), _| *n != ns);
-            if let Some(m) = g.objects.get_mut(&("/api/v1".to_string(), String::new(), "namespaces".to_string())) {
-                m.remove(&ns);
+            let held: Vec<Key> = g.objects.keys().filter(|(_, n, _)| *n == ns).cloned().collect();
+            for k in held {
+                for (_, o) in g.objects.remove(&k).unwrap_or_default() {
+                    emit(&ev, &k, "DELETED", &o);
+                }
             }
+            let namespaces = ("/api/v1".to_string(), String::new(), "namespaces".to_string());
+            if let Some(o) = g.objects.get_mut(&namespaces).and_then(|m| m.remove(&ns)) {
+                emit(&ev, &namespaces, "DELETED", &o);
+            }
+            let forwarded: Vec<(String, String)> = g.proxy.rules.keys().filter(|(n, _)| *n == ns).cloned().collect();
+            reconcile(&mut g, &st2, forwarded);
         });
         return json_response(StatusCode::OK, &o);
     }
     g.objects.get_mut(&key).unwrap().remove(name);
+    emit(&ev, &key, "DELETED", &o);
     if t.resource == "services" {
-        // Garbage collection of the slices the controller owns for the Service.
+        // Garbage collection of the slices the controller made for the Service (those the
+        // client wrote have no owner and stay, as on a cluster).
         let slices = ("/apis/discovery.k8s.io/v1".to_string(), key.1.clone(), "endpointslices".to_string());
         if let Some(m) = g.objects.get_mut(&slices) {
-            m.retain(|_, s| s["metadata"]["labels"]["kubernetes.io/service-name"].as_str() != Some(name));
+            let owned: Vec<String> = m
+                .iter()
+                .filter(|(_, s)| {
+                    s["metadata"]["labels"][SLICE_SERVICE_LABEL].as_str() == Some(name)
+                        && s["metadata"]["labels"][SLICE_MANAGED_BY] == SLICE_CONTROLLER
+                })
+                .map(|(n, _)| n.clone())
+                .collect();
+            for n in owned {
+                let s = m.remove(&n).unwrap();
+                emit(&ev, &slices, "DELETED", &s);
+            }
         }
     }
-    let _ = ev.send((key.0, key.1, key.2, json!({"type": "DELETED", "object": o.clone()})));
+    if t.resource == "daemonsets" {
+        // Garbage collection of its pods.
+        let pods = ("/api/v1".to_string(), key.1.clone(), "pods".to_string());
+        if let Some(m) = g.objects.get_mut(&pods) {
+            let owned: Vec<String> =
+                m.iter().filter(|(_, p)| daemonset_owner(p).as_deref() == Some(name)).map(|(n, _)| n.clone()).collect();
+            for n in owned {
+                let p = m.remove(&n).unwrap();
+                emit(&ev, &pods, "DELETED", &p);
+            }
+        }
+    }
+    let touched = proxied_services(&key, [&o]);
+    reconcile(&mut g, &st, touched);
     json_response(StatusCode::OK, &o)
 }
 
-/// A JSON merge patch (RFC 7386) of a stored object (`kubectl label` and kube-rs `Patch::Merge`).
-fn merge_patch(
+/// `DELETE` on a collection (`Api::delete_collection`): every selected object, answered
+/// with the list of them.
+fn delete_collection(
     t: &Target,
-    name: &str,
-    body: Option<Value>,
+    labels: Option<&str>,
+    fields: Option<&str>,
     st: Arc<Mutex<State>>,
-    ev: broadcast::Sender<(String, String, String, Value)>,
+    ev: Events,
 ) -> Response<Body> {
+    if t.namespace.is_none() && t.resource == "namespaces" {
+        return status(405, "MethodNotAllowed", "the fake deletes namespaces one at a time");
+    }
+    let chosen: Vec<(Option<String>, Value)> = {
+        let g = st.lock().unwrap();
+        g.objects
+            .iter()
+            .filter(|((p, ns, r), _)| {
+                *p == t.prefix && *r == t.resource && t.namespace.as_ref().is_none_or(|w| w == ns)
+            })
+            .flat_map(|((_, ns, _), m)| m.values().map(move |o| ((!ns.is_empty()).then(|| ns.clone()), o)))
+            .filter(|(_, o)| matches_selector(o, labels) && matches_fields(o, fields))
+            .map(|(ns, o)| (ns, o.clone()))
+            .collect()
+    };
+    let mut items = Vec::new();
+    for (ns, o) in chosen {
+        let name = o["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let one = Target { namespace: ns, name: Some(name.clone()), sub: None, ..t.clone() };
+        delete(&one, &name, st.clone(), ev.clone());
+        items.push(o);
+    }
+    json_response(StatusCode::OK, &json!({"kind": "List", "apiVersion": "v1", "metadata": {}, "items": items}))
+}
+
+/// A JSON merge patch (RFC 7386) of a stored object (`kubectl label` and kube-rs `Patch::Merge`).
+fn merge_patch(t: &Target, name: &str, body: Option<Value>, st: Arc<Mutex<State>>, ev: Events) -> Response<Body> {
     fn merge(target: &mut Value, patch: &Value) {
         match (target.as_object_mut(), patch.as_object()) {
             (Some(t), Some(p)) => {
@@ -652,21 +1141,24 @@ fn merge_patch(
     let Some(patch) = body else { return status(400, "BadRequest", "body is not JSON") };
     let key = (t.prefix.clone(), t.namespace.clone().unwrap_or_default(), t.resource.clone());
     let mut g = st.lock().unwrap();
-    let Some(mut o) = g.objects.get(&key).and_then(|m| m.get(name)).cloned() else {
+    let Some(old) = g.objects.get(&key).and_then(|m| m.get(name)).cloned() else {
         return status(404, "NotFound", &format!("{} \"{name}\" not found", t.resource));
     };
+    let mut o = old.clone();
     merge(&mut o, &patch);
     g.rv += 1;
     o["metadata"]["resourceVersion"] = json!(g.rv.to_string());
     g.objects.get_mut(&key).unwrap().insert(name.to_string(), o.clone());
-    let _ = ev.send((key.0, key.1, key.2, json!({"type": "MODIFIED", "object": o.clone()})));
+    emit(&ev, &key, "MODIFIED", &o);
+    let touched = proxied_services(&key, [&old, &o]);
+    reconcile(&mut g, &st, touched);
     json_response(StatusCode::OK, &o)
 }
 
 /// The EndpointSlice controller, minimally: a moment after a Service with a selector is
 /// created, one slice lists its selected ready pods with their node and zone, and (when the
 /// Service asks for topology) a hint for the endpoint's own zone.
-fn endpoint_slice_controller(st: Arc<Mutex<State>>, ns: String, svc: Value) {
+fn endpoint_slice_controller(st: Arc<Mutex<State>>, ev: Events, ns: String, svc: Value) {
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let mut g = st.lock().unwrap();
@@ -706,14 +1198,176 @@ fn endpoint_slice_controller(st: Arc<Mutex<State>>, ns: String, svc: Value) {
         let slice = json!({
             "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
             "metadata": {"name": format!("{name}-fake1"), "namespace": ns, "resourceVersion": g.rv.to_string(),
-                "labels": {"kubernetes.io/service-name": name, "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}},
+                "labels": {SLICE_SERVICE_LABEL: name, SLICE_MANAGED_BY: SLICE_CONTROLLER}},
             "addressType": "IPv4",
             "endpoints": endpoints,
             "ports": svc["spec"]["ports"].as_array().unwrap().iter().map(|p| json!({"name": p["name"], "port": p["port"], "protocol": p["protocol"]})).collect::<Vec<_>>(),
         });
         let key = ("/apis/discovery.k8s.io/v1".to_string(), ns, "endpointslices".to_string());
-        g.objects.entry(key).or_default().insert(format!("{name}-fake1"), slice);
+        g.objects.entry(key.clone()).or_default().insert(format!("{name}-fake1"), slice.clone());
+        emit(&ev, &key, "ADDED", &slice);
     });
+}
+
+/// The (namespace, Service) pairs whose forwarding a change to these objects of `key` may
+/// change: a Service itself, or the Service an EndpointSlice names in its label.
+fn proxied_services<'a>(key: &Key, objects: impl IntoIterator<Item = &'a Value>) -> Vec<(String, String)> {
+    let (prefix, ns, resource) = key;
+    objects
+        .into_iter()
+        .filter_map(|o| match (prefix.as_str(), resource.as_str()) {
+            ("/api/v1", "services") => o["metadata"]["name"].as_str(),
+            ("/apis/discovery.k8s.io/v1", "endpointslices") => o["metadata"]["labels"][SLICE_SERVICE_LABEL].as_str(),
+            _ => None,
+        })
+        .map(|svc| (ns.clone(), svc.to_string()))
+        .collect()
+}
+
+/// The ready endpoints of a Service's EndpointSlices, in slice-name order, each with the
+/// port its slice gives `port` (a Service port's name; `None`: any port, or none).
+fn endpoints(g: &State, ns: &str, svc: &str, port: Option<&str>) -> Vec<(IpAddr, Option<u16>)> {
+    let Some(slices) =
+        g.objects.get(&("/apis/discovery.k8s.io/v1".to_string(), ns.to_string(), "endpointslices".to_string()))
+    else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for slice in slices.values().filter(|s| s["metadata"]["labels"][SLICE_SERVICE_LABEL].as_str() == Some(svc)) {
+        let slice_port = port.and_then(|want| {
+            slice["ports"].as_array()?.iter().find_map(|p| {
+                let tcp = p["protocol"].as_str().unwrap_or("TCP") == "TCP";
+                (tcp && p["name"].as_str().unwrap_or("") == want).then(|| p["port"].as_u64()?.try_into().ok()).flatten()
+            })
+        });
+        for e in slice["endpoints"].as_array().map(Vec::as_slice).unwrap_or_default() {
+            // An unset `ready` means ready (the API's rule).
+            if e["conditions"]["ready"] == false {
+                continue;
+            }
+            if let Some(ip) = e["addresses"][0].as_str().and_then(|a| a.parse::<IpAddr>().ok()) {
+                out.push((ip, slice_port));
+            }
+        }
+    }
+    out
+}
+
+/// What the kube-proxy should forward for a Service now: only a selector-less Service with
+/// a ClusterIP this server gave out, TCP ports, and at least one ready endpoint (without
+/// endpoints a cluster rejects connections too).
+fn forwarding_plan(g: &State, ns: &str, name: &str) -> Option<Plan> {
+    let svc = g.objects.get(&("/api/v1".to_string(), ns.to_string(), "services".to_string()))?.get(name)?;
+    if !is_selectorless(svc) {
+        return None;
+    }
+    let ip: Ipv4Addr = svc["spec"]["clusterIP"].as_str()?.parse().ok()?;
+    if !is_cluster_ip_of(g.slot, ip) {
+        return None;
+    }
+    let ports: Vec<(String, u16)> = svc["spec"]["ports"]
+        .as_array()?
+        .iter()
+        .filter(|p| p["protocol"].as_str().unwrap_or("TCP") == "TCP")
+        .filter_map(|p| Some((p["name"].as_str().unwrap_or("").to_string(), p["port"].as_u64()?.try_into().ok()?)))
+        .collect();
+    (!ports.is_empty() && !endpoints(g, ns, name, None).is_empty()).then_some(Plan { ip, ports })
+}
+
+/// Brings the kube-proxy's forwarding for these Services in line with the store: starts
+/// (after the programming delay) what should forward, tears down what should not, restarts
+/// what changed address or ports. Endpoint changes need nothing: each connection picks its
+/// endpoint from the store.
+fn reconcile(g: &mut State, st: &Arc<Mutex<State>>, services: Vec<(String, String)>) {
+    if g.closed {
+        return;
+    }
+    for key in services {
+        let plan = forwarding_plan(g, &key.0, &key.1);
+        if g.proxy.rules.get(&key).map(|r| &r.plan) == plan.as_ref() {
+            continue;
+        }
+        if let Some(old) = g.proxy.rules.remove(&key) {
+            old.task.abort();
+        }
+        let Some(plan) = plan else { continue };
+        g.proxy.generation += 1;
+        let generation = g.proxy.generation;
+        let task = g.rt.spawn(forward_service(st.clone(), key.clone(), generation, plan.clone(), g.proxy.delay));
+        g.proxy.rules.insert(key, Rule { generation, plan, task, listening: Vec::new() });
+    }
+}
+
+/// The kube-proxy for one selector-less Service: after the programming delay, a listener on
+/// ClusterIP:port for each TCP port of the Service (UDP ports are not forwarded: connects
+/// are what the service-scaling probe measures), each splicing accepted connections to the
+/// Service's ready endpoints round-robin, at the port their slice gives the Service port's
+/// name. Before that, nothing listens: connects are refused, as they are before a cluster's
+/// rules exist. Only loopback endpoints are dialled (tests send nothing off this machine); a
+/// connection with no such endpoint is closed at once. Runs until aborted (the Service, its
+/// slices or its namespace deleted, or the server dropped), which closes the listeners and
+/// the spliced connections. Each forwarding Service holds a socket per TCP port: thousands of
+/// Services need an open-file limit to match (`ulimit -n`).
+async fn forward_service(st: Arc<Mutex<State>>, key: (String, String), generation: u64, plan: Plan, delay: Duration) {
+    tokio::time::sleep(delay).await;
+    let at = Instant::now();
+    let mut listeners = Vec::new();
+    for (name, port) in &plan.ports {
+        match tokio::net::TcpListener::bind((plan.ip, *port)).await {
+            Ok(l) => listeners.push((name.clone(), l)),
+            Err(e) => {
+                eprintln!("fake kube-proxy: Service {}/{}: cannot listen on {}:{port}: {e}", key.0, key.1, plan.ip)
+            }
+        }
+    }
+    {
+        let mut g = st.lock().unwrap();
+        let Some(rule) = g.proxy.rules.get_mut(&key).filter(|r| r.generation == generation) else { return };
+        rule.listening = listeners.iter().filter_map(|(_, l)| l.local_addr().ok()).collect();
+        g.proxy.programmed_at.insert(key.clone(), at);
+    }
+    futures::future::join_all(listeners.into_iter().map(|(name, l)| serve_port(st.clone(), key.clone(), name, l)))
+        .await;
+}
+
+async fn serve_port(st: Arc<Mutex<State>>, key: (String, String), port: String, listener: tokio::net::TcpListener) {
+    let mut connections = tokio::task::JoinSet::new();
+    let mut next = 0usize;
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let client = match accepted {
+                    Ok((c, _)) => c,
+                    Err(_) => {
+                        // Out of descriptors, say: wait instead of spinning.
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                let backends: Vec<SocketAddr> = {
+                    let g = st.lock().unwrap();
+                    endpoints(&g, &key.0, &key.1, Some(&port))
+                        .into_iter()
+                        .filter_map(|(ip, p)| Some(SocketAddr::new(ip, p?)))
+                        .collect()
+                };
+                let local: Vec<SocketAddr> = backends.iter().copied().filter(|a| a.ip().is_loopback()).collect();
+                if local.len() < backends.len() {
+                    eprintln!("fake kube-proxy: Service {}/{} port {port:?}: not dialling non-loopback endpoints", key.0, key.1);
+                }
+                let Some(&backend) = local.get(next % local.len().max(1)) else { continue };
+                next = next.wrapping_add(1);
+                connections.spawn(async move {
+                    let mut client = client;
+                    let connect = tokio::net::TcpStream::connect(backend);
+                    if let Ok(Ok(mut server)) = tokio::time::timeout(Duration::from_secs(2), connect).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
 }
 
 /// A watch: JSON lines, first the objects changed since `resourceVersion`, then live events,
@@ -722,21 +1376,16 @@ fn watch(
     t: &Target,
     query: &str,
     selector: Option<String>,
+    fields: Option<String>,
     st: Arc<Mutex<State>>,
-    ev: broadcast::Sender<(String, String, String, Value)>,
+    ev: Events,
 ) -> Response<Body> {
     let since: u64 = query_param(query, "resourceVersion").and_then(|v| v.parse().ok()).unwrap_or(0);
     let timeout = query_param(query, "timeoutSeconds").and_then(|v| v.parse().ok()).unwrap_or(30u64);
     let mut rx = ev.subscribe();
     let backlog: Vec<Value> = {
         let g = st.lock().unwrap();
-        g.objects
-            .iter()
-            .filter(|((p, ns, r), _)| {
-                *p == t.prefix && *r == t.resource && t.namespace.as_ref().is_none_or(|w| w == ns)
-            })
-            .flat_map(|(_, m)| m.values())
-            .filter(|o| matches_selector(o, selector.as_deref()))
+        selected(&g, t, selector.as_deref(), fields.as_deref())
             .filter(|o| {
                 o["metadata"]["resourceVersion"].as_str().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) > since
             })
@@ -758,7 +1407,8 @@ fn watch(
             if p != prefix || r != resource || ns.as_ref().is_some_and(|w| *w != n) {
                 continue;
             }
-            if !matches_selector(&e["object"], selector.as_deref()) {
+            if !matches_selector(&e["object"], selector.as_deref()) || !matches_fields(&e["object"], fields.as_deref())
+            {
                 continue;
             }
             if tx.send(Ok(Frame::data(Bytes::from(format!("{e}\n"))))).await.is_err() {

@@ -24,9 +24,12 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use support::fake_apiserver::{fixture, kubeconfig, FakeApi, Kubelet, LEASE_PORT};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
-use zonebench::platform::kube::{self, manifests, services, ClusterSource, KubeOptions, KubePlatform, KubeSettings};
+use zonebench::platform::kube::{self, manifests, ClusterSource, KubeOptions, KubePlatform, KubeSettings};
 use zonebench::platform::lab::{AGENT_HTTP_PORT, AGENT_TCP_PORT};
-use zonebench::platform::{AgentRequest, Platform as _};
+use zonebench::platform::{AgentPort, AgentRequest, Platform as _};
+
+/// The ports of the Services these tests create: every agent port.
+const ALL_PORTS: [AgentPort; 3] = [AgentPort::Tcp, AgentPort::Udp, AgentPort::Http];
 
 fn temp_dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("zb-kube-fake-{name}-{}", std::process::id()));
@@ -137,7 +140,10 @@ async fn a_selectorless_services_clusterip_forwards_to_its_slices_agents_only_af
     let services: Api<Service> = Api::namespaced(client.clone(), &ns);
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), &ns);
 
-    let svc = services.create(&post(), &manifests::scale_service(&run, 0)).await.unwrap();
+    let svc = services
+        .create(&post(), &manifests::selectorless_service(&run, &format!("zb-scale-{}", 0), &ALL_PORTS))
+        .await
+        .unwrap();
     let ip: Ipv4Addr = svc.spec.unwrap().cluster_ip.unwrap().parse().unwrap();
     // In this server's slot, apart from its pod addresses.
     let [a, slot, third, _] = ip.octets();
@@ -151,7 +157,10 @@ async fn a_selectorless_services_clusterip_forwards_to_its_slices_agents_only_af
     assert!(is_refused(&TcpStream::connect(http).await));
 
     let written = Instant::now();
-    slices.create(&post(), &manifests::scale_endpoint_slice(&run, 0, &echo)).await.unwrap();
+    slices
+        .create(&post(), &manifests::run_endpoint_slice(&run, &format!("zb-scale-{}", 0), &ALL_PORTS, &echo))
+        .await
+        .unwrap();
     // Within the programming delay connects are still refused (unless this machine stalled
     // past the delay, when forwarding may rightly have begun).
     let early = TcpStream::connect(http).await;
@@ -178,9 +187,15 @@ async fn a_selectorless_services_clusterip_forwards_to_its_slices_agents_only_af
     api.set_programming_delay(Duration::from_millis(50));
     let mut addr_of = Vec::new();
     for i in 1..3 {
-        let svc = services.create(&post(), &manifests::scale_service(&run, i)).await.unwrap();
+        let svc = services
+            .create(&post(), &manifests::selectorless_service(&run, &format!("zb-scale-{}", i), &ALL_PORTS))
+            .await
+            .unwrap();
         let ip: Ipv4Addr = svc.spec.unwrap().cluster_ip.unwrap().parse().unwrap();
-        slices.create(&post(), &manifests::scale_endpoint_slice(&run, i, &echo)).await.unwrap();
+        slices
+            .create(&post(), &manifests::run_endpoint_slice(&run, &format!("zb-scale-{}", i), &ALL_PORTS, &echo))
+            .await
+            .unwrap();
         let addr = SocketAddr::from((ip, AGENT_HTTP_PORT));
         assert!(["srv-a-0", "srv-b-0"].contains(&served_by(addr).await.as_str()));
         addr_of.push(addr);
@@ -274,8 +289,8 @@ async fn a_daemonset_gets_a_ready_pod_per_node_it_tolerates_with_its_template_la
     let pod_of = |node: &str| format!("{}-{node}", manifests::INSPECTOR_NAME);
     api.set_log(&pod_of("zb-worker"), &format!("starting\n{}{}", report("zb-worker", 10), report("zb-worker", 12)));
     api.set_log(&pod_of("zb-worker2"), &format!("{}{}", report("zb-worker2", 7), "bash: noise\n".repeat(5)));
-    let reports = services::node_reports(&cluster, &run).await.unwrap();
-    let seen: Vec<(&str, u64)> = reports.iter().map(|r| (r.node.as_str(), r.iptables_rules)).collect();
+    let reports = kube::inspect::node_reports(&cluster, &run).await.unwrap();
+    let seen: Vec<(&str, u64)> = reports.values().flatten().map(|r| (r.node.as_str(), r.iptables_rules)).collect();
     assert_eq!(seen, vec![("zb-worker", 12)]);
     let log = pods.logs(&pod_of("zb-worker"), &LogParams { tail_lines: Some(2), ..Default::default() }).await.unwrap();
     assert_eq!(log, format!("{}{}", report("zb-worker", 10), report("zb-worker", 12)));
@@ -329,8 +344,14 @@ async fn endpointslices_and_daemonsets_are_listed_by_selector_got_watched_and_de
     }];
     let watch = slices.watch(&WatchParams::default().labels(&run.selector()).timeout(20), "0").await.unwrap().boxed();
     for i in 0..3 {
-        services.create(&post(), &manifests::scale_service(&run, i)).await.unwrap();
-        slices.create(&post(), &manifests::scale_endpoint_slice(&run, i, &echo)).await.unwrap();
+        services
+            .create(&post(), &manifests::selectorless_service(&run, &format!("zb-scale-{}", i), &ALL_PORTS))
+            .await
+            .unwrap();
+        slices
+            .create(&post(), &manifests::run_endpoint_slice(&run, &format!("zb-scale-{}", i), &ALL_PORTS, &echo))
+            .await
+            .unwrap();
     }
     let names = |l: Vec<EndpointSlice>| {
         let mut v: Vec<String> = l.into_iter().map(|s| s.metadata.name.unwrap()).collect();

@@ -51,8 +51,8 @@ kind = "tcp-crr"
 }
 
 async fn fake(dir: &Path) -> FakeApi {
-    let api = FakeApi::start(Kubelet::RunAgents { zonebench: env!("CARGO_BIN_EXE_zonebench").into(), dir: dir.into() })
-        .await;
+    let api =
+        FakeApi::start(Kubelet::RunAgents { zonebench: env!("CARGO_BIN_EXE_zonebench").into(), dir: dir.into() }).await;
     api.load(fixture("kind-nodes.json"));
     api.load(fixture("kind-daemonsets.json"));
     api.load(fixture("kind-kube-proxy-configmap.json"));
@@ -71,9 +71,8 @@ async fn run(dir: &Path, kc: &Path, extra: &[&str]) -> (std::process::Output, Va
         .output()
         .await
         .unwrap();
-    let results = std::fs::read_to_string(dir.join("out/results.json")).map_or(Value::Null, |t| {
-        serde_json::from_str(&t).unwrap()
-    });
+    let results = std::fs::read_to_string(dir.join("out/results.json"))
+        .map_or(Value::Null, |t| serde_json::from_str(&t).unwrap());
     (out, results)
 }
 
@@ -109,10 +108,10 @@ async fn a_sweep_on_a_cluster_adds_only_new_selectorless_services_and_probes_eac
         // connected sooner, and a probe that saw it at once would be measuring nothing.
         let latency = Duration::from_nanos(d["programming_latency_ns"].as_u64().unwrap());
         assert!(latency >= DELAY && latency < Duration::from_secs(10), "{latency:?}");
-        assert_eq!(m["server"]["agent"], format!("svc-{count:05}"));
+        // Through the ClusterIP (the fake's loopback range), spread over the slice's three
+        // echo servers by its round-robin forwarding.
         assert!(m["target"].as_str().unwrap().starts_with("127."), "{m:#}");
-        let answered: u64 = m["servers"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
-        assert!(answered > 0, "{m:#}");
+        assert_eq!(m["servers"].as_object().unwrap().len(), 3, "{m:#}");
     }
 
     // Eight selector-less Services and eight slices, none created twice, no pod labelled.
@@ -189,8 +188,11 @@ async fn with_inspect_nodes_each_point_records_the_client_nodes_rules_and_kube_p
     }
     // The DaemonSet was created (and only with the flag), in a namespace that allows it.
     let w = api.writes();
-    let ds: Vec<&Value> =
-        w.iter().filter(|r| r.method == "POST" && r.path.ends_with("/daemonsets")).filter_map(|r| r.body.as_ref()).collect();
+    let ds: Vec<&Value> = w
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.ends_with("/daemonsets"))
+        .filter_map(|r| r.body.as_ref())
+        .collect();
     assert_eq!(ds.len(), 1);
     assert_eq!(ds[0]["spec"]["template"]["spec"]["containers"][0]["image"], "example.com/inspect:t");
     let ns = w.iter().find(|r| r.method == "POST" && r.path == "/api/v1/namespaces").unwrap().body.clone().unwrap();

@@ -189,7 +189,9 @@ async fn render_run(args: &RenderArgs) -> anyhow::Result<ExitCode> {
     platform.set_nodes(topology.nodes.clone());
     let mut m = platform.manifests(&plan.agent_requests())?;
     m.secret.string_data = Some([("token".to_string(), "GENERATED-PER-RUN".to_string())].into());
-    let objects = m.objects();
+    let mut objects = m.objects();
+    let (services, notes) = kube::run_services::rendered(platform.run(), &scenario, &plan, &topology.nodes)?;
+    objects.extend(services);
     for o in &objects {
         for (path, spec) in kube::pss::pod_specs(o) {
             let v = kube::pss::restricted_violations(spec);
@@ -205,6 +207,7 @@ async fn render_run(args: &RenderArgs) -> anyhow::Result<ExitCode> {
         scenario.name,
         platform.run().run_id
     );
+    let header = notes.iter().fold(header, |h, n| format!("{h}\n{n}"));
     let yaml = manifests::to_yaml(&header, &objects).map_err(anyhow::Error::msg)?;
     print!("{yaml}");
     Ok(ExitCode::SUCCESS)

@@ -207,3 +207,27 @@ fn render_without_a_cluster_places_agents_on_placeholder_nodes_and_hides_the_tok
     assert_eq!(nodes, vec!["x-node-1", "x-node-2", "y-node-1", "y-node-2"]);
     assert!(docs[2..].iter().all(|p| p["spec"]["containers"][0]["image"] == "example.com/a:1"));
 }
+
+#[test]
+fn render_shows_the_services_a_run_creates_once_its_agents_run() {
+    let kinds = |yaml: &str| -> Vec<(String, String)> {
+        yaml.split("\n---\n")
+            .skip(1)
+            .map(|d| {
+                let v: Value = serde_saphyr::from_str(d).unwrap();
+                (v["kind"].as_str().unwrap().to_string(), v["metadata"]["name"].as_str().unwrap().to_string())
+            })
+            .collect()
+    };
+    let topology = render(&["scenarios/topology-routing.toml"]);
+    let services: Vec<String> = kinds(&topology).into_iter().filter(|(k, _)| k == "Service").map(|(_, n)| n).collect();
+    assert_eq!(services.len(), 6, "one Service per topology variant: {services:?}");
+    assert!(topology.contains("svc.zonebench.dev/echo-auto: backend"), "the selector on the backend label");
+    assert!(topology.contains("# Services select their backend pods by the label"));
+
+    let sweep = render(&["scenarios/service-scaling.toml"]);
+    let objects = kinds(&sweep);
+    assert!(objects.contains(&("Service".into(), "svc-00001".into())), "{objects:?}");
+    assert!(objects.contains(&("EndpointSlice".into(), "svc-00001".into())), "{objects:?}");
+    assert!(sweep.contains("# Service sweep: up to 10000 Services like svc-00001"), "{sweep}");
+}

@@ -115,7 +115,10 @@ pub struct RenderArgs {
     pub results_pvc: Option<String>,
 }
 
-pub const DEFAULT_INSPECTOR_IMAGE: &str = "registry.k8s.io/build-image/debian-iptables:bookworm-v1.0.0";
+/// The node inspector's default image: netshoot ships bash, iptables and nftables (the
+/// Kubernetes debian-iptables build image has no `nft`, so nftables-mode clusters would get
+/// no counts). Any image with bash and the counting tools will do (`--inspect-image`).
+pub const DEFAULT_INSPECTOR_IMAGE: &str = "nicolaka/netshoot:v0.13";
 
 /// `zonebench gc`.
 #[derive(Args, Debug)]

@@ -387,7 +387,7 @@ async fn node_inspector_reports_are_read_from_its_pods_logs() {
     let reports = kube::inspect::node_reports(&cluster, &run).await.unwrap();
     assert_eq!(reports.len(), 1);
     let r = reports["zb-inspect-nodes-x1"].as_ref().expect("a report");
-    assert_eq!((r.node.as_str(), r.iptables_rules), ("zb-worker", 1042));
+    assert_eq!((r.node.as_str(), r.iptables_rules), ("zb-worker", Some(1042)));
     assert!(api
         .requests()
         .iter()

@@ -28,10 +28,12 @@ pub struct NodeReport {
     /// seen at some moment was measured entirely after it.
     #[serde(default)]
     pub seq: u64,
-    pub iptables_rules: u64,
-    pub iptables_legacy_rules: u64,
-    /// Every nftables rule on the node (iptables-nft's included).
-    pub nft_rules: u64,
+    /// Rules as `iptables-nft-save` lists them; None when the image lacks it.
+    pub iptables_rules: Option<u64>,
+    /// Rules as `iptables-legacy-save` lists them; None when the image lacks it.
+    pub iptables_legacy_rules: Option<u64>,
+    /// Every nftables rule on the node (iptables-nft's included); None without `nft`.
+    pub nft_rules: Option<u64>,
     /// Rules of kube-proxy's own nftables tables (`ip kube-proxy`, `ip6 kube-proxy`).
     #[serde(default)]
     pub kube_proxy_nft_rules: Option<u64>,
@@ -45,12 +47,30 @@ impl NodeReport {
     /// The rules that program Services in kube-proxy `mode`; None where no rule table holds
     /// them (IPVS keeps Services in the kernel's IPVS table; Cilium without kube-proxy in
     /// BPF maps).
+    /// In iptables mode the two backends' counts add up (kube-proxy uses one; the other
+    /// holds what else the node runs), as far as the image could count them.
     pub fn service_rules(&self, mode: &str) -> Option<u64> {
         match mode {
-            "iptables" => Some(self.iptables_rules + self.iptables_legacy_rules),
-            "nftables" => Some(self.kube_proxy_nft_rules.unwrap_or(self.nft_rules)),
+            "iptables" => match (self.iptables_rules, self.iptables_legacy_rules) {
+                (None, None) => None,
+                (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
+            },
+            "nftables" => self.kube_proxy_nft_rules.or(self.nft_rules),
             _ => None,
         }
+    }
+
+    /// The counting tools the inspector image lacks, by the counts it reported as null.
+    pub fn missing_tools(&self) -> Vec<&'static str> {
+        [
+            (self.iptables_rules, "iptables-nft-save"),
+            (self.iptables_legacy_rules, "iptables-legacy-save"),
+            (self.nft_rules, "nft"),
+        ]
+        .into_iter()
+        .filter(|(c, _)| c.is_none())
+        .map(|(_, t)| t)
+        .collect()
     }
 }
 
@@ -177,9 +197,9 @@ mod tests {
         NodeReport {
             node: node.into(),
             seq,
-            iptables_rules: rules,
-            iptables_legacy_rules: 0,
-            nft_rules: rules + 7,
+            iptables_rules: Some(rules),
+            iptables_legacy_rules: Some(0),
+            nft_rules: Some(rules + 7),
             kube_proxy_nft_rules: None,
             sync_seconds_sum: sum,
             sync_count: count,
@@ -192,7 +212,7 @@ mod tests {
                    {\"node\":\"n1\",\"seq\":2,\"iptables_rules\":12,\"iptables_legacy_rules\":0,\"nft_rules\":3,\"kube_proxy_nft_rules\":2,\"sync_seconds_sum\":1.5,\"sync_count\":30}\n\
                    bash: warning: something\n";
         let r = last_report(log).unwrap();
-        assert_eq!((r.seq, r.iptables_rules, r.kube_proxy_nft_rules), (2, 12, Some(2)));
+        assert_eq!((r.seq, r.iptables_rules, r.kube_proxy_nft_rules), (2, Some(12), Some(2)));
         assert_eq!(r.sync_count, Some(30));
         assert_eq!(last_report("nothing yet\n"), None);
     }
@@ -211,6 +231,12 @@ mod tests {
             "all nft rules without a kube-proxy count"
         );
         assert_eq!(programming(&before, &after, "ipvs")[0].rules, None);
+        let no_legacy = NodeReport { iptables_legacy_rules: None, ..after[0].clone() };
+        assert_eq!(no_legacy.service_rules("iptables"), Some(5100), "what could be counted");
+        assert_eq!(no_legacy.missing_tools(), ["iptables-legacy-save"]);
+        let no_tools =
+            NodeReport { iptables_rules: None, iptables_legacy_rules: None, nft_rules: None, ..after[0].clone() };
+        assert_eq!((no_tools.service_rules("iptables"), no_tools.service_rules("nftables")), (None, None));
         let idle = [report("n1", 9, 5100, Some(3.0), Some(14))];
         assert_eq!(programming(&after, &idle, "iptables")[0].elapsed, None, "no sync in between");
     }

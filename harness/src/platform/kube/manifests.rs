@@ -491,10 +491,13 @@ pub fn run_endpoint_slice(run: &RunMeta, name: &str, ports: &[AgentPort], echo: 
 
 /// The node inspector's script: every 5 s one JSON line with a sequence number, the node's
 /// service rule counts (iptables through both backends, all nftables rules, and those of
-/// kube-proxy's own nftables tables) and kube-proxy's sync metrics, read from its metrics
-/// port with bash's /dev/tcp (the image needs bash, iptables and nft).
+/// kube-proxy's own nftables tables; `null` where the image lacks the tool, so a missing
+/// tool never reads as zero rules) and kube-proxy's sync metrics, read from its metrics port
+/// with bash's /dev/tcp. The image needs bash, grep, awk and timeout, and for the counts
+/// iptables-nft-save, iptables-legacy-save and nft.
 pub const INSPECTOR_SCRIPT: &str = r#"set -u
-count_rules() { "$@" 2>/dev/null | grep -c '^-A' || true; }
+have() { command -v "$1" >/dev/null 2>&1; }
+count_rules() { if have "$1"; then "$1" 2>/dev/null | grep -c '^-A' || true; else echo null; fi; }
 count_nft() { nft -a "$@" 2>/dev/null | grep '# handle' | grep -cvE '^\s*(table|chain|set|map|flowtable) ' || true; }
 metric() { printf '%s' "$METRICS" | awk -v m="$1" '$1 == m { print $2; found=1 } END { if (!found) print "null" }'; }
 SEQ=0
@@ -502,9 +505,12 @@ while true; do
   SEQ=$((SEQ + 1))
   IPT=$(count_rules iptables-nft-save)
   IPT_LEGACY=$(count_rules iptables-legacy-save)
-  NFT=$(count_nft list ruleset)
-  KP4=$(count_nft list table ip kube-proxy)
-  KP6=$(count_nft list table ip6 kube-proxy)
+  NFT=null
+  KP=null
+  if have nft; then
+    NFT=$(count_nft list ruleset)
+    KP=$(( $(count_nft list table ip kube-proxy) + $(count_nft list table ip6 kube-proxy) ))
+  fi
   METRICS=""
   if exec 3<>/dev/tcp/127.0.0.1/10249 2>/dev/null; then
     printf 'GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n' >&3
@@ -512,7 +518,7 @@ while true; do
     exec 3<&-
   fi
   printf '{"node":"%s","seq":%s,"iptables_rules":%s,"iptables_legacy_rules":%s,"nft_rules":%s,"kube_proxy_nft_rules":%s,"sync_seconds_sum":%s,"sync_count":%s}\n' \
-    "$NODE_NAME" "$SEQ" "${IPT:-0}" "${IPT_LEGACY:-0}" "${NFT:-0}" "$(( ${KP4:-0} + ${KP6:-0} ))" \
+    "$NODE_NAME" "$SEQ" "${IPT:-0}" "${IPT_LEGACY:-0}" "${NFT:-0}" "${KP:-0}" \
     "$(metric kubeproxy_sync_proxy_rules_duration_seconds_sum)" \
     "$(metric kubeproxy_sync_proxy_rules_duration_seconds_count)"
   sleep 5

@@ -301,6 +301,15 @@ impl Platform for KubePlatform {
         if let Some(image) = &self.options.inspector_image {
             let within = self.options.settings.ready_timeout();
             self.reports = inspect::wait_first_reports(&cluster, &self.run, image, within).await?;
+            let mut missing: Vec<&str> = self.reports.iter().flat_map(inspect::NodeReport::missing_tools).collect();
+            missing.sort_unstable();
+            missing.dedup();
+            if !missing.is_empty() {
+                eprintln!(
+                    "warning: the node inspector image {image} lacks {}: the rules those count are recorded as unknown",
+                    missing.join(", ")
+                );
+            }
         }
         self.agents = deployed.iter().map(|a| (a.id.clone(), a.clone())).collect();
         Ok(deployed)

@@ -26,7 +26,7 @@
 #
 # Exit: 0 no regression, 3 a significant regression, 1 the run or a step failed, 2 usage.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 
 scenario=scenarios/nightly.toml
 if [[ $# -gt 0 && $1 != -* ]]; then

@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # The project's test command (the README's second command, and what .ci/run calls):
-# formatting, lints, then every test in the workspace.
+# formatting, lints (Rust and shell), then every test in the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -q -- -D warnings
+if command -v shellcheck >/dev/null; then
+  shellcheck scripts/*.sh .ci/run
+else
+  echo "test.sh: shellcheck not found, shell scripts not linted (.ci/run installs it)" >&2
+fi
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"
   # nextest does not run doctests

@@ -256,3 +256,74 @@ async fn live_cluster_sweep() {
     assert!(!ms.is_empty());
     assert!(ms.iter().all(|m| m["service_dataplane"]["programming_latency_ns"].as_u64().is_some()), "{r:#}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn applying_a_table_adds_only_what_is_new_recovers_from_a_failed_apply_and_deletes_what_is_dropped() {
+    use zonebench::platform::kube::{ClusterSource, KubeOptions, KubePlatform, KubeSettings};
+    use zonebench::platform::{AgentPort, AgentRequest, Platform as _, ProbeRequest};
+    use zonebench::sweep::service_table;
+    let dir = temp_dir("apply");
+    let api = fake(&dir).await;
+    let options = KubeOptions {
+        source: ClusterSource { kubeconfig: Some(kubeconfig(&dir, &[("kind-zb", &api.url())])), context: None },
+        image: Some("example.com/zonebench-agent:test".into()),
+        settings: KubeSettings { allow_cidrs: vec!["127.0.0.0/8".into()], ..Default::default() },
+        scenario: "t".into(),
+        inspector_image: None,
+        run_id: Some("feed0005".into()),
+        variants: Vec::new(),
+    };
+    let ns = "zonebench-feed0005";
+    let mut p = KubePlatform::new(options).unwrap();
+    p.discover().await.unwrap();
+    p.deploy(&[
+        AgentRequest { id: "srv-a-0".into(), node: "zb-worker".into() },
+        AgentRequest { id: "cli-a-0".into(), node: "zb-worker2".into() },
+    ])
+    .await
+    .unwrap();
+    let table = |n: u32| service_table(n, &["srv-a-0".to_string()], &[AgentPort::Tcp]);
+    let service_posts = || api.writes().iter().filter(|w| w.method == "POST" && w.path.ends_with("/services")).count();
+    let mut names = || {
+        let mut v = api.names(ns, "services");
+        v.sort();
+        v
+    };
+
+    // Fillers, then the newest with a probe: only the newest is created the second time.
+    p.apply_services(&table(5)[..4], None).await.unwrap();
+    assert_eq!(service_posts(), 4);
+    let probe = ProbeRequest {
+        from_agent: "cli-a-0".into(),
+        service: "svc-00005".into(),
+        port: AgentPort::Tcp,
+        within: Duration::from_secs(20),
+    };
+    let applied = p.apply_services(&table(5), Some(&probe)).await.unwrap();
+    assert_eq!(service_posts(), 5, "the four fillers stay");
+    assert_eq!(applied.services.len(), 5);
+    let latency = applied.probe.expect("the probe's answer");
+    let programmed = api.programmed_at(ns, "svc-00005").unwrap();
+    assert!(latency >= DELAY, "{latency:?}");
+    assert!(programmed.elapsed() < Duration::from_secs(20));
+
+    // Something else holds svc-00007: the apply fails naming it, and the next one clears what
+    // the failed one may have left (svc-00006 … svc-00008) before creating them again.
+    api.load(serde_json::json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "svc-00007", "namespace": ns}, "spec": {"ports": [{"port": 1}]}}));
+    let err = format!("{:#}", p.apply_services(&table(8), None).await.unwrap_err());
+    assert!(err.contains("svc-00007") && err.contains("already exists"), "{err}");
+    p.apply_services(&table(8), None).await.unwrap();
+    assert_eq!(names(), (1..=8).map(|i| format!("svc-{i:05}")).collect::<Vec<_>>());
+    let slice = api.object(ns, "endpointslices", "svc-00007").unwrap();
+    assert_eq!(slice["metadata"]["labels"]["kubernetes.io/service-name"], "svc-00007");
+
+    // Fewer: the dropped Services go with their slices.
+    p.apply_services(&table(2), None).await.unwrap();
+    assert_eq!(names(), ["svc-00001", "svc-00002"]);
+    let mut slices = api.names(ns, "endpointslices");
+    slices.sort();
+    assert_eq!(slices, ["svc-00001", "svc-00002"]);
+    p.teardown().await.unwrap();
+    std::fs::remove_dir_all(dir).unwrap();
+}

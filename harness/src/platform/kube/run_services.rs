@@ -60,8 +60,9 @@ pub struct Applied {
 pub struct State {
     /// What exists, by name.
     pub applied: BTreeMap<String, Applied>,
-    /// Services a failed apply may have left half-made: deleted first by the next one.
-    pub uncertain: BTreeSet<String>,
+    /// Services a failed apply may have left half-made, with who writes their slices:
+    /// deleted first by the next one.
+    pub uncertain: BTreeMap<String, EndpointsBy>,
 }
 
 /// A programming-latency probe for [`apply`]: the agent in a client pod that connects, and
@@ -161,7 +162,8 @@ pub async fn apply(
 ) -> anyhow::Result<(Vec<DeployedService>, Option<Duration>)> {
     let result = apply_inner(cluster, run, nodes, requests, state, probe, progress).await;
     if result.is_err() {
-        let unsure = requests.iter().filter(|r| !state.applied.contains_key(&r.name)).map(|r| r.name.clone());
+        let unsure =
+            requests.iter().filter(|r| !state.applied.contains_key(&r.name)).map(|r| (r.name.clone(), r.endpoints));
         state.uncertain.extend(unsure);
     }
     result
@@ -197,9 +199,11 @@ async fn apply_inner(
     }
 
     if !state.uncertain.is_empty() {
-        let names: Vec<String> = state.uncertain.iter().cloned().collect();
+        // Deleting a Service and the slice of its name covers both kinds; the controller's
+        // slices (named otherwise) are waited out, or they would pass for a new Service's.
+        let names: Vec<String> = state.uncertain.keys().cloned().collect();
         services::delete_written_services(cluster, &ns, &names, BATCH, |_, _| {}).await?;
-        for n in &names {
+        for (n, _) in state.uncertain.iter().filter(|(_, by)| **by == EndpointsBy::Controller) {
             wait_slices_gone(cluster, &ns, n, ENDPOINTS_WITHIN).await?;
         }
         state.uncertain.clear();

@@ -284,7 +284,7 @@ async fn applying_a_table_adds_only_what_is_new_recovers_from_a_failed_apply_and
     .unwrap();
     let table = |n: u32| service_table(n, &["srv-a-0".to_string()], &[AgentPort::Tcp]);
     let service_posts = || api.writes().iter().filter(|w| w.method == "POST" && w.path.ends_with("/services")).count();
-    let mut names = || {
+    let names = || {
         let mut v = api.names(ns, "services");
         v.sort();
         v

@@ -80,7 +80,13 @@ pub async fn connect(source: &ClusterSource) -> Result<Cluster, KubeError> {
             })
         }
         Ok(Err(e)) => {
-            return Err(KubeError::Unreachable { cluster: describe(&server, &context), cause: error_chain(&e) })
+            let mut cause = error_chain(&e);
+            // The connector's deadline covers the TCP connect and the TLS handshake; say so
+            // rather than leave hyper's bare "deadline has elapsed".
+            if cause.contains("deadline has elapsed") {
+                cause = format!("no connection (TCP and TLS) within {CONNECT_TIMEOUT:?}: {cause}");
+            }
+            return Err(KubeError::Unreachable { cluster: describe(&server, &context), cause });
         }
         Err(_) => {
             return Err(KubeError::Unreachable {

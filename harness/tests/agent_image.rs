@@ -207,9 +207,14 @@ fn distroless_root(root: &Path, binary: &Path, pod: &AgentPod) -> PathBuf {
     std::fs::set_permissions(root.join("home/nonroot"), std::fs::Permissions::from_mode(0o700)).unwrap();
     std::os::unix::fs::chown(root.join("home/nonroot"), Some(65532), Some(65532)).unwrap();
     let files = [
-        ("etc/passwd", "root:x:0:0:root:/root:/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n"),
+        (
+            "etc/passwd",
+            "root:x:0:0:root:/root:/sbin/nologin\n\
+             nobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin\n\
+             nonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n",
+        ),
         ("etc/group", "root:x:0:\nnobody:x:65534:\ntty:x:5:\nstaff:x:50:\nnonroot:x:65532:\n"),
-        ("etc/nsswitch.conf", "passwd: files\ngroup: files\nhosts: files dns\nnetworks: files\nprotocols: files\nservices: files\n"),
+        ("etc/nsswitch.conf", "passwd: files\ngroup: files\nhosts: files dns\nprotocols: files\nservices: files\n"),
     ];
     for (path, text) in files {
         std::fs::write(root.join(path), text).unwrap();
@@ -242,11 +247,14 @@ root=$1 secret=$2 secret_at=$3 pod_ip=$4
 shift 4
 ip link set lo up
 ip addr add "$pod_ip/32" dev lo
+# readOnlyRootFilesystem
 mount --bind -o ro "$root" "$root"
+# What every OCI runtime mounts: /proc of the pod's PID namespace, a read-only /sys, a small /dev.
 mount -t proc -o nosuid,nodev,noexec proc "$root/proc"
 mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$root/sys"
 mount -t tmpfs -o nosuid,noexec,mode=755,size=64k tmpfs "$root/dev"
 for d in null zero full random urandom tty; do touch "$root/dev/$d"; mount --bind "/dev/$d" "$root/dev/$d"; done
+# The Secret volume, read-only.
 mount --bind -o ro "$secret" "$root$secret_at"
 exec capsh "$@"
 "#;
@@ -340,10 +348,10 @@ fn exercise(ports: &BTreeMap<String, u16>, id: &str, token: &str) -> anyhow::Res
         let endpoint = ControlEndpoint::Tcp(format!("{POD_IP}:{}", ports["control"]).parse()?);
         let agent = ControlClient::new(endpoint.clone(), token);
         agent.wait_healthy(Duration::from_secs(20)).await?;
-        anyhow::ensure!(
-            ControlClient::new(endpoint, "not-the-token").info().await.is_err(),
-            "GET /v1/info answered a wrong token"
-        );
+        match ControlClient::new(endpoint, "not-the-token").info().await {
+            Err(e) if e.to_string().contains("401") => {}
+            other => anyhow::bail!("GET /v1/info with a wrong token: {other:?}"),
+        }
         let info = agent.info().await?;
         anyhow::ensure!(info["identity"]["id"] == id, "/v1/info identity: {}", info["identity"]);
         for name in ["tcp", "udp", "http"] {
@@ -387,7 +395,8 @@ fn assert_confined(pid: i32, pod: &AgentPod) {
     assert!(field("NSpid").ends_with(" 1"), "the agent is not PID 1 of its PID namespace: {}", field("NSpid"));
     // mountinfo shows mounts as the agent sees them: field 5 is the mount point, 6 its options.
     let mounts = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
-    let root = mounts.lines().map(|l| l.split(' ').collect::<Vec<_>>()).filter(|f| f[4] == "/").last().unwrap();
+    // The last mount on / is the one on top, which the agent sees.
+    let root = mounts.lines().rev().map(|l| l.split(' ').collect::<Vec<_>>()).find(|f| f[4] == "/").unwrap();
     assert!(root[5].split(',').any(|o| o == "ro"), "the agent's root is not read-only: {}", root.join(" "));
 }
 
@@ -407,36 +416,14 @@ fn assert_wrote_nothing(trace: &str, pod: &AgentPod) {
         pod.token_file,
         agent.join("\n")
     );
-    const CHANGES: [&str; 22] = [
-        "creat",
-        "mkdir",
-        "mkdirat",
-        "mknod",
-        "mknodat",
-        "unlink",
-        "unlinkat",
-        "rmdir",
-        "rename",
-        "renameat",
-        "renameat2",
-        "link",
-        "linkat",
-        "symlink",
-        "symlinkat",
-        "chmod",
-        "fchmodat",
-        "chown",
-        "lchown",
-        "fchownat",
-        "truncate",
-        "utimensat",
-    ];
+    const CHANGES: &str = "creat mkdir mkdirat mknod mknodat unlink unlinkat rmdir rename renameat renameat2 \
+        link linkat symlink symlinkat chmod fchmodat chown lchown fchownat truncate utimensat";
     let writes: Vec<&&str> = agent
         .iter()
         .filter(|l| !l.contains("\"/dev/"))
         .filter(|l| {
             let call = l.split_once(' ').map_or("", |(_, rest)| rest.split('(').next().unwrap_or(""));
-            CHANGES.contains(&call)
+            CHANGES.split_whitespace().any(|c| c == call)
                 || ["O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC", "O_TMPFILE", "EROFS"].iter().any(|f| l.contains(f))
         })
         .collect();

@@ -182,7 +182,9 @@ pub fn render(scenario_path: &Path, opts: &CronJobOptions) -> Result<String, Ren
             rule(&[""], &["secrets"], &["get", "create", "delete"]),
             rule(&[""], &["services"], &["get", "list", "create", "delete"]),
             rule(&["discovery.k8s.io"], &["endpointslices"], &["get", "list", "watch", "create", "delete"]),
+            // `--inspect-nodes`: its DaemonSet, and its pods' logs (the reports).
             rule(&["apps"], &["daemonsets"], &["get", "create", "delete"]),
+            rule(&[""], &["pods/log"], &["get"]),
         ]),
         ..Default::default()
     };

@@ -375,7 +375,7 @@ async fn node_inspector_reports_are_read_from_its_pods_logs() {
     let api = FakeApi::start(Kubelet::Ready).await;
     api.load(fixture("namespace-leftover.json"));
     api.load(serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "zb-inspect-nodes-x1",
-        "namespace": "zonebench-feed0001", "labels": {"app.kubernetes.io/name": "zonebench-inspector",
+        "namespace": "zonebench-feed0001-inspect", "labels": {"app.kubernetes.io/name": "zonebench-inspector",
         "zonebench.dev/run": "feed0001"}}, "spec": {"containers": [{"name": "inspect"}]}, "status": {"phase": "Running"}}));
     api.set_log(
         "zb-inspect-nodes-x1",
@@ -391,7 +391,7 @@ async fn node_inspector_reports_are_read_from_its_pods_logs() {
     assert!(api
         .requests()
         .iter()
-        .any(|r| r.path == "/api/v1/namespaces/zonebench-feed0001/pods/zb-inspect-nodes-x1/log"
+        .any(|r| r.path == "/api/v1/namespaces/zonebench-feed0001-inspect/pods/zb-inspect-nodes-x1/log"
             && r.query.contains("tailLines=5")));
 }
 

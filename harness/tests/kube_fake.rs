@@ -231,8 +231,9 @@ async fn a_daemonset_gets_a_ready_pod_per_node_it_tolerates_with_its_template_la
     let dir = temp_dir("daemonset");
     let cluster = connect(&api, &dir).await;
     let run = manifests::RunMeta { run_id: "feed0004".into(), scenario: "quick".into() };
-    let ns = run.namespace();
-    Api::<Namespace>::all(cluster.client.clone()).create(&post(), &manifests::namespace(&run, true)).await.unwrap();
+    // The inspector's own (privileged) namespace, where it runs.
+    let ns = run.inspector_namespace();
+    Api::<Namespace>::all(cluster.client.clone()).create(&post(), &manifests::inspector_namespace(&run)).await.unwrap();
     let daemonsets: Api<DaemonSet> = Api::namespaced(cluster.client.clone(), &ns);
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &ns);
     let inspector = manifests::inspector_daemonset(&run, "example.com/inspector:test");
@@ -331,11 +332,13 @@ async fn endpointslices_and_daemonsets_are_listed_by_selector_got_watched_and_de
     let cluster = connect(&api, &dir).await;
     let run = manifests::RunMeta { run_id: "feed0005".into(), scenario: "quick".into() };
     let ns = run.namespace();
+    let ins = run.inspector_namespace();
     let c = cluster.client.clone();
-    Api::<Namespace>::all(c.clone()).create(&post(), &manifests::namespace(&run, true)).await.unwrap();
+    Api::<Namespace>::all(c.clone()).create(&post(), &manifests::namespace(&run)).await.unwrap();
+    Api::<Namespace>::all(c.clone()).create(&post(), &manifests::inspector_namespace(&run)).await.unwrap();
     let services: Api<Service> = Api::namespaced(c.clone(), &ns);
     let slices: Api<EndpointSlice> = Api::namespaced(c.clone(), &ns);
-    let daemonsets: Api<DaemonSet> = Api::namespaced(c.clone(), &ns);
+    let daemonsets: Api<DaemonSet> = Api::namespaced(c.clone(), &ins);
     // Endpoints off this machine, as on a cluster: the fake never dials them.
     let echo = [manifests::EchoEndpoint {
         pod: "srv-a-0".into(),
@@ -419,18 +422,18 @@ async fn endpointslices_and_daemonsets_are_listed_by_selector_got_watched_and_de
     assert!(daemonsets.list(&ListParams::default().labels("zonebench.dev/run=other")).await.unwrap().items.is_empty());
     assert_eq!(
         daemonsets.get(manifests::INSPECTOR_NAME).await.unwrap().metadata.namespace.as_deref(),
-        Some(ns.as_str())
+        Some(ins.as_str())
     );
     daemonsets.delete(manifests::INSPECTOR_NAME, &DeleteParams::default()).await.unwrap();
     assert!(daemonsets.get_opt(manifests::INSPECTOR_NAME).await.unwrap().is_none());
-    assert!(api.names(&ns, "pods").is_empty(), "its pods are collected");
+    assert!(api.names(&ins, "pods").is_empty(), "its pods are collected");
 
     let paths: Vec<String> = api.requests().iter().map(|r| format!("{} {}", r.method, r.path)).collect();
     for want in [
         format!("GET /apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices"),
         format!("DELETE /apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices"),
-        format!("POST /apis/apps/v1/namespaces/{ns}/daemonsets"),
-        format!("DELETE /apis/apps/v1/namespaces/{ns}/daemonsets/{}", manifests::INSPECTOR_NAME),
+        format!("POST /apis/apps/v1/namespaces/{ins}/daemonsets"),
+        format!("DELETE /apis/apps/v1/namespaces/{ins}/daemonsets/{}", manifests::INSPECTOR_NAME),
     ] {
         assert!(paths.contains(&want), "no {want} in {paths:#?}");
     }

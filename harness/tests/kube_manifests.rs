@@ -184,6 +184,20 @@ fn every_rendered_pod_passes_the_restricted_pod_security_standard() {
         .map(|(p, _)| p)
         .collect();
     assert_eq!(failing, vec![format!("DaemonSet/{}.spec.template.spec", manifests::INSPECTOR_NAME)]);
+    // It lives in a privileged namespace of its own; the agents' stays restricted.
+    let levels: Vec<(&str, &str)> = docs
+        .iter()
+        .filter(|d| d["kind"] == "Namespace")
+        .map(|d| {
+            (
+                d["metadata"]["name"].as_str().unwrap(),
+                d["metadata"]["labels"]["pod-security.kubernetes.io/enforce"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(levels, [("zonebench-render", "restricted"), ("zonebench-render-inspect", "privileged")]);
+    let ds = docs.iter().find(|d| d["kind"] == "DaemonSet").unwrap();
+    assert_eq!(ds["metadata"]["namespace"], "zonebench-render-inspect");
 }
 
 #[test]

@@ -143,9 +143,10 @@ fn emulate_inspector(api: Arc<FakeApi>, stop: Arc<AtomicBool>) -> tokio::task::J
         while !stop.load(Ordering::Relaxed) {
             seq += 1;
             let namespaces: Vec<String> =
-                api.names("", "namespaces").into_iter().filter(|n| n.starts_with("zonebench-")).collect();
+                api.names("", "namespaces").into_iter().filter(|n| n.ends_with("-inspect")).collect();
             for ns in namespaces {
-                let services = api.names(&ns, "services").len() as u64;
+                // The Services are in the run's namespace, the inspector in its own.
+                let services = api.names(ns.trim_end_matches("-inspect"), "services").len() as u64;
                 for pod in api.names(&ns, "pods").into_iter().filter(|p| p.starts_with("zb-inspect-nodes-")) {
                     let node = pod.trim_start_matches("zb-inspect-nodes-");
                     let line = serde_json::json!({
@@ -195,9 +196,24 @@ async fn with_inspect_nodes_each_point_records_the_client_nodes_rules_and_kube_p
         .collect();
     assert_eq!(ds.len(), 1);
     assert_eq!(ds[0]["spec"]["template"]["spec"]["containers"][0]["image"], "example.com/inspect:t");
-    let ns = w.iter().find(|r| r.method == "POST" && r.path == "/api/v1/namespaces").unwrap().body.clone().unwrap();
-    assert_eq!(ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"], "privileged");
-    assert!(!api.names("", "namespaces").contains(&run_namespace(&api)));
+    // The DaemonSet has a privileged namespace of its own; the agents' stays restricted.
+    let levels: Vec<(String, String)> = w
+        .iter()
+        .filter(|r| r.method == "POST" && r.path == "/api/v1/namespaces")
+        .map(|r| {
+            let m = &r.body.as_ref().unwrap()["metadata"];
+            (
+                m["name"].as_str().unwrap().into(),
+                m["labels"]["pod-security.kubernetes.io/enforce"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let ns = run_namespace(&api);
+    assert_eq!(levels, [(ns.clone(), "restricted".into()), (format!("{ns}-inspect"), "privileged".into())]);
+    assert_eq!(ds[0]["metadata"]["namespace"].as_str(), Some(format!("{ns}-inspect").as_str()));
+    // Both are gone at the end.
+    let left = api.names("", "namespaces");
+    assert!(!left.contains(&ns) && !left.contains(&format!("{ns}-inspect")), "{left:?}");
     std::fs::remove_dir_all(dir).unwrap();
 }
 

@@ -87,7 +87,7 @@ fn selector(run: &RunMeta) -> String {
 /// The latest report of each inspector pod of the run, by pod name; pods that have not
 /// reported yet map to None.
 pub async fn node_reports(cluster: &Cluster, run: &RunMeta) -> Result<BTreeMap<String, Option<NodeReport>>, KubeError> {
-    let ns = run.namespace();
+    let ns = run.inspector_namespace();
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &ns);
     let list = pods
         .list(&ListParams::default().labels(&selector(run)))

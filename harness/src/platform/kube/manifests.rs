@@ -62,6 +62,12 @@ impl RunMeta {
         format!("zonebench-{}", self.run_id)
     }
 
+    /// The namespace of the node inspector (`--inspect-nodes`): its own, the only one that
+    /// allows privileged pods, so the agents' namespace stays `restricted`.
+    pub fn inspector_namespace(&self) -> String {
+        format!("zonebench-{}-inspect", self.run_id)
+    }
+
     /// The labels every object of the run carries.
     pub fn labels(&self) -> BTreeMap<String, String> {
         [(MANAGED_BY.to_string(), MANAGER.to_string()), (RUN_LABEL.to_string(), self.run_id.clone())].into()
@@ -189,10 +195,20 @@ pub fn pod_name(agent_id: &str) -> Result<String, ManifestError> {
 }
 
 /// The run's namespace. `restricted` is enforced on it, so the API server itself refuses
-/// any pod of ours that would need more; only the node inspector, when asked for, lowers it.
-pub fn namespace(run: &RunMeta, inspect_nodes: bool) -> Namespace {
-    let level = if inspect_nodes { "privileged" } else { "restricted" };
-    let mut meta = run.meta(&run.namespace(), &[]);
+/// any pod of ours that would need more.
+pub fn namespace(run: &RunMeta) -> Namespace {
+    namespace_enforcing(run, &run.namespace(), "restricted")
+}
+
+/// The node inspector's namespace ([`RunMeta::inspector_namespace`]), enforcing
+/// `privileged`: its hostNetwork DaemonSet needs it, and nothing else runs there. Labelled
+/// as the run's, so teardown and `zonebench gc` find it too.
+pub fn inspector_namespace(run: &RunMeta) -> Namespace {
+    namespace_enforcing(run, &run.inspector_namespace(), "privileged")
+}
+
+fn namespace_enforcing(run: &RunMeta, name: &str, level: &str) -> Namespace {
+    let mut meta = run.meta(name, &[]);
     meta.namespace = None;
     let labels = meta.labels.get_or_insert_default();
     labels.insert("pod-security.kubernetes.io/enforce".into(), level.into());
@@ -533,8 +549,10 @@ pub fn inspector_daemonset(run: &RunMeta, image: &str) -> DaemonSet {
             .into();
     let mut pod_labels = run.labels();
     pod_labels.extend(selector.clone());
+    let mut metadata = run.meta(INSPECTOR_NAME, &[(NAME_LABEL, "zonebench-inspector")]);
+    metadata.namespace = Some(run.inspector_namespace());
     DaemonSet {
-        metadata: run.meta(INSPECTOR_NAME, &[(NAME_LABEL, "zonebench-inspector")]),
+        metadata,
         spec: Some(DaemonSetSpec {
             selector: LabelSelector { match_labels: Some(selector), match_expressions: None },
             template: PodTemplateSpec {
@@ -587,7 +605,8 @@ pub struct RunManifests {
     pub secret: Secret,
     pub pods: Vec<Pod>,
     pub services: Vec<Service>,
-    pub inspector: Option<DaemonSet>,
+    /// With `--inspect-nodes`: the inspector's own namespace and its DaemonSet.
+    pub inspector: Option<(Namespace, DaemonSet)>,
 }
 
 /// What [`run_manifests`] needs.
@@ -616,11 +635,13 @@ pub fn run_manifests(input: &RunInput<'_>) -> Result<RunManifests, ManifestError
         pods.push(pod);
     }
     Ok(RunManifests {
-        namespace: namespace(input.run, input.inspector_image.is_some()),
+        namespace: namespace(input.run),
         secret: control_secret(input.run, input.token),
         pods,
         services: input.variants.iter().map(|v| variant_service(input.run, *v)).collect(),
-        inspector: input.inspector_image.map(|image| inspector_daemonset(input.run, image)),
+        inspector: input
+            .inspector_image
+            .map(|image| (inspector_namespace(input.run), inspector_daemonset(input.run, image))),
     })
 }
 
@@ -630,7 +651,9 @@ impl RunManifests {
         let mut out = vec![to_value(&self.namespace), to_value(&self.secret)];
         out.extend(self.pods.iter().map(to_value));
         out.extend(self.services.iter().map(to_value));
-        out.extend(self.inspector.iter().map(to_value));
+        if let Some((ns, ds)) = &self.inspector {
+            out.extend([to_value(ns), to_value(ds)]);
+        }
         out
     }
 }

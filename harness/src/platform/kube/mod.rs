@@ -376,6 +376,10 @@ impl Platform for KubePlatform {
             return Ok(());
         }
         let cluster = self.connected()?.clone();
+        // The inspector's namespace first: it is the privileged one.
+        if self.options.inspector_image.is_some() {
+            delete_namespace(&cluster, &self.run.inspector_namespace(), NAMESPACE_GONE_WITHIN).await?;
+        }
         delete_namespace(&cluster, &self.run.namespace(), NAMESPACE_GONE_WITHIN).await?;
         self.namespace_requested = false;
         Ok(())

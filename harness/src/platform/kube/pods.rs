@@ -16,7 +16,8 @@ use super::client::Cluster;
 use super::manifests::RunManifests;
 use super::{post, KubeError};
 
-/// Creates the namespace, the Secret, the pods, the Services and the inspector, in order.
+/// Creates the namespace, the Secret, the pods, the Services and the inspector (in its own
+/// namespace), in order.
 pub async fn create_run_objects(cluster: &Cluster, m: &RunManifests) -> Result<(), KubeError> {
     let c = &cluster.client;
     let ns = m.namespace.metadata.name.clone().unwrap_or_default();
@@ -41,9 +42,14 @@ pub async fn create_run_objects(cluster: &Cluster, m: &RunManifests) -> Result<(
             .await
             .map_err(|e| cluster.api_error(format!("creating Service {ns}/{name}"), &e))?;
     }
-    if let Some(ds) = &m.inspector {
-        Api::<DaemonSet>::namespaced(c.clone(), &ns).create(&post(), ds).await.map_err(|e| {
-            cluster.api_error(format!("creating DaemonSet {ns}/{}", super::manifests::INSPECTOR_NAME), &e)
+    if let Some((namespace, ds)) = &m.inspector {
+        let ins = namespace.metadata.name.clone().unwrap_or_default();
+        Api::<Namespace>::all(c.clone())
+            .create(&post(), namespace)
+            .await
+            .map_err(|e| cluster.api_error(format!("creating namespace {ins}"), &e))?;
+        Api::<DaemonSet>::namespaced(c.clone(), &ins).create(&post(), ds).await.map_err(|e| {
+            cluster.api_error(format!("creating DaemonSet {ins}/{}", super::manifests::INSPECTOR_NAME), &e)
         })?;
     }
     Ok(())

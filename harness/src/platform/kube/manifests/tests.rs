@@ -33,8 +33,11 @@ fn every_object_carries_the_run_and_manager_labels() {
         let labels = &o["metadata"]["labels"];
         assert_eq!(labels[MANAGED_BY], "zonebench", "{o}");
         assert_eq!(labels[RUN_LABEL], "ab12cd34", "{o}");
-        if o["kind"] != "Namespace" {
-            assert_eq!(o["metadata"]["namespace"], "zonebench-ab12cd34", "{o}");
+        match o["kind"].as_str() {
+            Some("Namespace") => {}
+            // The node inspector has a (privileged) namespace of its own.
+            Some("DaemonSet") => assert_eq!(o["metadata"]["namespace"], "zonebench-ab12cd34-inspect", "{o}"),
+            _ => assert_eq!(o["metadata"]["namespace"], "zonebench-ab12cd34", "{o}"),
         }
     }
 }
@@ -51,14 +54,20 @@ fn agent_pods_pass_the_restricted_pod_security_standard() {
 }
 
 #[test]
-fn the_node_inspector_is_privileged_and_lowers_the_namespace_level() {
+fn the_node_inspector_is_privileged_in_a_namespace_of_its_own_and_the_agents_stay_restricted() {
     let m = all(true);
-    let ds = serde_json::to_value(m.inspector.as_ref().unwrap()).unwrap();
+    let (ns, ds) = m.inspector.as_ref().unwrap();
+    let ds = serde_json::to_value(ds).unwrap();
     let specs = pss::pod_specs(&ds);
     assert_eq!(specs.len(), 1);
     assert_eq!(specs[0].1["hostNetwork"], true);
     assert!(!pss::restricted_violations(specs[0].1).is_empty());
-    assert_eq!(m.namespace.metadata.labels.as_ref().unwrap()["pod-security.kubernetes.io/enforce"], "privileged");
+    let enforce = |n: &Namespace| n.metadata.labels.as_ref().unwrap()["pod-security.kubernetes.io/enforce"].clone();
+    assert_eq!(ds["metadata"]["namespace"], "zonebench-ab12cd34-inspect");
+    assert_eq!(ns.metadata.name.as_deref(), Some("zonebench-ab12cd34-inspect"));
+    assert_eq!(enforce(ns), "privileged");
+    assert_eq!(ns.metadata.labels.as_ref().unwrap()[RUN_LABEL], "ab12cd34", "found by teardown and gc");
+    assert_eq!(enforce(&m.namespace), "restricted");
     assert!(all(false).inspector.is_none());
 }
 

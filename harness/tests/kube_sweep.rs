@@ -274,7 +274,7 @@ async fn live_cluster_sweep() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn applying_a_table_adds_only_what_is_new_recovers_from_a_failed_apply_and_deletes_what_is_dropped() {
+async fn applying_a_table_adds_only_what_is_new_recovers_from_failures_and_deletes_what_is_dropped() {
     use zonebench::platform::kube::{ClusterSource, KubeOptions, KubePlatform, KubeSettings};
     use zonebench::platform::{AgentPort, AgentRequest, Platform as _, ProbeRequest};
     use zonebench::sweep::service_table;
@@ -340,6 +340,16 @@ async fn applying_a_table_adds_only_what_is_new_recovers_from_a_failed_apply_and
     let mut slices = api.names(ns, "endpointslices");
     slices.sort();
     assert_eq!(slices, ["svc-00001", "svc-00002"]);
+
+    // A loaded API server sheds every third write with 429 (priority and fairness): the
+    // batches retry those, and nothing is lost either way.
+    api.shed_every(3);
+    p.apply_services(&table(12), None).await.unwrap();
+    assert_eq!(names().len(), 12);
+    p.apply_services(&table(1), None).await.unwrap();
+    assert_eq!(names(), ["svc-00001"]);
+    assert_eq!(api.names(ns, "endpointslices"), ["svc-00001"]);
+    api.shed_every(0);
     p.teardown().await.unwrap();
     std::fs::remove_dir_all(dir).unwrap();
 }

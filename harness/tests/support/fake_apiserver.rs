@@ -125,6 +125,10 @@ struct State {
     deny_all: bool,
     /// Created pods stay Pending (a slow image pull).
     hold_pods: bool,
+    /// Every how many-th write (POST, DELETE) is shed with 429, as API Priority and Fairness
+    /// sheds a burst; 0: none.
+    shed_every: u64,
+    writes_seen: u64,
     /// The runtime the server started on: where the kube-proxy's listeners run, also when a
     /// change comes from a test's synchronous call ([`FakeApi::load`]).
     rt: tokio::runtime::Handle,
@@ -227,6 +231,8 @@ impl FakeApi {
             version: fixture("version.json"),
             terminating_for: Duration::from_millis(300),
             deny_all: false,
+            shed_every: 0,
+            writes_seen: 0,
             hold_pods: false,
             rt: tokio::runtime::Handle::current(),
             closed: false,
@@ -295,6 +301,13 @@ impl FakeApi {
 
     pub fn hold_pods(&self) {
         self.state.lock().unwrap().hold_pods = true;
+    }
+
+    /// Sheds every `n`-th write (POST or DELETE) with `429 Too Many Requests` from now on
+    /// (0: none), as a loaded API server's priority and fairness does; the request is
+    /// recorded but has no effect.
+    pub fn shed_every(&self, n: u64) {
+        self.state.lock().unwrap().shed_every = n;
     }
 
     /// The log of the pod named `pod` (in any namespace), as `GET …/pods/{pod}/log` answers it.
@@ -578,6 +591,17 @@ async fn handle(req: Request<Incoming>, st: Arc<Mutex<State>>, ev: Events) -> Re
     });
     if st.lock().unwrap().deny_all {
         return status(401, "Unauthorized", "Unauthorized");
+    }
+    if matches!(method.as_str(), "POST" | "DELETE") {
+        let mut g = st.lock().unwrap();
+        g.writes_seen += 1;
+        if g.shed_every > 0 && g.writes_seen % g.shed_every == 0 {
+            return status(
+                429,
+                "TooManyRequests",
+                "the server has received too many requests and has asked us to try again later",
+            );
+        }
     }
     if path == "/version" {
         let v = st.lock().unwrap().version.clone();

@@ -341,8 +341,9 @@ async fn applying_a_table_adds_only_what_is_new_recovers_from_failures_and_delet
     slices.sort();
     assert_eq!(slices, ["svc-00001", "svc-00002"]);
 
-    // A loaded API server sheds every third write with 429 (priority and fairness): the
-    // batches retry those, and nothing is lost either way.
+    // A loaded API server sheds every third write with 429 (priority and fairness does under
+    // a burst like ours): kube-rs's default retry policy (429, 503, 504) sends them again,
+    // and nothing is lost either way. This fails if that policy is ever turned off.
     api.shed_every(3);
     p.apply_services(&table(12), None).await.unwrap();
     assert_eq!(names().len(), 12);

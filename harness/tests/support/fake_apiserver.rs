@@ -595,7 +595,7 @@ async fn handle(req: Request<Incoming>, st: Arc<Mutex<State>>, ev: Events) -> Re
     if matches!(method.as_str(), "POST" | "DELETE") {
         let mut g = st.lock().unwrap();
         g.writes_seen += 1;
-        if g.shed_every > 0 && g.writes_seen % g.shed_every == 0 {
+        if g.shed_every > 0 && g.writes_seen.is_multiple_of(g.shed_every) {
             return status(
                 429,
                 "TooManyRequests",

@@ -247,28 +247,6 @@ pub async fn wait_for_endpoints(
     }
 }
 
-/// Runs an API call again while the API server sheds it with 429 Too Many Requests (API
-/// Priority and Fairness does under a burst such as ours; kube-rs does not retry): 100 ms,
-/// doubling, at most 7 tries (about 6 s). A shed request had no effect, so retrying it is
-/// safe; other errors are returned at once.
-async fn shed_retried<T, F, Fut>(mut call: F) -> Result<T, kube::Error>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, kube::Error>>,
-{
-    let mut wait = Duration::from_millis(100);
-    for _ in 0..6 {
-        match call().await {
-            Err(kube::Error::Api(s)) if s.code == 429 => {
-                tokio::time::sleep(wait).await;
-                wait *= 2;
-            }
-            r => return r,
-        }
-    }
-    call().await
-}
-
 /// Creates selector-less Services, each followed by its EndpointSlice, `batch` at a time
 /// (each batch's requests concurrent), calling `progress(done, total)` after each batch.
 pub async fn create_written_services(
@@ -287,10 +265,8 @@ pub async fn create_written_services(
             let (services, slices) = (services.clone(), slices.clone());
             let name = svc.metadata.name.clone().unwrap_or_default();
             async move {
-                let pp = post();
-                let made =
-                    shed_retried(|| services.create(&pp, svc)).await.map_err(|e| (name.clone(), "Service", e))?;
-                shed_retried(|| slices.create(&pp, slice)).await.map_err(|e| (name, "EndpointSlice", e))?;
+                let made = services.create(&post(), svc).await.map_err(|e| (name.clone(), "Service", e))?;
+                slices.create(&post(), slice).await.map_err(|e| (name, "EndpointSlice", e))?;
                 Ok::<Service, (String, &str, kube::Error)>(made)
             }
         }))
@@ -322,10 +298,9 @@ pub async fn delete_written_services(
         let results = join_all(chunk.iter().map(|name| {
             let (services, slices) = (services.clone(), slices.clone());
             async move {
-                let dp = DeleteParams::default();
                 for r in [
-                    shed_retried(|| services.delete(name, &dp)).await.map(|_| ()),
-                    shed_retried(|| slices.delete(name, &dp)).await.map(|_| ()),
+                    services.delete(name, &DeleteParams::default()).await.map(|_| ()),
+                    slices.delete(name, &DeleteParams::default()).await.map(|_| ()),
                 ] {
                     match r {
                         Ok(()) => {}

@@ -9,21 +9,16 @@
 
 mod support {
     pub mod fake_apiserver;
+    pub mod kube_client;
 }
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::fake_apiserver::{fixture, kubeconfig, FakeApi, Kubelet};
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("zb-hints-live-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+use support::kube_client::temp_dir;
 
 /// The fake cluster: kind's nodes (zones a, b, c; b has 50m less CPU) and namespace `shop`.
 async fn shop() -> FakeApi {

@@ -11,22 +11,17 @@
 
 mod support {
     pub mod fake_apiserver;
+    pub mod kube_client;
 }
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::fake_apiserver::{fixture, kubeconfig, FakeApi, Kubelet};
-use zonebench::platform::kube::{self, manifests, services, ClusterSource, KubeOptions, KubePlatform, KubeSettings};
+use support::kube_client::{connect, kube_options, temp_dir};
+use zonebench::platform::kube::{self, manifests, services, KubePlatform};
 use zonebench::platform::{AgentPort, AgentRequest, Platform as _};
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("zb-kube-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 fn zonebench() -> tokio::process::Command {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_zonebench"))
@@ -36,11 +31,6 @@ fn load_kind(api: &FakeApi) {
     api.load(fixture("kind-nodes.json"));
     api.load(fixture("kind-daemonsets.json"));
     api.load(fixture("kind-kube-proxy-configmap.json"));
-}
-
-async fn connect(api: &FakeApi, dir: &Path) -> kube::Cluster {
-    let source = ClusterSource { kubeconfig: Some(kubeconfig(dir, &[("kind-zb", &api.url())])), context: None };
-    kube::client::connect(&source).await.unwrap()
 }
 
 #[tokio::test]
@@ -118,18 +108,6 @@ async fn a_cluster_without_zone_labels_is_refused_with_a_hint() {
     let dir = temp_dir("nozones");
     let err = kube::discovery::discover(&connect(&api, &dir).await).await.unwrap_err().to_string();
     assert!(err.contains("topology.kubernetes.io/zone") && err.contains(&api.url()), "{err}");
-}
-
-fn kube_options(dir: &Path, api: &FakeApi, run_id: &str) -> KubeOptions {
-    KubeOptions {
-        source: ClusterSource { kubeconfig: Some(kubeconfig(dir, &[("kind-zb", &api.url())])), context: None },
-        image: Some("example.com/zonebench-agent:test".into()),
-        settings: KubeSettings { allow_cidrs: vec!["127.0.0.0/8".into()], ..Default::default() },
-        scenario: "t".into(),
-        inspector_image: None,
-        run_id: Some(run_id.into()),
-        variants: Vec::new(),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,10 +10,10 @@
 
 mod support {
     pub mod fake_apiserver;
+    pub mod kube_client;
 }
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ::kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams, WatchEvent, WatchParams};
@@ -21,39 +21,16 @@ use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use support::fake_apiserver::{fixture, kubeconfig, FakeApi, Kubelet, LEASE_PORT};
+use support::fake_apiserver::{fixture, FakeApi, Kubelet, LEASE_PORT};
+use support::kube_client::{connect, kube_options, temp_dir};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
-use zonebench::platform::kube::{self, manifests, ClusterSource, KubeOptions, KubePlatform, KubeSettings};
+use zonebench::platform::kube::{self, manifests, KubePlatform};
 use zonebench::platform::lab::{AGENT_HTTP_PORT, AGENT_TCP_PORT};
 use zonebench::platform::{AgentPort, AgentRequest, Platform as _};
 
 /// The ports of the Services these tests create: every agent port.
 const ALL_PORTS: [AgentPort; 3] = [AgentPort::Tcp, AgentPort::Udp, AgentPort::Http];
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("zb-kube-fake-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-async fn connect(api: &FakeApi, dir: &Path) -> kube::Cluster {
-    let source = ClusterSource { kubeconfig: Some(kubeconfig(dir, &[("kind-zb", &api.url())])), context: None };
-    kube::client::connect(&source).await.unwrap()
-}
-
-fn kube_options(dir: &Path, api: &FakeApi, run_id: &str) -> KubeOptions {
-    KubeOptions {
-        source: ClusterSource { kubeconfig: Some(kubeconfig(dir, &[("kind-zb", &api.url())])), context: None },
-        image: Some("example.com/zonebench-agent:test".into()),
-        settings: KubeSettings { allow_cidrs: vec!["127.0.0.0/8".into()], ..Default::default() },
-        scenario: "t".into(),
-        inspector_image: None,
-        run_id: Some(run_id.into()),
-        variants: Vec::new(),
-    }
-}
 
 fn post() -> PostParams {
     PostParams::default()

@@ -8,24 +8,19 @@
 
 mod support {
     pub mod fake_apiserver;
+    pub mod kube_client;
 }
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
 use support::fake_apiserver::{fixture, kubeconfig, FakeApi, Kubelet};
+use support::kube_client::{kube_options, temp_dir};
 
 const DELAY: Duration = Duration::from_millis(400);
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("zb-kube-sweep-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 fn scenario(services: &str) -> String {
     format!(
@@ -275,20 +270,12 @@ async fn live_cluster_sweep() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn applying_a_table_adds_only_what_is_new_recovers_from_failures_and_deletes_what_is_dropped() {
-    use zonebench::platform::kube::{ClusterSource, KubeOptions, KubePlatform, KubeSettings};
+    use zonebench::platform::kube::KubePlatform;
     use zonebench::platform::{AgentPort, AgentRequest, Platform as _, ProbeRequest};
     use zonebench::sweep::service_table;
     let dir = temp_dir("apply");
     let api = fake(&dir).await;
-    let options = KubeOptions {
-        source: ClusterSource { kubeconfig: Some(kubeconfig(&dir, &[("kind-zb", &api.url())])), context: None },
-        image: Some("example.com/zonebench-agent:test".into()),
-        settings: KubeSettings { allow_cidrs: vec!["127.0.0.0/8".into()], ..Default::default() },
-        scenario: "t".into(),
-        inspector_image: None,
-        run_id: Some("feed0005".into()),
-        variants: Vec::new(),
-    };
+    let options = kube_options(&dir, &api, "feed0005");
     let ns = "zonebench-feed0005";
     let mut p = KubePlatform::new(options).unwrap();
     p.discover().await.unwrap();

@@ -57,6 +57,13 @@ fn json(status: StatusCode, v: &impl serde::Serialize) -> Resp {
     }
 }
 
+/// `429 Too Many Requests` with `Retry-After: 1`: every slot (tests or probes) is taken.
+fn busy(message: String) -> Resp {
+    let mut r = error(StatusCode::TOO_MANY_REQUESTS, message);
+    r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
+}
+
 fn error(status: StatusCode, message: impl Into<String>) -> Resp {
     let body = json!({ "error": message.into() });
     respond(status, "application/json", body.to_string())
@@ -215,11 +222,7 @@ impl Api {
                 }
                 r
             }
-            Err(e @ SubmitError::Busy { .. }) => {
-                let mut r = error(StatusCode::TOO_MANY_REQUESTS, e.to_string());
-                r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                r
-            }
+            Err(e @ SubmitError::Busy { .. }) => busy(e.to_string()),
             Err(e @ SubmitError::Spawn(_)) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         }
     }
@@ -249,12 +252,9 @@ impl Api {
         }
         let Ok(_permit) = Arc::clone(&self.probes).try_acquire_owned() else {
             let max = self.limits.max_probes;
-            let mut r = error(
-                StatusCode::TOO_MANY_REQUESTS,
-                format!("{max} probes are already running, the most this agent runs at once; retry when one ends"),
-            );
-            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            return r;
+            return busy(format!(
+                "{max} probes are already running, the most this agent runs at once; retry when one ends"
+            ));
         };
         self.metrics.probe_started(spec.protocol);
         match probe::run(&spec, &self.ctx.shutdown).await {

@@ -1,0 +1,38 @@
+//! What the kube tests share besides the fake API server itself: a scratch directory, a
+//! connection to a fake, and the platform options a test run uses against one.
+#![allow(clippy::unwrap_used, dead_code)] // test support: a failure here is a failed test
+
+use std::path::{Path, PathBuf};
+
+use zonebench::platform::kube::{self, ClusterSource, KubeOptions, KubeSettings};
+
+use super::fake_apiserver::{kubeconfig, FakeApi};
+
+/// A fresh scratch directory for one test: `zb-kube-<name>-<pid>` (each test binary is a
+/// process of its own, so names only need to be unique within one file).
+pub fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("zb-kube-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A client of `api`, through a kubeconfig written into `dir`.
+pub async fn connect(api: &FakeApi, dir: &Path) -> kube::Cluster {
+    let source = ClusterSource { kubeconfig: Some(kubeconfig(dir, &[("kind-zb", &api.url())])), context: None };
+    kube::client::connect(&source).await.unwrap()
+}
+
+/// The kube platform's options for a test run on `api`: a fixed run id, agents allowed to
+/// target loopback (where the fake's pods and ClusterIPs are).
+pub fn kube_options(dir: &Path, api: &FakeApi, run_id: &str) -> KubeOptions {
+    KubeOptions {
+        source: ClusterSource { kubeconfig: Some(kubeconfig(dir, &[("kind-zb", &api.url())])), context: None },
+        image: Some("example.com/zonebench-agent:test".into()),
+        settings: KubeSettings { allow_cidrs: vec!["127.0.0.0/8".into()], ..Default::default() },
+        scenario: "t".into(),
+        inspector_image: None,
+        run_id: Some(run_id.into()),
+        variants: Vec::new(),
+    }
+}

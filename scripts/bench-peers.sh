@@ -51,7 +51,7 @@ if ((${#need[@]})); then
 fi
 
 cargo build --release -q -p zonebench-agent
-AGENT="$ROOT/target/release/zonebench-agent"
+AGENT="${CARGO_TARGET_DIR:-$ROOT/target}/release/zonebench-agent"
 
 if (($(nproc) >= 2)); then SRV="taskset -c 0"; CLI="taskset -c 1"; else SRV=""; CLI=""; fi
 

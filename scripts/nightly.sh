@@ -37,7 +37,7 @@ fi
 
 if [[ -z ${ZONEBENCH:-} ]]; then
   cargo build --release -q -p zonebench || { echo "nightly.sh: building zonebench failed" >&2; exit 1; }
-  ZONEBENCH=target/release/zonebench
+  ZONEBENCH="${CARGO_TARGET_DIR:-target}/release/zonebench"
 fi
 [[ -x $ZONEBENCH ]] || { echo "nightly.sh: $ZONEBENCH is not an executable" >&2; exit 2; }
 

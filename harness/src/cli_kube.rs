@@ -10,9 +10,9 @@ use anyhow::Context as _;
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
+use zonebench::model::{ClusterTopology, Fingerprint, Node};
 use zonebench::plan;
 use zonebench::platform::kube::{self, manifests, ClusterSource, KubeOptions, KubePlatform};
-use zonebench::platform::{ClusterTopology, Fingerprint, Node};
 use zonebench::run::{self, RunOptions, RunOutcome};
 use zonebench::scenario::Scenario;
 
@@ -142,11 +142,11 @@ pub async fn cmd_render(args: RenderArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn render_cronjob(args: &RenderArgs) -> anyhow::Result<ExitCode> {
-    let opts = zonebench::render_cronjob::CronJobOptions {
+    let opts = zonebench::render::cronjob::CronJobOptions {
         schedule: args.schedule.clone(),
         time_zone: args.time_zone.clone(),
         namespace: args.namespace.clone(),
-        image: args.image.clone().unwrap_or_else(zonebench::render_cronjob::default_image),
+        image: args.image.clone().unwrap_or_else(zonebench::render::cronjob::default_image),
         baseline: args.baseline.clone(),
         results_pvc: args.results_pvc.clone(),
     };
@@ -193,7 +193,7 @@ async fn render_run(args: &RenderArgs) -> anyhow::Result<ExitCode> {
     let mut m = platform.manifests(&plan.agent_requests())?;
     m.secret.string_data = Some([("token".to_string(), "GENERATED-PER-RUN".to_string())].into());
     let mut objects = m.objects();
-    let (services, notes) = kube::run_services::rendered(platform.run(), &scenario, &plan, &topology.nodes)?;
+    let (services, notes) = zonebench::render::services(platform.run(), &scenario, &plan, &topology.nodes)?;
     objects.extend(services);
     for o in &objects {
         for (path, spec) in kube::pss::pod_specs(o) {

@@ -173,14 +173,14 @@ pub fn trend_cmd(a: TrendArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// `zonebench render --cronjob SCENARIO`: the nightly CronJob with its ServiceAccount and RBAC.
-pub fn render_cronjob_cmd(scenario: &Path, opts: crate::render_cronjob::CronJobOptions) -> anyhow::Result<ExitCode> {
-    match crate::render_cronjob::render(scenario, &opts) {
+pub fn render_cronjob_cmd(scenario: &Path, opts: crate::render::cronjob::CronJobOptions) -> anyhow::Result<ExitCode> {
+    match crate::render::cronjob::render(scenario, &opts) {
         Ok(yaml) => {
             print!("{yaml}");
             Ok(ExitCode::SUCCESS)
         }
         Err(
-            e @ (crate::render_cronjob::RenderError::Option { .. } | crate::render_cronjob::RenderError::Scenario(_)),
+            e @ (crate::render::cronjob::RenderError::Option { .. } | crate::render::cronjob::RenderError::Scenario(_)),
         ) => {
             eprintln!("error: {e}");
             Ok(ExitCode::from(2))

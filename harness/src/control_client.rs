@@ -13,7 +13,7 @@ use serde::Deserialize;
 use zonebench_agent::probe::{ProbeOutcome, ProbeSpec};
 use zonebench_agent::spec::{TestResult, TestSpec};
 
-use crate::platform::ControlEndpoint;
+use crate::model::ControlEndpoint;
 
 /// Longest a single control call may take (connect, send, answer). A probe's answer
 /// waits for the probe, so that call gets the probe's `within_ms` on top.
@@ -212,4 +212,12 @@ fn expect(got: StatusCode, want: StatusCode, body: &[u8], what: &str) -> anyhow:
         bail!("{what} answered {got}: {}", String::from_utf8_lossy(body).trim());
     }
     Ok(())
+}
+
+/// A data port from an agent's `/v1/info` (`ports.tcp`, or `tcp_port` at the top level).
+pub fn info_port(info: &serde_json::Value, name: &str) -> Option<u16> {
+    info.pointer(&format!("/ports/{name}"))
+        .or_else(|| info.get(format!("{name}_port")))
+        .and_then(|v| v.as_u64())
+        .and_then(|v| u16::try_from(v).ok())
 }

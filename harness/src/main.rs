@@ -8,13 +8,13 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
+use zonebench::model::AgentProgram;
+use zonebench::model::RunStatus;
 use zonebench::platform::lab::{self, LabOptions, LabPlatform};
 use zonebench::platform::local::LocalPlatform;
-use zonebench::platform::AgentProgram;
-use zonebench::results::RunStatus;
+use zonebench::present;
 use zonebench::run::{self, RunOptions};
 use zonebench::scenario::{PlatformChoice, Scenario};
-use zonebench::summary;
 
 mod cli_kube;
 
@@ -222,7 +222,7 @@ async fn cmd_run(args: RunArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(2));
     }
     let out_dir = args.out.clone().unwrap_or_else(|| {
-        let stamp = zonebench::results::now_rfc3339().replace([':', '-'], "");
+        let stamp = zonebench::model::now_rfc3339().replace([':', '-'], "");
         PathBuf::from("results/runs").join(format!("{stamp}-{}", scenario.name))
     });
     let cancel = CancellationToken::new();
@@ -275,18 +275,17 @@ async fn cmd_run(args: RunArgs) -> anyhow::Result<ExitCode> {
 fn report_outcome(outcome: &run::RunOutcome) -> ExitCode {
     // A sweep's measurements carry their dataplane figures: print its table, not the zone matrix.
     if outcome.results.measurements.iter().any(|m| m.service_dataplane.is_some()) {
-        print!("{}", zonebench::sweep::render(&outcome.results));
+        print!("{}", present::sweep::render(&outcome.results));
     } else if outcome.results.measurements.iter().any(|m| m.locality.is_some()) {
         // Through a Service the "server zone" of the matrix is only the busiest answerer:
         // the topology table shows where every answer came from.
-        let model =
-            outcome.results.cost.as_ref().map_or_else(Default::default, |c| zonebench::topology::locality::CostModel {
-                per_gb_cross_zone: c.per_gb_cross_zone,
-                requests_per_sec: c.requests_per_sec,
-            });
-        print!("{}", zonebench::topology::table::render(&outcome.results, &model));
+        let model = outcome.results.cost.as_ref().map_or_else(Default::default, |c| zonebench::model::CostModel {
+            per_gb_cross_zone: c.per_gb_cross_zone,
+            requests_per_sec: c.requests_per_sec,
+        });
+        print!("{}", present::locality::render(&outcome.results, &model));
     } else {
-        print!("{}", summary::render(&outcome.results));
+        print!("{}", present::matrix::render(&outcome.results));
     }
     eprintln!("results: {}", outcome.dir.join("results.json").display());
     match outcome.status {

@@ -4,9 +4,10 @@
 
 use zonebench_agent::spec::{TestKind, TestSpec};
 
-use crate::platform::{AgentPort, AgentRequest, ClusterTopology, EndpointsBy, ServiceRequest};
-use crate::scenario::{Pairs, Scenario, TestEntry, Via};
-use crate::topology::RoutingMode;
+use crate::model::RoutingMode;
+use crate::model::Via;
+use crate::model::{AgentPort, AgentRequest, ClusterTopology, EndpointsBy, ServiceRequest};
+use crate::scenario::{self, Pairs, Scenario};
 
 /// The role of a placed agent; ids are `srv-<zone>-<n>` and `cli-<zone>-<n>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,41 +75,6 @@ pub enum PlanError {
     NoZones,
     #[error("topology placement {variant:?} gives {counts} endpoint counts but the cluster has {zones} zones")]
     PlacementZones { variant: String, counts: usize, zones: usize },
-}
-
-/// The TestSpec an entry asks for, defaults filled from the scenario.
-pub fn spec_for(s: &Scenario, t: &TestEntry, target: &str) -> TestSpec {
-    let d = &s.defaults;
-    let mut spec = TestSpec::new(t.kind, target);
-    spec.duration_ms = t.duration.unwrap_or(d.duration).as_millis();
-    spec.warmup_ms = t.warmup.unwrap_or(d.warmup).as_millis();
-    spec.timeout_ms = t.timeout.unwrap_or(d.timeout).as_millis();
-    if let Some(v) = t.parallel {
-        spec.parallel = v;
-    }
-    if let Some(v) = t.reverse {
-        spec.reverse = v;
-    }
-    spec.size = t.size.map(|s| s.0);
-    spec.rate_bps = t.rate.map(|r| r.0);
-    if let Some(v) = t.request_size {
-        spec.request_size = v.0;
-    }
-    if let Some(v) = t.response_size {
-        spec.response_size = v.0;
-    }
-    if let Some(v) = t.connections {
-        spec.connections = v;
-    }
-    spec.qps = t.qps;
-    if let Some(v) = t.connection_close {
-        spec.connection_close = v;
-    }
-    if let Some(v) = &t.path {
-        spec.path = v.clone();
-    }
-    spec.threads = t.threads;
-    spec
 }
 
 /// Places agents and orders the steps. Servers go on each zone's first node and clients on
@@ -185,7 +151,7 @@ pub fn expand(s: &Scenario, cluster: &ClusterTopology) -> Result<Plan, PlanError
                             repeat,
                             client: format!("cli-{cz}-0"),
                             server: service.clone(),
-                            spec: spec_for(s, t, "0.0.0.0:0"),
+                            spec: scenario::spec_for(s, t, "0.0.0.0:0"),
                         });
                     }
                 }
@@ -211,7 +177,7 @@ pub fn expand(s: &Scenario, cluster: &ClusterTopology) -> Result<Plan, PlanError
                         repeat,
                         client: format!("cli-{cz}-0"),
                         server: format!("srv-{sz}-0"),
-                        spec: spec_for(s, t, "0.0.0.0:0"),
+                        spec: scenario::spec_for(s, t, "0.0.0.0:0"),
                     });
                 }
             }
@@ -287,7 +253,7 @@ pub fn repeats_interleave(steps: &[Step]) -> bool {
 }
 
 /// The server port a test kind targets.
-pub fn port_for(kind: TestKind, agent: &crate::platform::DeployedAgent) -> u16 {
+pub fn port_for(kind: TestKind, agent: &crate::model::DeployedAgent) -> u16 {
     match kind {
         TestKind::TcpStream | TestKind::TcpRr | TestKind::TcpCrr => agent.tcp_port,
         TestKind::UdpStream | TestKind::UdpRr => agent.udp_port,
@@ -295,10 +261,38 @@ pub fn port_for(kind: TestKind, agent: &crate::platform::DeployedAgent) -> u16 {
     }
 }
 
+/// The name of the `i`-th Service of a sweep (1-based): `svc-00001`.
+pub fn service_name(i: u32) -> String {
+    format!("svc-{i:05}")
+}
+
+/// A point's table: `count` Services with the same backends and ports, the newest last.
+pub fn service_table(count: u32, backends: &[String], ports: &[AgentPort]) -> Vec<ServiceRequest> {
+    (1..=count)
+        .map(|i| ServiceRequest {
+            name: service_name(i),
+            backends: backends.to_vec(),
+            ports: ports.to_vec(),
+            routing: RoutingMode::None,
+            endpoints: EndpointsBy::Run,
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::platform::{Fingerprint, Node};
+
+    #[test]
+    fn the_newest_service_comes_last_and_every_service_has_the_same_endpoints() {
+        let backends = vec!["srv-a-0".to_string(), "srv-a-1".to_string()];
+        let t = service_table(3, &backends, &[AgentPort::Tcp]);
+        let names: Vec<&str> = t.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["svc-00001", "svc-00002", "svc-00003"]);
+        assert!(t.iter().all(|s| s.backends == backends && s.ports == [AgentPort::Tcp]));
+        assert_eq!(service_name(10_000), "svc-10000");
+    }
+    use crate::model::{Fingerprint, Node};
 
     fn cluster(zones: &[&str], per_zone: usize) -> ClusterTopology {
         let mut nodes = Vec::new();

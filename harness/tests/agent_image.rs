@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use zonebench::control_client::ControlClient;
+use zonebench::model::ControlEndpoint;
 use zonebench::platform::lab::netns;
-use zonebench::platform::ControlEndpoint;
 use zonebench_agent::spec::TestSpec;
 
 /// The pod's address in its network namespace: inside the `--allow-cidr` ranges the pod

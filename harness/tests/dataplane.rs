@@ -15,12 +15,14 @@ use std::time::Duration;
 
 use nix::fcntl::{Flock, FlockArg};
 use zonebench::control_client::ControlClient;
-use zonebench::dataplane::{self, DataplaneKind, Endpoint, Protocol, ServicePort, ServiceRules};
-use zonebench::platform::lab::{self, netns, LabConfig, LabOptions, LabPlatform, Routing};
-use zonebench::platform::{
-    AgentPort, AgentProgram, AgentRequest, DeployedAgent, Platform, ProbeRequest, ServiceRequest,
-};
-use zonebench::topology::RoutingMode;
+use zonebench::dataplane::{self, Endpoint, ServicePort, ServiceRules};
+use zonebench::model::Routing;
+use zonebench::model::RoutingMode;
+use zonebench::model::{AgentPort, AgentProgram, AgentRequest, DeployedAgent, ProbeRequest, ServiceRequest};
+use zonebench::model::{DataplaneKind, Protocol};
+use zonebench::platform::lab::{self, netns, LabOptions, LabPlatform};
+use zonebench::platform::Platform;
+use zonebench::scenario::LabConfig;
 use zonebench_agent::spec::{TestKind, TestSpec};
 
 const LOCK: &str = "/run/zonebench/lab-tests.lock";
@@ -256,7 +258,7 @@ async fn lab_services_get_vips_every_node_programs_and_the_probe_times_the_first
     let unprogrammed = connect_from(&lab, "cli-b", SocketAddr::from((VIP, PORT)));
     assert!(unprogrammed.is_err(), "a VIP answers before any Service exists");
     let applied = lab.apply_services(&[filler.clone(), echo.clone()], Some(&probe)).await.unwrap();
-    assert_eq!(applied.dataplane, "nftables");
+    assert_eq!(applied.dataplane.as_str(), "nftables");
     assert_eq!(applied.nodes.len(), 4);
     assert_eq!(applied.nodes[0].node, "b-2", "the probing client's node is programmed first");
     // The kernel commits before the loading tool exits, so the probe may beat the sync's
@@ -273,7 +275,7 @@ async fn lab_services_get_vips_every_node_programs_and_the_probe_times_the_first
         assert_no_rules(&lab.node_target(n).unwrap().netns);
     }
     let again = lab.apply_services(&[echo], None).await.unwrap();
-    assert_eq!(again.dataplane, "iptables-legacy");
+    assert_eq!(again.dataplane.as_str(), "iptables-legacy");
     assert_eq!(again.services[0].ip, svc.ip, "a Service keeps its VIP");
     assert_spread(&answers(&agents, "cli-b", to).await, &["srv-a-0", "srv-b-0"], "after switching to iptables-legacy");
 

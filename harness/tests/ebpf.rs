@@ -24,7 +24,8 @@ use std::time::{Duration, Instant};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 use zonebench::dataplane::ebpf::{cgroup::cgroup2_mount, EbpfDataplane};
-use zonebench::dataplane::{Dataplane, Endpoint, NodeTarget, Protocol, ServicePort, ServiceRules};
+use zonebench::dataplane::{Dataplane, Endpoint, NodeTarget, ServicePort, ServiceRules};
+use zonebench::model::Protocol;
 
 const LOCK: &str = "/run/zonebench/lab-tests.lock";
 const CLIENT_ENV: &str = "ZONEBENCH_EBPF_TEST_CLIENT";

@@ -20,8 +20,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use support::fake_apiserver::{fixture, kubeconfig, FakeApi, Kubelet};
 use support::kube_client::{connect, kube_options, temp_dir};
+use zonebench::model::{AgentPort, AgentRequest};
 use zonebench::platform::kube::{self, manifests, services, KubePlatform};
-use zonebench::platform::{AgentPort, AgentRequest, Platform as _};
+use zonebench::platform::Platform as _;
 
 fn zonebench() -> tokio::process::Command {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_zonebench"))
@@ -318,7 +319,7 @@ async fn service_scaling_creates_and_deletes_selectorless_services_in_batches_wi
         },
     ];
     let ports = [AgentPort::Tcp, AgentPort::Udp];
-    let names: Vec<String> = (1..=5).map(zonebench::sweep::service_name).collect();
+    let names: Vec<String> = (1..=5).map(zonebench::plan::service_name).collect();
     let objects = names
         .iter()
         .map(|n| {
@@ -379,7 +380,7 @@ async fn gc_deletes_old_run_namespaces_found_by_label_and_spares_the_rest() {
     api.load(fixture("namespace-leftover.json"));
     let mut young = fixture("namespace-leftover.json");
     young["metadata"]["name"] = "zonebench-young001".into();
-    young["metadata"]["creationTimestamp"] = serde_json::json!(zonebench::results::now_rfc3339());
+    young["metadata"]["creationTimestamp"] = serde_json::json!(zonebench::model::now_rfc3339());
     api.load(young);
     let dir = temp_dir("gc");
     let cluster = connect(&api, &dir).await;
@@ -790,8 +791,8 @@ async fn variant_services_are_deployed_with_the_agents_and_their_hints_read_back
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apply_services_creates_a_routed_clusterip_service_per_request_over_labelled_backends_and_deletes_dropped_ones()
 {
-    use zonebench::platform::ServiceRequest;
-    use zonebench::topology::RoutingMode;
+    use zonebench::model::RoutingMode;
+    use zonebench::model::ServiceRequest;
     let dir = temp_dir("apply-services");
     let api =
         FakeApi::start(Kubelet::RunAgents { zonebench: env!("CARGO_BIN_EXE_zonebench").into(), dir: dir.clone() })
@@ -837,14 +838,14 @@ async fn apply_services_creates_a_routed_clusterip_service_per_request_over_labe
     assert!(labelled("srv-a-0", "echo") && labelled("srv-b-0", "echo") && !labelled("cli-a-0", "echo"));
     // The answer: the Service's ClusterIP and ports, and the doctor's verdict beside what the
     // controller wrote (the fake's controller writes each endpoint's own zone).
-    assert_eq!(applied.dataplane, "iptables");
+    assert_eq!(applied.dataplane.as_str(), "iptables");
     assert_eq!(applied.probe, None);
     let d = &applied.services[0];
     assert_eq!(d.ip.to_string(), svc["spec"]["clusterIP"].as_str().unwrap());
     assert_eq!(d.address(AgentPort::Http).unwrap().port(), 7180);
     assert_eq!(d.address(AgentPort::Udp), None);
     let h = d.hints.as_ref().unwrap();
-    assert_eq!(h.mode, "prefer-close");
+    assert_eq!(h.mode, RoutingMode::PreferClose);
     assert!(h.enabled, "{h:?}");
     let written = h.explanation.last().unwrap();
     assert!(written.contains("hints on 2 of 2"), "{written}");
@@ -872,7 +873,7 @@ async fn apply_services_creates_a_routed_clusterip_service_per_request_over_labe
     assert!(svc["spec"]["trafficDistribution"].is_null());
     assert_eq!(svc["spec"]["ports"][0]["protocol"], "UDP");
     assert!(!labelled("srv-a-0", "echo") && !labelled("srv-b-0", "echo") && labelled("srv-b-0", "echo-auto"));
-    assert_eq!(applied.services[0].hints.as_ref().unwrap().mode, "auto");
+    assert_eq!(applied.services[0].hints.as_ref().unwrap().mode, RoutingMode::Auto);
     // The same Service again without routing: replaced, so the annotation is gone too.
     let plain = ServiceRequest { routing: RoutingMode::None, ..auto.clone() };
     let applied = p.apply_services(std::slice::from_ref(&plain), None).await.unwrap();
@@ -889,7 +890,7 @@ async fn apply_services_creates_a_routed_clusterip_service_per_request_over_labe
         .unwrap_err()
         .to_string();
     assert!(err.contains("srv-z-9") && err.contains("not deployed"), "{err}");
-    let err = p.set_service_dataplane(zonebench::dataplane::DataplaneKind::Nftables).await.unwrap_err().to_string();
+    let err = p.set_service_dataplane(zonebench::model::DataplaneKind::Nftables).await.unwrap_err().to_string();
     assert!(err.contains("cluster's"), "{err}");
     p.teardown().await.unwrap();
 }

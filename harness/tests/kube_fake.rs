@@ -25,9 +25,10 @@ use support::fake_apiserver::{fixture, FakeApi, Kubelet, LEASE_PORT};
 use support::kube_client::{connect, kube_options, temp_dir};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
+use zonebench::model::{AgentPort, AgentRequest};
 use zonebench::platform::kube::{self, manifests, KubePlatform};
 use zonebench::platform::lab::{AGENT_HTTP_PORT, AGENT_TCP_PORT};
-use zonebench::platform::{AgentPort, AgentRequest, Platform as _};
+use zonebench::platform::Platform as _;
 
 /// The ports of the Services these tests create: every agent port.
 const ALL_PORTS: [AgentPort; 3] = [AgentPort::Tcp, AgentPort::Udp, AgentPort::Http];

@@ -11,7 +11,8 @@ use std::process::Command;
 
 use serde_json::Value;
 use zonebench::platform::kube::manifests::{self, EchoEndpoint, RoutingVariant, RunMeta};
-use zonebench::platform::kube::{pss, KubeSettings};
+use zonebench::platform::kube::pss;
+use zonebench::scenario::KubeSettings;
 
 const KUBERNETES_VERSION: &str = "1.33.0";
 
@@ -76,10 +77,10 @@ fn later_objects() -> Vec<Value> {
     v.push(manifests::to_value(&manifests::selectorless_service(
         &run,
         "svc-00001",
-        &[zonebench::platform::AgentPort::Tcp, zonebench::platform::AgentPort::Udp],
+        &[zonebench::model::AgentPort::Tcp, zonebench::model::AgentPort::Udp],
     )));
     // `via = "service"` Services (apply_services), one per routing mode.
-    use zonebench::topology::RoutingMode;
+    use zonebench::model::RoutingMode;
     for (i, routing) in [
         RoutingMode::None,
         RoutingMode::Auto,
@@ -90,10 +91,10 @@ fn later_objects() -> Vec<Value> {
     .into_iter()
     .enumerate()
     {
-        let request = zonebench::platform::ServiceRequest {
+        let request = zonebench::model::ServiceRequest {
             name: format!("echo-{i}"),
             backends: vec!["srv-a-0".into()],
-            ports: vec![zonebench::platform::AgentPort::Tcp, zonebench::platform::AgentPort::Udp],
+            ports: vec![zonebench::model::AgentPort::Tcp, zonebench::model::AgentPort::Udp],
             routing,
             endpoints: Default::default(),
         };
@@ -102,7 +103,7 @@ fn later_objects() -> Vec<Value> {
     v.push(manifests::to_value(&manifests::run_endpoint_slice(
         &run,
         "svc-00001",
-        &[zonebench::platform::AgentPort::Tcp, zonebench::platform::AgentPort::Udp],
+        &[zonebench::model::AgentPort::Tcp, zonebench::model::AgentPort::Udp],
         &echo,
     )));
     let settings = KubeSettings { cpu_limit: Some("2".into()), ..Default::default() };

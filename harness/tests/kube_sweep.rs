@@ -270,9 +270,10 @@ async fn live_cluster_sweep() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn applying_a_table_adds_only_what_is_new_recovers_from_failures_and_deletes_what_is_dropped() {
+    use zonebench::model::{AgentPort, AgentRequest, ProbeRequest};
+    use zonebench::plan::service_table;
     use zonebench::platform::kube::KubePlatform;
-    use zonebench::platform::{AgentPort, AgentRequest, Platform as _, ProbeRequest};
-    use zonebench::sweep::service_table;
+    use zonebench::platform::Platform as _;
     let dir = temp_dir("apply");
     let api = fake(&dir).await;
     let options = kube_options(&dir, &api, "feed0005");

@@ -13,8 +13,12 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nix::fcntl::{Flock, FlockArg};
-use zonebench::platform::lab::{self, netns, topology::PodPlan, LabConfig, LabOptions, LabPlatform, Routing};
-use zonebench::platform::{AgentProgram, AgentRequest, ControlEndpoint, Platform};
+use zonebench::model::Routing;
+use zonebench::model::{AgentProgram, AgentRequest, ControlEndpoint};
+use zonebench::platform::lab::topology::PodPlan;
+use zonebench::platform::lab::{self, netns, LabOptions, LabPlatform};
+use zonebench::platform::Platform;
+use zonebench::scenario::LabConfig;
 
 const LOCK: &str = "/run/zonebench/lab-tests.lock";
 
@@ -200,7 +204,7 @@ async fn check_routing(routing: Routing, want_mtu: u32, encap_same_zone: bool, e
     }
     let mut lab = new_lab(config);
     let topo = lab.discover().await.unwrap();
-    assert_eq!(topo.fingerprint.routing.as_deref(), Some(routing.as_str()));
+    assert_eq!(topo.fingerprint.routing, Some(routing));
     assert_eq!(topo.fingerprint.mtu, Some(want_mtu));
     let names: Vec<&str> = topo.nodes.iter().map(|n| n.name.as_str()).collect();
     assert_eq!(names, ["a-1", "a-2", "b-1", "b-2"]);

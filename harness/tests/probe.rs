@@ -6,8 +6,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use zonebench::control_client::ControlClient;
+use zonebench::model::{AgentProgram, AgentRequest};
 use zonebench::platform::local::LocalPlatform;
-use zonebench::platform::{AgentProgram, AgentRequest, Platform};
+use zonebench::platform::Platform;
 use zonebench_agent::probe::{ProbeProtocol, ProbeSpec};
 
 async fn one_agent() -> (LocalPlatform, ControlClient, SocketAddr, SocketAddr) {

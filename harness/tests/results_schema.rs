@@ -4,8 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use zonebench::platform::Fingerprint;
-use zonebench::results::{store, Endpoint, Failure, Measurement, RunResults, RunStatus, SCHEMA_VERSION};
+use zonebench::model::Fingerprint;
+use zonebench::model::{Endpoint, Failure, Measurement, RunResults, RunStatus, SCHEMA_VERSION};
+use zonebench::results::store;
 use zonebench_agent::histogram;
 use zonebench_agent::spec::{Metrics, TestKind};
 
@@ -40,7 +41,7 @@ fn sample() -> RunResults {
         fingerprint: Fingerprint {
             platform: "lab".into(),
             kernel: "6.1".into(),
-            routing: Some("native".into()),
+            routing: Some(zonebench::model::Routing::Native),
             mtu: Some(1500),
             zones: vec!["a".into(), "b".into()],
             nodes: 4,
@@ -50,7 +51,7 @@ fn sample() -> RunResults {
         measurements: vec![Measurement {
             test: TestKind::TcpRr,
             name: "tcp-rr".into(),
-            via: "pod".into(),
+            via: zonebench::model::Via::Pod,
             variant: String::new(),
             repeat: 0,
             client: ep("cli-a-0", "a"),
@@ -115,8 +116,8 @@ fn the_noise_section_matches_the_schema() {
 fn a_sweep_point_must_carry_its_dataplane_and_count_and_may_lack_node_figures() {
     let mut r = sample();
     r.measurements[0].variant = "nftables".into();
-    r.measurements[0].service_dataplane = Some(zonebench::results::ServiceDataplaneStats {
-        kind: "nftables".into(),
+    r.measurements[0].service_dataplane = Some(zonebench::model::ServiceDataplaneStats {
+        kind: zonebench::model::DataplaneName::Lab(zonebench::model::DataplaneKind::Nftables),
         services: 1000,
         rules: Some(16580),
         program_ns: Some(17_000_000),
@@ -143,22 +144,23 @@ fn a_sweep_point_must_carry_its_dataplane_and_count_and_may_lack_node_figures() 
 
 #[test]
 fn locality_hints_and_cost_match_the_schema() {
-    use zonebench::topology::locality::{self, CostInput, CostModel, Volume};
+    use zonebench::analysis::locality::{self, CostInput, Volume};
+    use zonebench::model::CostModel;
     let mut r = sample();
     let m = &mut r.measurements[0];
-    m.via = "service".into();
+    m.via = zonebench::model::Via::Service;
     m.variant = "skewed-auto".into();
     m.servers = [("srv-a-0".to_string(), 40), ("srv-b-0".to_string(), 60)].into();
     let zone_of = |id: &str| id.strip_prefix("srv-").map(|z| z[..1].to_string());
     let loc = locality::measure("a", &m.servers, zone_of, Volume::PerAnswer(2048));
     assert_eq!(loc.cross_zone_bytes, 60 * 2048);
     m.locality = Some(loc.clone());
-    m.hints = Some(zonebench::results::HintsVerdict {
-        mode: "auto".into(),
+    m.hints = Some(zonebench::model::HintsVerdict {
+        mode: zonebench::model::RoutingMode::Auto,
         enabled: false,
         deterministic: true,
-        event: Some(zonebench::results::HintsEvent {
-            event_type: "Warning".into(),
+        event: Some(zonebench::model::HintsEvent {
+            event_type: zonebench::model::EventType::Warning,
             reason: "TopologyAwareHintsDisabled".into(),
             message: "Insufficient number of endpoints (5 endpoints, 3 zones), addressType: IPv4".into(),
         }),

@@ -16,7 +16,7 @@ use zonebench_agent::spec::TestKind;
 use super::metrics::{group, Key, Metric};
 use super::noise::{figures, DEFAULT_MAX_SPREAD_PCT};
 use super::stats::{mann_whitney, median};
-use crate::results::{Measurement, RunResults};
+use crate::model::{Measurement, RunResults};
 
 /// Repeats per side from which a statistical test replaces the bare threshold.
 pub const MIN_REPEATS_FOR_TEST: usize = 3;
@@ -183,7 +183,7 @@ pub fn compare(base: (&str, &RunResults), candidate: (&str, &RunResults), opts: 
         opts.max_spread_pct.or_else(|| c.noise.as_ref().map(|n| n.max_spread_pct)).unwrap_or(DEFAULT_MAX_SPREAD_PCT);
     let mut warnings = Vec::new();
     for (side, r) in [("base", b), ("candidate", c)] {
-        if r.status != crate::results::RunStatus::Complete {
+        if r.status != crate::model::RunStatus::Complete {
             warnings.push(format!("the {side} run did not complete ({}); it holds fewer measurements", status_str(r)));
         }
     }
@@ -210,7 +210,7 @@ pub fn compare(base: (&str, &RunResults), candidate: (&str, &RunResults), opts: 
         for metric in Metric::ALL.into_iter().filter(|m| opts.metrics.is_empty() || opts.metrics.contains(m)) {
             let (bv, cv) = (metric.values(bms), metric.values(cms));
             let (Some(bm), Some(cm)) = (median(&bv), median(&cv)) else { continue };
-            let spread = |f: &Option<BTreeMap<String, super::noise::NoiseFigure>>| {
+            let spread = |f: &Option<BTreeMap<String, crate::model::NoiseFigure>>| {
                 f.as_ref().and_then(|f| f.get(metric.as_str())).map(|x| x.spread_pct)
             };
             let (bs, cs) = (spread(&bf), spread(&cf));

@@ -17,7 +17,7 @@ use zonebench_agent::histogram;
 use zonebench_agent::spec::{LatencySummary, TestKind};
 use zonebench_agent::units::{format_bps, format_ns};
 
-use crate::results::Measurement;
+use crate::model::{Measurement, Via};
 
 /// Parameters that set how long a test ran, not what it measured.
 const TIMING_PARAMS: [&str; 2] = ["duration_ms", "warmup_ms"];
@@ -30,7 +30,7 @@ pub const ANY_SERVER: &str = "*";
 pub struct Key {
     pub name: String,
     pub test: String,
-    pub via: String,
+    pub via: Via,
     pub variant: String,
     pub client_zone: String,
     pub server_zone: String,
@@ -45,10 +45,10 @@ impl Key {
         Key {
             name: m.name.clone(),
             test: m.test.to_string(),
-            via: m.via.clone(),
+            via: m.via,
             variant: m.variant.clone(),
             client_zone: m.client.zone.clone(),
-            server_zone: if m.via == "service" { ANY_SERVER.to_string() } else { m.server.zone.clone() },
+            server_zone: if m.via == Via::Service { ANY_SERVER.to_string() } else { m.server.zone.clone() },
             params: serde_json::to_string(&params).unwrap_or_default(),
         }
     }
@@ -68,7 +68,7 @@ impl Key {
 impl fmt::Display for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.name)?;
-        if self.via != "pod" {
+        if self.via != Via::Pod {
             write!(f, " via {}", self.via)?;
         }
         if !self.variant.is_empty() {
@@ -236,8 +236,8 @@ pub(crate) mod fixtures {
     use zonebench_agent::histogram;
     use zonebench_agent::spec::{Metrics, TestKind};
 
-    use crate::platform::Fingerprint;
-    use crate::results::{Endpoint, Measurement, RunResults, RunStatus, SCHEMA_VERSION};
+    use crate::model::Fingerprint;
+    use crate::model::{Endpoint, Measurement, RunResults, RunStatus, SCHEMA_VERSION};
 
     /// A latency measurement whose histogram holds `values` (ns).
     pub fn latency(kind: TestKind, cz: &str, sz: &str, repeat: u32, values: &[u64]) -> Measurement {
@@ -268,7 +268,7 @@ pub(crate) mod fixtures {
         Measurement {
             test: kind,
             name: kind.to_string(),
-            via: "pod".into(),
+            via: crate::model::Via::Pod,
             variant: String::new(),
             repeat,
             client: Endpoint { agent: format!("cli-{cz}-0"), node: format!("{cz}-2"), zone: cz.into() },
@@ -328,7 +328,7 @@ mod tests {
     #[test]
     fn service_tests_are_keyed_without_the_zone_that_happened_to_answer() {
         let mut a = latency(TestKind::TcpRr, "a", "b", 0, &[100]);
-        a.via = "service".into();
+        a.via = crate::model::Via::Service;
         let mut b = a.clone();
         b.server.zone = "c".into();
         assert_eq!(Key::of(&a), Key::of(&b));

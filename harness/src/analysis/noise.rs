@@ -5,67 +5,22 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
-
 use super::metrics::{group, Key, Metric};
 use super::stats::{median, spread_pct};
-use crate::results::Measurement;
+use crate::model::{Measurement, NoiseFigure, NoiseGroup, NoiseReport};
 
-/// The default `max_spread_pct`: repeats of a latency median on a quiet machine agree within
-/// a few percent; beyond 10 % a 5 % regression threshold can no longer be trusted.
-pub const DEFAULT_MAX_SPREAD_PCT: f64 = 10.0;
+pub use crate::model::noise::DEFAULT_MAX_SPREAD_PCT;
 
-/// The `noise` section of results.json.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NoiseReport {
-    pub max_spread_pct: f64,
-    /// Measurements with at least two repeats, in the order they were first measured.
-    pub groups: Vec<NoiseGroup>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NoiseGroup {
-    pub name: String,
-    pub test: String,
-    pub via: String,
-    pub variant: String,
-    pub client_zone: String,
-    /// `*` for Service tests (the zone that answered is not part of what was asked).
-    pub server_zone: String,
-    pub repeats: u32,
-    /// Per metric (`p50`, `p99`, `connect_p50`, `connect_p99`, `throughput`).
-    pub metrics: BTreeMap<String, NoiseFigure>,
-    /// Metrics whose spread exceeds `max_spread_pct`.
-    pub flagged: Vec<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NoiseFigure {
-    pub median: f64,
-    pub min: f64,
-    pub max: f64,
-    pub spread_pct: f64,
-}
-
-impl NoiseReport {
-    /// The group of a key, if it was repeated.
-    pub fn find(&self, key: &Key) -> Option<&NoiseGroup> {
-        self.groups.iter().find(|g| {
-            g.name == key.name
-                && g.test == key.test
-                && g.via == key.via
-                && g.variant == key.variant
-                && g.client_zone == key.client_zone
-                && g.server_zone == key.server_zone
-        })
-    }
-
-    pub fn flagged_count(&self) -> usize {
-        self.groups.iter().filter(|g| !g.flagged.is_empty()).count()
-    }
+/// The group of a key in `report`, if it was repeated.
+pub fn find<'a>(report: &'a NoiseReport, key: &Key) -> Option<&'a NoiseGroup> {
+    report.groups.iter().find(|g| {
+        g.name == key.name
+            && g.test == key.test
+            && g.via == key.via
+            && g.variant == key.variant
+            && g.client_zone == key.client_zone
+            && g.server_zone == key.server_zone
+    })
 }
 
 /// The metrics a noise figure is computed for (loss has none: see [`Metric::is_absolute`]).

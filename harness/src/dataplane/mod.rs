@@ -18,10 +18,8 @@
 
 pub mod ebpf;
 
-use std::fmt;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -33,65 +31,7 @@ mod tool;
 
 pub use tool::ToolError;
 
-/// The dataplane a node programs; kube-proxy's default mode, iptables, unless chosen.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum DataplaneKind {
-    /// kube-proxy iptables mode through `iptables-nft` (the default backend on current distros).
-    #[default]
-    Iptables,
-    /// kube-proxy iptables mode through the legacy x_tables backend.
-    IptablesLegacy,
-    /// kube-proxy nftables mode.
-    Nftables,
-    /// Socket-level load balancing with BPF cgroup hooks.
-    Ebpf,
-}
-
-impl DataplaneKind {
-    pub const ALL: [DataplaneKind; 4] =
-        [DataplaneKind::Iptables, DataplaneKind::IptablesLegacy, DataplaneKind::Nftables, DataplaneKind::Ebpf];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DataplaneKind::Iptables => "iptables",
-            DataplaneKind::IptablesLegacy => "iptables-legacy",
-            DataplaneKind::Nftables => "nftables",
-            DataplaneKind::Ebpf => "ebpf",
-        }
-    }
-}
-
-impl fmt::Display for DataplaneKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for DataplaneKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        DataplaneKind::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| {
-            format!("unknown service dataplane {s:?}: expected one of iptables, iptables-legacy, nftables, ebpf")
-        })
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    Tcp,
-    Udp,
-}
-
-impl Protocol {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-        }
-    }
-}
+pub use crate::model::{DataplaneKind, Protocol};
 
 /// One Service port: kube-proxy writes one chain (or map entry) per Service *port*.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]

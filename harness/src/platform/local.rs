@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 
-use super::{AgentProgram, AgentRequest, ClusterTopology, ControlEndpoint, DeployedAgent, Fingerprint, Node, Platform};
+use super::Platform;
 use crate::control_client::ControlClient;
+use crate::model::{AgentProgram, AgentRequest, ClusterTopology, ControlEndpoint, DeployedAgent, Fingerprint, Node};
 
 pub struct LocalPlatform {
     zones: Vec<String>,
@@ -20,7 +21,7 @@ pub struct LocalPlatform {
     token: String,
     children: Vec<(String, Child)>,
     /// Agents are forked from this thread: their death signal is tied to it (see `spawn`).
-    spawner: Option<super::spawn::Spawner>,
+    spawner: Option<super::process::Spawner>,
     nodes: Vec<Node>,
 }
 
@@ -31,7 +32,7 @@ impl LocalPlatform {
             nodes_per_zone,
             program,
             dir: None,
-            token: crate::platform::random_token()?,
+            token: crate::platform::process::random_token()?,
             children: Vec::new(),
             spawner: None,
             nodes: Vec::new(),
@@ -42,9 +43,13 @@ impl LocalPlatform {
         if let Some(d) = &self.dir {
             return Ok(d.clone());
         }
-        let dir = std::env::temp_dir().join(format!("zonebench-local-{}", std::process::id()));
+        // One directory per platform, not per process: two local platforms in one process
+        // (tests run as threads) must not share agent sockets.
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("zonebench-local-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        crate::platform::write_token(&dir.join("token"), &self.token)?;
+        crate::platform::process::write_token(&dir.join("token"), &self.token)?;
         self.dir = Some(dir.clone());
         Ok(dir)
     }
@@ -104,7 +109,7 @@ impl Platform for LocalPlatform {
                 .stderr(log);
             crate::sys::die_with_parent(&mut cmd);
             if self.spawner.is_none() {
-                self.spawner = Some(super::spawn::Spawner::new("zb-local")?);
+                self.spawner = Some(super::process::Spawner::new("zb-local")?);
             }
             let spawner = self.spawner.as_ref().context("the spawner was just created")?;
             let child = spawner.spawn(cmd).with_context(|| format!("starting agent {}", a.id))?;
@@ -115,12 +120,12 @@ impl Platform for LocalPlatform {
         for (a, zone, sock) in pending {
             let client = ControlClient::new(ControlEndpoint::Unix(sock.clone()), self.token.clone());
             if let Err(e) = client.wait_healthy(Duration::from_secs(10)).await {
-                let log = crate::platform::lab::log_tail(&dir.join(format!("{}.log", a.id)));
+                let log = crate::platform::process::log_tail(&dir.join(format!("{}.log", a.id)));
                 bail!("agent {} did not start: {e:#}\n{log}", a.id);
             }
             let info = client.info().await?;
             let port = |name: &str| -> anyhow::Result<u16> {
-                crate::platform::info_port(&info, name)
+                crate::control_client::info_port(&info, name)
                     .with_context(|| format!("agent {}'s /v1/info has no {name} port", a.id))
             };
             deployed.push(DeployedAgent {
@@ -140,7 +145,7 @@ impl Platform for LocalPlatform {
 
     async fn teardown(&mut self) -> anyhow::Result<()> {
         for (_, child) in &mut self.children {
-            crate::platform::stop_child(child);
+            crate::platform::process::stop_child(child);
         }
         self.children.clear();
         if let Some(mut s) = self.spawner.take() {

@@ -1,238 +1,60 @@
-//! Where agents run. The orchestrator (`run.rs`) is written only against [`Platform`]:
+//! Where agents run. The runner (`run/`) is written only against [`Platform`]:
 //! discover the cluster, deploy agents on chosen nodes, reach their control APIs, put
-//! Services in front of them, tear down.
+//! Services in front of them, tear down. Platforms depend only downward: on `model`, the
+//! scenario's configuration tables, `dataplane`, `topology` and `control_client`; never on
+//! the plan, the runner or results.
 //!
 //! - [`lab`]: a multi-zone cluster emulated with network namespaces on one Linux host (root);
 //! - [`local`]: agents as processes on loopback, zones by label only;
 //! - [`kube`]: a real cluster through kube-rs.
 
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
-use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-use zonebench_agent::spec::TestKind;
+use std::sync::Arc;
 
-use crate::dataplane::{DataplaneKind, Protocol};
+use crate::model::{
+    AgentRequest, ClusterTopology, DataplaneKind, DataplaneName, DeployedAgent, ProbeRequest, ServiceRequest,
+    ServicesApplied,
+};
 
 pub mod kube;
 pub mod lab;
 pub mod local;
-pub mod spawn;
+pub mod process;
 
-/// A node as discovered: the unit agents are placed on.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Node {
-    pub name: String,
-    pub zone: String,
-    /// Allocatable CPU in millicores (used by topology hints).
-    pub cpu_millis: u64,
-    pub ready: bool,
+/// What a platform may be unable to do. The runner asks [`Platform::supports`] for each
+/// capability a scenario needs before it deploys anything, so a scenario the platform cannot
+/// run fails at once with [`Unsupported`], not after agents were started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Capability {
+    /// ClusterIP Services in front of agents ([`Platform::apply_services`]).
+    Services,
+    /// Choosing the dataplane nodes program Services with ([`Platform::set_service_dataplane`]).
+    SwitchDataplane,
 }
 
-/// What a run records about where it ran; compared across runs.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Fingerprint {
-    /// `lab`, `local` or `kube`.
-    pub platform: String,
-    pub kernel: String,
-    /// Lab pod routing (`native`, `vxlan`, `vxlan-crosssubnet`); absent elsewhere.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub routing: Option<String>,
-    /// Pod interface MTU, where known.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mtu: Option<u32>,
-    pub zones: Vec<String>,
-    pub nodes: usize,
-    pub zonebench_version: String,
-    /// Platform-specific facts (inter-zone delay and rate in the lab, CNI on a cluster…).
-    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub extra: std::collections::BTreeMap<String, String>,
-}
-
-#[derive(Debug, Clone)]
-pub struct ClusterTopology {
-    pub nodes: Vec<Node>,
-    pub fingerprint: Fingerprint,
-}
-
-impl ClusterTopology {
-    /// Zones in first-seen order.
-    pub fn zones(&self) -> Vec<String> {
-        let mut zones: Vec<String> = Vec::new();
-        for n in &self.nodes {
-            if !zones.contains(&n.zone) {
-                zones.push(n.zone.clone());
-            }
-        }
-        zones
+impl std::fmt::Display for Capability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Capability::Services => "Services (via = \"service\", a sweep)",
+            Capability::SwitchDataplane => "switching the service dataplane",
+        })
     }
 }
 
-/// An agent the run wants, on a named node.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AgentRequest {
-    /// Unique agent id (also the identity it stamps on answers), e.g. `srv-a-0`.
-    pub id: String,
-    pub node: String,
+/// A scenario asked for something its platform cannot do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{capability} is not available on the {platform} platform; run on the lab")]
+pub struct Unsupported {
+    pub platform: &'static str,
+    pub capability: Capability,
 }
 
-/// How the coordinator reaches an agent's control API.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ControlEndpoint {
-    Unix(PathBuf),
-    Tcp(SocketAddr),
-}
-
-/// A running agent.
-#[derive(Debug, Clone)]
-pub struct DeployedAgent {
-    pub id: String,
-    pub node: String,
-    pub zone: String,
-    /// The address other agents target (the pod IP in the lab, 127.0.0.1 locally).
-    pub ip: IpAddr,
-    pub tcp_port: u16,
-    pub udp_port: u16,
-    pub http_port: u16,
-    pub control: ControlEndpoint,
-    /// Bearer token of its control API.
-    pub token: String,
-}
-
-/// The agent program a platform launches: a path and the arguments that precede `serve`
-/// (the coordinator binary embeds the agent as `zonebench agent …`).
-#[derive(Debug, Clone)]
-pub struct AgentProgram {
-    pub path: PathBuf,
-    pub args: Vec<String>,
-}
-
-/// An agent port a Service exposes. Each becomes a Service port named after it (`tcp`,
-/// `udp`, `http`) with the agent's port number, targeting that port on every backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum AgentPort {
-    Tcp,
-    Udp,
-    Http,
-}
-
-impl AgentPort {
-    pub fn name(self) -> &'static str {
-        match self {
-            AgentPort::Tcp => "tcp",
-            AgentPort::Udp => "udp",
-            AgentPort::Http => "http",
-        }
-    }
-
-    pub fn protocol(self) -> Protocol {
-        match self {
-            AgentPort::Udp => Protocol::Udp,
-            AgentPort::Tcp | AgentPort::Http => Protocol::Tcp,
-        }
-    }
-
-    /// The port a test kind talks to.
-    pub fn of_test(kind: TestKind) -> AgentPort {
-        match kind {
-            TestKind::TcpStream | TestKind::TcpRr | TestKind::TcpCrr => AgentPort::Tcp,
-            TestKind::UdpStream | TestKind::UdpRr => AgentPort::Udp,
-            TestKind::Http => AgentPort::Http,
-        }
-    }
-
-    /// This port's number on `agent`.
-    pub fn on(self, agent: &DeployedAgent) -> u16 {
-        match self {
-            AgentPort::Tcp => agent.tcp_port,
-            AgentPort::Udp => agent.udp_port,
-            AgentPort::Http => agent.http_port,
-        }
-    }
-}
-
-/// A ClusterIP Service the run wants in front of some agents.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ServiceRequest {
-    /// Unique in the run: lowercase letters, digits and '-' (`echo`, `svc-00042`).
-    pub name: String,
-    /// The agents whose pods are its endpoints.
-    pub backends: Vec<String>,
-    pub ports: Vec<AgentPort>,
-    /// Topology-aware routing as the Service asks for it (`none`: neither the annotation
-    /// nor `trafficDistribution`).
-    pub routing: crate::topology::RoutingMode,
-    /// Who lists the backends as the Service's endpoints (on a cluster; the lab programs
-    /// every Service from the request itself).
-    pub endpoints: EndpointsBy,
-}
-
-/// Who writes a Service's EndpointSlices on a cluster.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum EndpointsBy {
-    /// The cluster's EndpointSlice controller, from a selector on the backends' pods: what
-    /// users' Services get, hints included.
-    #[default]
-    Controller,
-    /// The run itself: a selector-less Service and one EndpointSlice it writes, so thousands
-    /// of Services need no pod labels and no controller work (service scaling). No hints:
-    /// only the controller writes those, so the routing must be `none`.
-    Run,
-}
-
-/// A Service as created: its virtual IP and port numbers.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DeployedService {
-    pub name: String,
-    pub ip: IpAddr,
-    pub ports: Vec<(AgentPort, u16)>,
-    /// The EndpointSlice controller's verdict on its hints, when the platform knows it.
-    pub hints: Option<crate::results::HintsVerdict>,
-}
-
-impl DeployedService {
-    /// Where a client connects to reach `port` through the Service.
-    pub fn address(&self, port: AgentPort) -> Option<SocketAddr> {
-        self.ports.iter().find(|(p, _)| *p == port).map(|(_, n)| SocketAddr::new(self.ip, *n))
-    }
-}
-
-/// While Services are programmed, measure from `from_agent`'s node how long after the
-/// creation of `service` a pod's connect to its `port` first succeeds (network programming
-/// latency as a client sees it). A platform may probe from a pod of its own on that node,
-/// so the probe's failed attempts leave nothing the agent's own connections could meet.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ProbeRequest {
-    pub from_agent: String,
-    pub service: String,
-    pub port: AgentPort,
-    /// Give up after this long.
-    pub within: Duration,
-}
-
-/// What programming one node's dataplane cost.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NodeProgramming {
-    pub node: String,
-    /// Rules or entries after programming, as the dataplane counts them (None: nothing on
-    /// the node could count them).
-    pub rules: Option<u64>,
-    /// From the start of the sync until the kernel accepted it (on a cluster, kube-proxy's
-    /// mean sync duration meanwhile); None when unknown.
-    pub elapsed: Option<Duration>,
-}
-
-/// The outcome of [`Platform::apply_services`].
-#[derive(Debug, Clone, PartialEq)]
-pub struct ServicesApplied {
-    pub services: Vec<DeployedService>,
-    /// The dataplane that programmed them (`iptables`, …, or the cluster's kube-proxy mode).
-    pub dataplane: String,
-    pub nodes: Vec<NodeProgramming>,
-    /// The probe's answer, when one was asked for.
-    pub probe: Option<Duration>,
+/// Where a platform reports the progress of its long steps (creating thousands of Services
+/// on a cluster, in batches). The runner shows it beside its own progress; a platform never
+/// knows how (a terminal bar, a log, nothing).
+pub trait Progress: Send + Sync {
+    fn message(&self, text: String);
 }
 
 /// A place to run agents. Implementations must make `teardown` safe to call more than once
@@ -247,6 +69,13 @@ pub trait Platform {
     /// Removes everything the platform created.
     fn teardown(&mut self) -> impl Future<Output = anyhow::Result<()>>;
 
+    /// Whether this platform can do `capability` (after `discover`). The methods behind a
+    /// capability it lacks answer [`Unsupported`].
+    fn supports(&self, capability: Capability) -> bool {
+        let _ = capability;
+        false
+    }
+
     /// Makes the run's Services exactly `services` (creating, changing and deleting as
     /// needed) and returns once every node routes them. With `probe`, also measures the
     /// programming latency a pod sees (see [`ProbeRequest`]).
@@ -256,26 +85,26 @@ pub trait Platform {
         probe: Option<&ProbeRequest>,
     ) -> impl Future<Output = anyhow::Result<ServicesApplied>> {
         let _ = (services, probe);
-        let name = self.name();
-        async move { anyhow::bail!("Services are not available on the {name} platform; run on the lab") }
+        let err = Unsupported { platform: self.name(), capability: Capability::Services };
+        async move { Err(err.into()) }
     }
 
     /// The service dataplane the platform has and cannot change (a cluster's kube-proxy mode
     /// or CNI), after `discover`; None where [`Platform::set_service_dataplane`] chooses it.
-    fn fixed_service_dataplane(&self) -> Option<String> {
+    fn fixed_service_dataplane(&self) -> Option<DataplaneName> {
         None
     }
 
-    /// A progress bar the platform may write long steps' progress on (creating thousands
-    /// of Services on a cluster, in batches).
-    fn attach_progress(&mut self, bar: &indicatif::ProgressBar) {
-        let _ = bar;
+    /// Where the platform may report the progress of long steps.
+    fn attach_progress(&mut self, progress: Arc<dyn Progress>) {
+        let _ = progress;
     }
 
     /// Chooses the dataplane every node programs Services with, replacing the current one.
     fn set_service_dataplane(&mut self, kind: DataplaneKind) -> impl Future<Output = anyhow::Result<()>> {
-        let name = self.name();
-        async move { anyhow::bail!("the {name} platform cannot switch its service dataplane to {kind}") }
+        let _ = kind;
+        let err = Unsupported { platform: self.name(), capability: Capability::SwitchDataplane };
+        async move { Err(err.into()) }
     }
 }
 
@@ -284,53 +113,4 @@ pub fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "unknown".into())
-}
-
-/// A fresh control token: 64 hex digits from the kernel's random source.
-pub fn random_token() -> anyhow::Result<String> {
-    use std::io::Read as _;
-    let mut b = [0u8; 32];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut b))
-        .map_err(|e| anyhow::anyhow!("reading /dev/urandom for a control token: {e}"))?;
-    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
-}
-
-/// Writes a token file readable by its owner only.
-pub fn write_token(path: &std::path::Path, token: &str) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| anyhow::anyhow!("writing the token file {}: {e}", path.display()))?;
-    f.write_all(token.as_bytes())?;
-    Ok(())
-}
-
-/// SIGTERM, a short grace period, then SIGKILL; always reaps.
-pub fn stop_child(child: &mut std::process::Child) {
-    if let Ok(Some(_)) = child.try_wait() {
-        return;
-    }
-    crate::sys::terminate(child);
-    for _ in 0..50 {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-/// A data port from an agent's `/v1/info` (`ports.tcp`, or `tcp_port` at the top level).
-pub fn info_port(info: &serde_json::Value, name: &str) -> Option<u16> {
-    info.pointer(&format!("/ports/{name}"))
-        .or_else(|| info.get(format!("{name}_port")))
-        .and_then(|v| v.as_u64())
-        .and_then(|v| u16::try_from(v).ok())
 }

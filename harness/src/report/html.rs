@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use zonebench_agent::units::{format_bps, format_ns};
 
 use super::sections::{is_throughput, PairRow, SweepSection, TestSection, TopologySection};
-use crate::analysis::noise::NoiseReport;
+use crate::model::NoiseReport;
 use crate::results::load::LoadedRun;
 
 pub fn escape(s: &str) -> String {
@@ -134,7 +134,7 @@ fn fingerprint(out: &mut String, p: &Page<'_>) {
     row("platform", &f.platform);
     row("kernel", &f.kernel);
     if let Some(r) = &f.routing {
-        row("routing", r);
+        row("routing", r.as_str());
     }
     if let Some(m) = f.mtu {
         row("MTU", &m.to_string());

@@ -13,9 +13,10 @@ use zonebench_agent::spec::{LatencySummary, TestKind};
 use super::chart::{Bars, Chart, Heatmap, Kind, Lines, Percentiles, Series, Units};
 pub use crate::analysis::metrics::{connect_of, is_throughput, latency_of, merged};
 use crate::analysis::metrics::{Key, Metric};
-use crate::analysis::noise::{self, NoiseReport};
+use crate::analysis::noise;
+use crate::model::Measurement;
+use crate::model::{NoiseReport, Via};
 use crate::results::load::{LoadedRun, Locality};
-use crate::results::Measurement;
 
 /// A file-name-safe id.
 pub fn slug(parts: &[&str]) -> String {
@@ -91,10 +92,10 @@ pub fn test_sections(run: &LoadedRun, noise: &NoiseReport) -> Vec<TestSection> {
         }
     }
     // (name, via, variant) in first-seen order.
-    let mut order: Vec<(String, String, String)> = Vec::new();
-    let mut by: BTreeMap<(String, String, String), Vec<&Measurement>> = BTreeMap::new();
+    let mut order: Vec<(String, Via, String)> = Vec::new();
+    let mut by: BTreeMap<(String, Via, String), Vec<&Measurement>> = BTreeMap::new();
     for m in r.measurements.iter().filter(|m| !is_sweep_point(m)) {
-        let k = (m.name.clone(), m.via.clone(), m.variant.clone());
+        let k = (m.name.clone(), m.via, m.variant.clone());
         if !by.contains_key(&k) {
             order.push(k.clone());
         }
@@ -106,13 +107,13 @@ pub fn test_sections(run: &LoadedRun, noise: &NoiseReport) -> Vec<TestSection> {
         let (name, via, variant) = &k;
         let kind = ms[0].test;
         let mut title = name.clone();
-        if via != "pod" {
+        if *via != Via::Pod {
             title.push_str(&format!(" via {via}"));
         }
         if !variant.is_empty() {
             title.push_str(&format!(" [{variant}]"));
         }
-        let id = slug(&[name, if via == "pod" { "" } else { via }, variant]);
+        let id = slug(&[name, if *via == Via::Pod { "" } else { via.as_str() }, variant]);
 
         let mut pairs: BTreeMap<(&str, &str), Vec<&Measurement>> = BTreeMap::new();
         for m in ms {
@@ -163,7 +164,7 @@ fn pair_row(cz: &str, sz: &str, group: &[&Measurement], noise: &NoiseReport) -> 
     let throughput = mean(group.iter().filter_map(|m| Metric::Throughput.value(m)));
     let loss_pct = mean(group.iter().filter_map(|m| m.metrics.loss_pct));
     let errors = group.iter().filter_map(|m| m.metrics.errors).sum();
-    let ng = noise.find(&Key::of(group[0]));
+    let ng = noise::find(noise, &Key::of(group[0]));
     let spread_pct = ng.and_then(|g| g.metrics.values().map(|f| f.spread_pct).reduce(f64::max));
     PairRow {
         client_zone: cz.to_string(),

@@ -11,7 +11,7 @@ use std::io::Write as _;
 use std::path::Path;
 
 use crate::analysis::metrics::{connect_of, is_throughput, latency_of, merged, Metric};
-use crate::results::{Measurement, RunResults};
+use crate::model::{Measurement, RunResults, Via};
 
 pub const DEFAULT_FILE: &str = "results/history.csv";
 
@@ -70,7 +70,7 @@ fn class_of(m: &Measurement) -> String {
     if let Some(n) = m.params.get("services").and_then(serde_json::Value::as_u64) {
         return format!("services={n}");
     }
-    if m.via == "service" {
+    if m.via == Via::Service {
         return "service".into();
     }
     if m.client.zone == m.server.zone { "same-zone" } else { "cross-zone" }.into()

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::RunResults;
+use crate::model::RunResults;
 
 pub const BASELINE_DIR: &str = "results/baselines";
 

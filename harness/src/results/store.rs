@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
-use super::{Measurement, RunResults};
+use crate::model::{Measurement, RunResults};
 
 pub struct RunStore {
     dir: PathBuf,
@@ -97,7 +97,7 @@ pub fn to_csv(ms: &[Measurement]) -> anyhow::Result<Vec<u8>> {
         w.write_record([
             m.test.to_string(),
             m.name.clone(),
-            m.via.clone(),
+            m.via.to_string(),
             m.variant.clone(),
             m.repeat.to_string(),
             m.client.agent.clone(),

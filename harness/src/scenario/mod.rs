@@ -1,7 +1,8 @@
 //! Scenarios: the TOML files that say where to run, which agents to place and which tests
 //! to run between which zones. This module parses and validates them (errors name the
 //! file, line and field), applies `--set key.path=value` overrides, and expands a scenario
-//! into a [`crate::plan::Plan`].
+//! and owns every configuration table (`[lab]`, `[kube]`, `[sweep]`, `[topology]`); `plan`
+//! expands a scenario into steps.
 
 use std::path::Path;
 use std::time::Duration;
@@ -9,14 +10,21 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use zonebench_agent::spec::TestKind;
 
-use crate::platform::kube::KubeSettings;
-use crate::platform::lab::LabConfig;
+pub use crate::model::Via;
 
+pub mod kube;
+pub mod lab;
 mod overrides;
+mod spec;
+pub mod sweep;
 pub mod topology;
 mod values;
 
+pub use kube::KubeSettings;
+pub use lab::LabConfig;
 pub use overrides::apply_override;
+pub use spec::spec_for;
+pub use sweep::SweepConfig;
 pub use values::{HumanDuration, Rate, Size};
 
 /// Where a scenario runs.
@@ -43,26 +51,6 @@ pub enum Pairs {
     CrossZone,
 }
 
-/// How a client reaches a server.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Via {
-    /// Straight to the server pod's IP.
-    #[default]
-    Pod,
-    /// Through a Service virtual IP, translated by the platform's service dataplane.
-    Service,
-}
-
-impl Via {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Via::Pod => "pod",
-            Via::Service => "service",
-        }
-    }
-}
-
 /// A whole scenario file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -83,15 +71,15 @@ pub struct Scenario {
     pub agents: Agents,
     #[serde(default)]
     pub defaults: Defaults,
-    /// A service-scaling sweep instead of the zone matrix (see [`crate::sweep`]).
+    /// A service-scaling sweep instead of the zone matrix (see `run::sweep`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sweep: Option<crate::sweep::SweepConfig>,
+    pub sweep: Option<SweepConfig>,
     /// Topology-aware routing variants for the `via = "service"` tests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topology: Option<topology::TopologyConfig>,
     /// How cross-zone bytes are priced in the run's `cost` section.
     #[serde(default)]
-    pub cost: crate::topology::locality::CostModel,
+    pub cost: crate::model::CostModel,
     pub tests: Vec<TestEntry>,
 }
 
@@ -157,7 +145,7 @@ fn default_warmup() -> HumanDuration {
     HumanDuration(Duration::from_secs(1))
 }
 fn default_max_spread_pct() -> f64 {
-    crate::analysis::noise::DEFAULT_MAX_SPREAD_PCT
+    crate::model::noise::DEFAULT_MAX_SPREAD_PCT
 }
 fn default_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(2))
@@ -292,7 +280,7 @@ impl Scenario {
                 return bad(f("pairs"), "cross-zone needs at least two zones in lab.zones");
             }
             // The agent's own rules (sizes, counts, paths) checked now, not mid-run.
-            let spec = crate::plan::spec_for(self, t, "127.0.0.1:1");
+            let spec = spec_for(self, t, "127.0.0.1:1");
             spec.validate().map_err(|e| (f(spec_field_to_scenario(e.field)), e.message))?;
             if let Some(name) = &t.name {
                 if name.is_empty() || name.contains(',') {

@@ -68,7 +68,7 @@ fn service_tests_and_the_lab_dataplane_are_accepted() {
     let s =
         parse("[lab]\nservice_dataplane = \"nftables\"\n[[tests]]\nkind = \"tcp-rr\"\nvia = \"service\"\n").unwrap();
     assert_eq!(s.tests[0].via, Some(Via::Service));
-    assert_eq!(s.lab.service_dataplane, crate::dataplane::DataplaneKind::Nftables);
+    assert_eq!(s.lab.service_dataplane, crate::model::DataplaneKind::Nftables);
     let e = parse("[lab]\nservice_dataplane = \"ipvs\"\n[[tests]]\nkind = \"tcp-rr\"\n").unwrap_err();
     assert!(e.location.starts_with("s.toml:2:"), "{e}");
     assert!(e.message.contains("ipvs") && e.message.contains("nftables"), "{e}");
@@ -80,7 +80,7 @@ fn a_sweep_checks_its_points_and_needs_service_tests() {
     let s = parse(ok).unwrap();
     let sweep = s.sweep.unwrap();
     assert_eq!(sweep.services, [10, 100]);
-    assert_eq!(sweep.dataplanes, [crate::dataplane::DataplaneKind::Nftables]);
+    assert_eq!(sweep.dataplanes, [crate::model::DataplaneKind::Nftables]);
     let e = parse("[sweep]\nservices = [10]\n[[tests]]\nkind = \"tcp-crr\"\n").unwrap_err();
     assert_eq!(e.field, "tests[0].via");
     assert!(e.message.contains("service"), "{e}");

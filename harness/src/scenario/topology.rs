@@ -16,7 +16,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::topology::RoutingMode;
+use crate::model::RoutingMode;
 
 /// `[topology]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

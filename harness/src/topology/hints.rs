@@ -75,11 +75,7 @@ impl Default for ControllerOptions {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum EventType {
-    Normal,
-    Warning,
-}
+pub use crate::model::EventType;
 
 /// An event the controller records on the Service.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -57,11 +57,12 @@ pub mod doctor;
 pub mod hints;
 pub mod input;
 pub mod live;
-pub mod locality;
 pub mod proxy;
 #[cfg(test)]
 mod reference_tests;
-pub mod table;
+mod verdict;
+
+pub use verdict::verdict;
 
 use std::fmt;
 
@@ -201,39 +202,7 @@ fn parse_quantity_nanos(s: &str) -> Result<u128, String> {
     }
 }
 
-/// How a Service asks for topology-aware routing; also the mode the controller ends up using.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum RoutingMode {
-    /// `service.kubernetes.io/topology-mode: Auto`: the CPU-proportional heuristic.
-    Auto,
-    /// `spec.trafficDistribution: PreferClose` (1.31+; an alias of PreferSameZone from 1.33).
-    PreferClose,
-    /// `spec.trafficDistribution: PreferSameZone` (1.33+).
-    PreferSameZone,
-    /// `spec.trafficDistribution: PreferSameNode` (1.33+): node hints, zone hints as fallback.
-    PreferSameNode,
-    /// No hints.
-    None,
-}
-
-impl RoutingMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RoutingMode::Auto => "auto",
-            RoutingMode::PreferClose => "prefer-close",
-            RoutingMode::PreferSameZone => "prefer-same-zone",
-            RoutingMode::PreferSameNode => "prefer-same-node",
-            RoutingMode::None => "none",
-        }
-    }
-}
-
-impl fmt::Display for RoutingMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::model::RoutingMode;
 
 /// A Service's internal or external traffic policy.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,7 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use zonebench::platform::kube::{self, ClusterSource, KubeOptions, KubeSettings};
+use zonebench::platform::kube::{self, ClusterSource, KubeOptions};
+use zonebench::scenario::KubeSettings;
 
 use super::fake_apiserver::{kubeconfig, FakeApi};
 

@@ -10,7 +10,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
-use crate::dataplane::{Endpoint, Protocol, ServiceRules};
+use crate::dataplane::{Endpoint, ServiceRules};
+use crate::model::Protocol;
 
 /// Map sizes; the loader sets them on the maps, so the capacity checks here hold.
 pub const MAX_SERVICES: u32 = 65_536;

@@ -11,9 +11,9 @@ use kube::api::ListParams;
 use kube::Api;
 
 use super::client::Cluster;
-use super::settings::parse_cpu_millis;
 use super::KubeError;
-use crate::platform::{ClusterTopology, Fingerprint, Node};
+use crate::model::{ClusterTopology, Fingerprint, Node};
+use crate::scenario::kube::parse_cpu_millis;
 
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 const LEGACY_ZONE_LABEL: &str = "failure-domain.beta.kubernetes.io/zone";

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use super::client::Cluster;
 use super::manifests::{self, RunMeta};
 use super::KubeError;
-use crate::platform::NodeProgramming;
+use crate::model::NodeProgramming;
 
 /// One inspector report (a JSON line of [`manifests::INSPECTOR_SCRIPT`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -22,9 +22,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Serialize;
 
-use super::settings::KubeSettings;
+use crate::model::AgentPort;
 use crate::platform::lab::{AGENT_HTTP_PORT, AGENT_TCP_PORT, AGENT_UDP_PORT};
-use crate::platform::AgentPort;
+use crate::scenario::KubeSettings;
 
 pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const MANAGER: &str = "zonebench";

@@ -26,11 +26,13 @@ use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{DeleteParams, PostParams};
 use kube::Api;
 
-use super::{
-    AgentRequest, ClusterTopology, ControlEndpoint, DataplaneKind, DeployedAgent, Node, Platform, ProbeRequest,
+use super::{Capability, Platform};
+use crate::control_client::ControlClient;
+use crate::model::{
+    AgentRequest, ClusterTopology, ControlEndpoint, DataplaneKind, DataplaneName, DeployedAgent, Node, ProbeRequest,
     ServiceRequest, ServicesApplied,
 };
-use crate::control_client::ControlClient;
+use crate::scenario::KubeSettings;
 
 pub mod client;
 pub mod discovery;
@@ -42,11 +44,9 @@ pub mod portforward;
 pub mod pss;
 pub mod run_services;
 pub mod services;
-pub mod settings;
 
 pub use client::{Cluster, ClusterSource};
 pub use manifests::{RoutingVariant, RunMeta};
-pub use settings::KubeSettings;
 
 /// How long an agent may take to answer through its port-forward once its pod is ready.
 const HEALTHY_WITHIN: Duration = Duration::from_secs(30);
@@ -94,13 +94,13 @@ pub struct KubeOptions {
 
 impl KubeOptions {
     pub fn image(&self) -> String {
-        self.image.clone().or_else(|| self.settings.image.clone()).unwrap_or_else(settings::default_image)
+        self.image.clone().or_else(|| self.settings.image.clone()).unwrap_or_else(crate::scenario::kube::default_image)
     }
 }
 
 /// A fresh run id: 8 hex digits (namespace `zonebench-<id>`).
 pub fn fresh_run_id() -> anyhow::Result<String> {
-    Ok(crate::platform::random_token()?[..8].to_string())
+    Ok(crate::platform::process::random_token()?[..8].to_string())
 }
 
 /// The kube platform for one cluster.
@@ -122,7 +122,7 @@ pub struct KubePlatform {
     dataplane: String,
     /// The inspector's reports as the last `apply_services` ended (or at deploy).
     reports: Vec<inspect::NodeReport>,
-    progress: Option<indicatif::ProgressBar>,
+    progress: Option<std::sync::Arc<dyn super::Progress>>,
 }
 
 impl KubePlatform {
@@ -135,7 +135,7 @@ impl KubePlatform {
         Ok(KubePlatform {
             options,
             run,
-            token: crate::platform::random_token()?,
+            token: crate::platform::process::random_token()?,
             cluster: None,
             nodes: Vec::new(),
             namespace_requested: false,
@@ -236,6 +236,14 @@ impl Platform for KubePlatform {
         "kube"
     }
 
+    fn supports(&self, capability: Capability) -> bool {
+        match capability {
+            Capability::Services => true,
+            // The cluster's kube-proxy or CNI is what it is ([`Platform::fixed_service_dataplane`]).
+            Capability::SwitchDataplane => false,
+        }
+    }
+
     async fn discover(&mut self) -> anyhow::Result<ClusterTopology> {
         let cluster = client::connect(&self.options.source).await?;
         let topology = discovery::discover(&cluster).await?;
@@ -283,7 +291,8 @@ impl Platform for KubePlatform {
             let info = client.info().await.with_context(|| format!("agent {id}'s /v1/info"))?;
             self.bridges.push(bridge);
             let port = |n: &str| -> anyhow::Result<u16> {
-                crate::platform::info_port(&info, n).with_context(|| format!("agent {id}'s /v1/info has no {n} port"))
+                crate::control_client::info_port(&info, n)
+                    .with_context(|| format!("agent {id}'s /v1/info has no {n} port"))
             };
             let zone = self.nodes.iter().find(|n| n.name == request.node).map(|n| n.zone.clone()).unwrap_or_default();
             deployed.push(DeployedAgent {
@@ -332,10 +341,10 @@ impl Platform for KubePlatform {
             None => None,
         };
         let probe = probe.zip(client.as_ref()).map(|(request, client)| run_services::Probe { client, request });
-        let bar = self.progress.clone();
+        let sink = self.progress.clone();
         let mut progress = |m: String| {
-            if let Some(b) = &bar {
-                b.set_message(format!("kube: {m}"));
+            if let Some(p) = &sink {
+                p.message(format!("kube: {m}"));
             }
         };
         let (deployed, latency) =
@@ -351,15 +360,20 @@ impl Platform for KubePlatform {
         } else {
             Vec::new()
         };
-        Ok(ServicesApplied { services: deployed, dataplane: self.dataplane.clone(), nodes, probe: latency })
+        Ok(ServicesApplied {
+            services: deployed,
+            dataplane: DataplaneName::of_cluster(&self.dataplane),
+            nodes,
+            probe: latency,
+        })
     }
 
-    fn fixed_service_dataplane(&self) -> Option<String> {
-        Some(if self.dataplane.is_empty() { dataplane_name(None) } else { self.dataplane.clone() })
+    fn fixed_service_dataplane(&self) -> Option<DataplaneName> {
+        Some(DataplaneName::of_cluster(if self.dataplane.is_empty() { "unknown" } else { &self.dataplane }))
     }
 
-    fn attach_progress(&mut self, bar: &indicatif::ProgressBar) {
-        self.progress = Some(bar.clone());
+    fn attach_progress(&mut self, progress: std::sync::Arc<dyn super::Progress>) {
+        self.progress = Some(progress);
     }
 
     async fn set_service_dataplane(&mut self, kind: DataplaneKind) -> anyhow::Result<()> {

@@ -28,10 +28,10 @@ use super::manifests::{self, EchoEndpoint, RunMeta};
 use super::post;
 use super::services::{self, ServiceHints};
 use crate::control_client::ControlClient;
-use crate::platform::{AgentPort, DeployedService, EndpointsBy, Node, ProbeRequest, ServiceRequest};
-use crate::results::{HintsEvent, HintsVerdict};
-use crate::topology::input::{ServiceObject, SliceObject};
-use crate::topology::{self, doctor, hints, RoutingMode, ServiceConfig};
+use crate::model::HintsVerdict;
+use crate::model::RoutingMode;
+use crate::model::{AgentPort, DeployedService, EndpointsBy, Node, ProbeRequest, ServiceRequest};
+use crate::topology::{self};
 use zonebench_agent::probe::{ProbeProtocol, ProbeSpec};
 
 /// The label (prefix + Service name) marking a pod as one of that Service's backends. The
@@ -524,16 +524,8 @@ pub fn verdict(ns: &str, nodes: &[Node], routing: RoutingMode, live: &ServiceHin
             })
             .collect(),
     );
-    let config = ServiceConfig::with_mode(routing);
-    let rec = hints::predict(&cluster, std::slice::from_ref(&slice), &config, &hints::ControllerOptions::default());
-    let inputs = doctor::Inputs {
-        nodes: cluster,
-        slices: vec![SliceObject { namespace: Some(ns.into()), service: Some(live.service.clone()), slice }],
-        service: Some(ServiceObject { namespace: Some(ns.into()), name: live.service.clone(), config }),
-    };
-    let report = doctor::diagnose(&inputs, &doctor::Settings::default())
+    let (_, mut verdict) = topology::verdict(ns, &live.service, cluster, slice, routing)
         .map_err(|e| anyhow::anyhow!("explaining the hints of service {}: {e}", live.service))?;
-    let mut explanation = report.explanation;
     let written: Vec<String> = ready
         .iter()
         .map(|e| {
@@ -542,77 +534,10 @@ pub fn verdict(ns: &str, nodes: &[Node], routing: RoutingMode, live: &ServiceHin
         })
         .collect();
     let hinted = ready.iter().filter(|e| !e.for_zones.is_empty()).count();
-    explanation.push(format!(
+    verdict.explanation.push(format!(
         "the cluster's EndpointSlice controller wrote zone hints on {hinted} of {} ready endpoints ({})",
         ready.len(),
         written.join(", ")
     ));
-    Ok(HintsVerdict {
-        mode: routing.as_str().to_string(),
-        enabled: rec.hints_enabled(),
-        deterministic: rec.deterministic(),
-        event: rec.event.as_ref().map(|e| HintsEvent {
-            event_type: format!("{:?}", e.event_type),
-            reason: e.reason.clone(),
-            message: e.message.clone(),
-        }),
-        explanation,
-    })
-}
-
-/// What `zonebench render` shows of the Services a run creates once its agents run: the
-/// `via = "service"` Services of the plan (selecting pods by the backend label the run sets
-/// then), or for a sweep the first Service of its largest point with its EndpointSlice
-/// (pod addresses are placeholders from 192.0.2.0/24 until the pods exist). Returns the
-/// objects and lines for the header saying what is elided.
-pub fn rendered(
-    run: &RunMeta,
-    scenario: &crate::scenario::Scenario,
-    plan: &crate::plan::Plan,
-    nodes: &[Node],
-) -> anyhow::Result<(Vec<serde_json::Value>, Vec<String>)> {
-    let Some(sweep) = &scenario.sweep else {
-        let objects: Vec<serde_json::Value> =
-            plan.services.iter().map(|r| manifests::to_value(&request_service(run, r))).collect();
-        let notes = match plan.services.first() {
-            Some(r) => vec![format!(
-                "Services select their backend pods by the label {BACKEND_LABEL_PREFIX}<service>=backend (e.g. {}), set on those pods at run time.",
-                backend_label(&r.name)
-            )],
-            None => vec![],
-        };
-        return Ok((objects, notes));
-    };
-    let Some(&largest) = sweep.services.iter().max() else { return Ok((vec![], vec![])) };
-    let servers: Vec<crate::platform::AgentRequest> = plan
-        .placements
-        .iter()
-        .filter(|p| p.role == crate::plan::Role::Server)
-        .map(|p| crate::platform::AgentRequest { id: p.id.clone(), node: p.node.clone() })
-        .collect();
-    let echo: Vec<EchoEndpoint> = super::agent_pods(&servers, nodes)?
-        .into_iter()
-        .enumerate()
-        .map(|(i, p)| {
-            Ok(EchoEndpoint {
-                pod: manifests::pod_name(&p.id)?,
-                ip: format!("192.0.2.{}", i % 254 + 1),
-                node: p.node,
-                zone: p.zone,
-            })
-        })
-        .collect::<Result<_, manifests::ManifestError>>()?;
-    let ports = crate::plan::service_ports(scenario);
-    let first = crate::sweep::service_name(1);
-    let objects = vec![
-        manifests::to_value(&manifests::selectorless_service(run, &first, &ports)),
-        manifests::to_value(&manifests::run_endpoint_slice(run, &first, &ports, &echo)),
-    ];
-    let notes = vec![format!(
-        "Service sweep: up to {largest} Services like {first} below ({first} … {}), each with its \
-         EndpointSlice, created and deleted in batches of {BATCH}; endpoint addresses are the echo \
-         pods' IPs at run time.",
-        crate::sweep::service_name(largest)
-    )];
-    Ok((objects, notes))
+    Ok(verdict)
 }

@@ -10,7 +10,8 @@ use serde::Serialize;
 use super::netns;
 use super::state::{LabState, ProcRecord, STATE_DIR};
 use super::topology::LabId;
-use super::{LabConfig, LabOptions, LabPlatform, KILL_GRACE};
+use super::{LabOptions, LabPlatform, KILL_GRACE};
+use crate::scenario::LabConfig;
 
 /// What `lab status` reports about one lab.
 #[derive(Debug, Clone, PartialEq, Serialize)]

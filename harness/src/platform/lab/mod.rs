@@ -24,21 +24,24 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{Read as _, Seek as _, SeekFrom};
+use std::io::Read as _;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context as _};
-use serde::{Deserialize, Serialize};
 
-use super::{
-    AgentPort, AgentProgram, AgentRequest, ClusterTopology, ControlEndpoint, DeployedAgent, DeployedService,
-    Fingerprint, Node, NodeProgramming, Platform, ProbeRequest, ServiceRequest, ServicesApplied,
-};
+use super::process::log_tail;
+use super::{Capability, Platform};
 use crate::control_client::ControlClient;
-use crate::dataplane::{DataplaneKind, NodeTarget};
+use crate::dataplane::NodeTarget;
+use crate::model::{
+    AgentPort, AgentProgram, AgentRequest, ClusterTopology, ControlEndpoint, DeployedAgent, DeployedService,
+    Fingerprint, Node, NodeProgramming, ProbeRequest, ServiceRequest, ServicesApplied,
+};
+use crate::model::{DataplaneKind, DataplaneName};
+use crate::scenario::LabConfig;
 
 pub mod admin;
 pub mod cgroup;
@@ -55,123 +58,6 @@ pub use probe::ConnectProbeArgs;
 use services::{LabService, LabServices, ServiceEndpoint};
 use state::{LabState, ProcRecord};
 use topology::{LabId, Plan, PodPlan};
-
-/// How pod traffic crosses nodes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Routing {
-    /// Plain routes to each node's pod CIDR (like Calico/Cilium native routing).
-    #[default]
-    Native,
-    /// Always encapsulate between nodes (flannel's vxlan backend).
-    Vxlan,
-    /// Encapsulate only between subnets, i.e. across zones (Calico's VXLANCrossSubnet).
-    VxlanCrosssubnet,
-}
-
-impl Routing {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Routing::Native => "native",
-            Routing::Vxlan => "vxlan",
-            Routing::VxlanCrosssubnet => "vxlan-crosssubnet",
-        }
-    }
-}
-
-/// The scenario's `[lab]` table.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LabConfig {
-    /// Zone names; `"a,b,c"` or `["a", "b", "c"]`.
-    #[serde(default = "default_zones", deserialize_with = "zones_list")]
-    pub zones: Vec<String>,
-    #[serde(default = "default_nodes_per_zone")]
-    pub nodes_per_zone: u32,
-    #[serde(default)]
-    pub routing: Routing,
-    /// Inter-zone link rate, e.g. `"1gbit"` (none = unshaped).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub inter_zone_rate: Option<String>,
-    /// Extra one-way delay between zones, e.g. `"250us"` (none = no added delay).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub inter_zone_delay: Option<String>,
-    /// What every node programs Services with: `iptables` (kube-proxy's default mode),
-    /// `iptables-legacy`, `nftables` or `ebpf`.
-    #[serde(default)]
-    pub service_dataplane: DataplaneKind,
-}
-
-impl Default for LabConfig {
-    fn default() -> Self {
-        LabConfig {
-            zones: default_zones(),
-            nodes_per_zone: default_nodes_per_zone(),
-            routing: Routing::default(),
-            inter_zone_rate: None,
-            inter_zone_delay: None,
-            service_dataplane: DataplaneKind::default(),
-        }
-    }
-}
-
-impl LabConfig {
-    /// Checks values; errors name the field under `lab.`.
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        let bad = |f: &str, m: String| Err((format!("lab.{f}"), m));
-        if self.zones.is_empty() || self.zones.len() > 16 {
-            return bad("zones", "must name 1 to 16 zones".into());
-        }
-        for z in &self.zones {
-            if z.is_empty() || z.len() > 8 || !z.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()) {
-                return bad("zones", format!("zone {z:?} must be 1-8 lowercase letters or digits"));
-            }
-        }
-        let mut sorted = self.zones.clone();
-        sorted.sort();
-        sorted.dedup();
-        if sorted.len() != self.zones.len() {
-            return bad("zones", "zone names must be unique".into());
-        }
-        if self.nodes_per_zone == 0 || self.nodes_per_zone > 16 {
-            return bad("nodes_per_zone", "must be 1 to 16".into());
-        }
-        if let Some(r) = &self.inter_zone_rate {
-            zonebench_agent::units::parse_rate_bps(r).map_err(|e| ("lab.inter_zone_rate".to_string(), e))?;
-        }
-        if let Some(d) = &self.inter_zone_delay {
-            let d = self.delay_of(d).map_err(|e| ("lab.inter_zone_delay".to_string(), e))?;
-            if d > Duration::from_secs(1) {
-                return bad("inter_zone_delay", "must be at most 1s".into());
-            }
-        }
-        Ok(())
-    }
-
-    fn delay_of(&self, s: &str) -> Result<Duration, String> {
-        zonebench_agent::units::parse_duration(s)
-    }
-}
-
-fn default_zones() -> Vec<String> {
-    vec!["a".into(), "b".into(), "c".into()]
-}
-fn default_nodes_per_zone() -> u32 {
-    2
-}
-
-fn zones_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Zones {
-        Csv(String),
-        List(Vec<String>),
-    }
-    Ok(match Zones::deserialize(d)? {
-        Zones::Csv(s) => s.split(',').map(|z| z.trim().to_string()).filter(|z| !z.is_empty()).collect(),
-        Zones::List(v) => v,
-    })
-}
 
 /// Agent ports inside each pod (every pod has its own address, so all agents share them).
 pub const AGENT_TCP_PORT: u16 = 7101;
@@ -227,7 +113,7 @@ pub struct LabPlatform {
     pods: Vec<PodPlan>,
     pod_slots: HashMap<String, u32>,
     token: Option<String>,
-    spawner: Option<crate::platform::spawn::Spawner>,
+    spawner: Option<crate::platform::process::Spawner>,
     /// Built by `lab up`: processes outlive this handle and dropping it keeps the lab.
     detached: bool,
     /// Where cgroup v2 is mounted; without it node cgroups (and the eBPF dataplane) are
@@ -332,7 +218,7 @@ impl LabPlatform {
     fn build_inner(&mut self) -> anyhow::Result<()> {
         self.save_state()?;
         std::fs::create_dir_all(&self.run_dir).with_context(|| format!("creating {}", self.run_dir.display()))?;
-        self.spawner = Some(crate::platform::spawn::Spawner::new(self.plan.id.as_str())?);
+        self.spawner = Some(crate::platform::process::Spawner::new(self.plan.id.as_str())?);
         netns::run_all(&self.plan.build_commands())?;
         for dir in self.cgroups() {
             cgroup::create(&dir)?;
@@ -420,7 +306,7 @@ impl LabPlatform {
             kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
                 .map(|s| s.trim().to_string())
                 .unwrap_or_default(),
-            routing: Some(self.plan.routing.as_str().to_string()),
+            routing: Some(self.plan.routing),
             mtu: Some(self.plan.pod_mtu),
             zones: self.plan.zones.iter().map(|z| z.name.clone()).collect(),
             nodes: nodes.len(),
@@ -565,7 +451,7 @@ impl LabPlatform {
                     hints: Some(v),
                 })
                 .collect(),
-            dataplane: self.services.kind().to_string(),
+            dataplane: DataplaneName::Lab(self.services.kind()),
             nodes: programming,
             probe: probed,
         })
@@ -623,8 +509,8 @@ impl LabPlatform {
         if let Some(t) = &self.token {
             return Ok((t.clone(), path));
         }
-        let token = crate::platform::random_token()?;
-        crate::platform::write_token(&path, &token)?;
+        let token = crate::platform::process::random_token()?;
+        crate::platform::process::write_token(&path, &token)?;
         self.token = Some(token.clone());
         Ok((token, path))
     }
@@ -745,6 +631,12 @@ impl Platform for LabPlatform {
         "lab"
     }
 
+    fn supports(&self, capability: Capability) -> bool {
+        match capability {
+            Capability::Services | Capability::SwitchDataplane => true,
+        }
+    }
+
     /// Builds the lab (blocking this thread for the build, about a second) and lists it.
     async fn discover(&mut self) -> anyhow::Result<ClusterTopology> {
         self.build()?;
@@ -817,22 +709,6 @@ fn tun_attached(netns: &str, tun: &str) -> anyhow::Result<bool> {
     let v: serde_json::Value = serde_json::from_str(&out).with_context(|| format!("parsing `{}`", argv.join(" ")))?;
     let flags = v.get(0).and_then(|l| l.get("flags")).and_then(|f| f.as_array()).cloned().unwrap_or_default();
     Ok(!flags.iter().any(|f| f.as_str() == Some("NO-CARRIER")) && flags.iter().any(|f| f.as_str() == Some("LOWER_UP")))
-}
-
-/// The last lines of a log file, for error messages.
-pub fn log_tail(path: &Path) -> String {
-    const TAIL: u64 = 2000;
-    let Ok(mut f) = File::open(path) else { return "(no log)".into() };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let _ = f.seek(SeekFrom::Start(len.saturating_sub(TAIL)));
-    let mut s = String::new();
-    let _ = f.read_to_string(&mut s);
-    let s = s.trim();
-    if s.is_empty() {
-        "(empty log)".into()
-    } else {
-        s.to_string()
-    }
 }
 
 fn random_bytes<const N: usize>() -> anyhow::Result<[u8; N]> {

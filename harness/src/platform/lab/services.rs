@@ -14,11 +14,12 @@ use std::net::Ipv4Addr;
 use anyhow::{bail, Context as _};
 
 use super::topology::Cidr;
-use crate::dataplane::{self, Dataplane, DataplaneKind, Endpoint, NodeTarget, ServicePort, ServiceRules};
-use crate::platform::AgentPort;
-use crate::results::{HintsEvent, HintsVerdict};
-use crate::topology::input::{ServiceObject, SliceObject};
-use crate::topology::{self, doctor, hints, proxy, Hints, RoutingMode, ServiceConfig};
+use crate::dataplane::{self, Dataplane, Endpoint, NodeTarget, ServicePort, ServiceRules};
+use crate::model::AgentPort;
+use crate::model::DataplaneKind;
+use crate::model::HintsVerdict;
+use crate::model::RoutingMode;
+use crate::topology::{self, proxy, Hints, ServiceConfig};
 
 /// Service VIPs: the upper half of the underlay's 198.18.0.0/16, whose zones use only
 /// 198.18.0.0/24 to 198.18.15.0/24, so no address here is a node, pod or router. Inside
@@ -86,8 +87,8 @@ pub fn write_hints(service: &mut LabService, nodes: &[(String, String)]) -> anyh
         format!("{}-lab", service.name),
         service.endpoints.iter().map(ServiceEndpoint::slice_endpoint).collect(),
     );
-    let config = ServiceConfig::with_mode(service.routing);
-    let rec = hints::predict(&cluster, std::slice::from_ref(&slice), &config, &hints::ControllerOptions::default());
+    let (rec, verdict) = topology::verdict(NAMESPACE, &service.name, cluster, slice, service.routing)
+        .map_err(|e| anyhow::anyhow!("explaining the hints of service {}: {e}", service.name))?;
     // The canonical outcome; a tie Go's map order could break differently is reported by
     // the verdict's `deterministic`, and the lab follows the first outcome.
     let written = rec.slices();
@@ -95,24 +96,7 @@ pub fn write_hints(service: &mut LabService, nodes: &[(String, String)]) -> anyh
     for (e, w) in service.endpoints.iter_mut().zip(eps) {
         e.hints = w.hints.clone();
     }
-    let inputs = doctor::Inputs {
-        nodes: cluster,
-        slices: vec![SliceObject { namespace: Some(NAMESPACE.into()), service: Some(service.name.clone()), slice }],
-        service: Some(ServiceObject { namespace: Some(NAMESPACE.into()), name: service.name.clone(), config }),
-    };
-    let report = doctor::diagnose(&inputs, &doctor::Settings::default())
-        .map_err(|e| anyhow::anyhow!("explaining the hints of service {}: {e}", service.name))?;
-    Ok(HintsVerdict {
-        mode: service.routing.as_str().to_string(),
-        enabled: rec.hints_enabled(),
-        deterministic: rec.deterministic(),
-        event: rec.event.as_ref().map(|e| HintsEvent {
-            event_type: format!("{:?}", e.event_type),
-            reason: e.reason.clone(),
-            message: e.message.clone(),
-        }),
-        explanation: report.explanation,
-    })
+    Ok(verdict)
 }
 
 /// The endpoints node `node` (in `zone`) sends a Service's traffic to: the one point where
@@ -279,7 +263,7 @@ mod tests {
         assert_eq!(rules.len(), 2);
         assert_eq!(rules[0].service.name, "zonebench/echo:tcp");
         assert_eq!(rules[1].service.name, "zonebench/echo:udp");
-        assert_eq!(rules[1].service.protocol, crate::dataplane::Protocol::Udp);
+        assert_eq!(rules[1].service.protocol, crate::model::Protocol::Udp);
         assert_eq!(rules[1].endpoints[1], Endpoint { ip: Ipv4Addr::new(198, 19, 16, 2), port: 7102 });
         crate::dataplane::validate(&rules).unwrap();
     }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::netns;
 use super::topology::LabId;
-use super::LabConfig;
+use crate::scenario::LabConfig;
 
 /// Where state files live; the override exists for the lab's own tests of the format.
 pub const STATE_DIR: &str = "/run/zonebench/labs";

@@ -16,7 +16,8 @@ use std::fmt;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use super::{LabConfig, Routing};
+use crate::model::Routing;
+use crate::scenario::LabConfig;
 
 /// Underlay (veth) MTU.
 pub const UNDERLAY_MTU: u32 = 1500;

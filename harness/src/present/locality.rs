@@ -9,8 +9,8 @@ use std::fmt::Write as _;
 use zonebench_agent::histogram;
 use zonebench_agent::units::format_ns;
 
-use crate::results::{HintsVerdict, Measurement, RunResults};
-use crate::topology::locality::CostModel;
+use crate::model::CostModel;
+use crate::model::{HintsVerdict, Measurement, RunResults};
 
 /// One row: a test and variant seen from one client zone, all repeats pooled.
 #[derive(Debug, Clone, PartialEq)]
@@ -162,8 +162,8 @@ pub fn render(r: &RunResults, model: &CostModel) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::analysis::locality::{measure, Volume};
     use crate::analysis::metrics::fixtures;
-    use crate::topology::locality::{measure, Volume};
 
     fn service_measurement(variant: &str, cz: &str, servers: &[(&str, u64)]) -> Measurement {
         let mut m = fixtures::latency(zonebench_agent::spec::TestKind::TcpCrr, cz, cz, 0, &[100_000, 200_000]);
@@ -195,11 +195,11 @@ mod tests {
     #[test]
     fn a_refused_variant_prints_the_controllers_event() {
         let v = HintsVerdict {
-            mode: "auto".into(),
+            mode: crate::model::RoutingMode::Auto,
             enabled: false,
             deterministic: true,
-            event: Some(crate::results::HintsEvent {
-                event_type: "Warning".into(),
+            event: Some(crate::model::HintsEvent {
+                event_type: crate::model::EventType::Warning,
                 reason: "TopologyAwareHintsDisabled".into(),
                 message: "Insufficient number of endpoints".into(),
             }),

@@ -9,7 +9,7 @@ use zonebench_agent::histogram;
 use zonebench_agent::spec::TestKind;
 use zonebench_agent::units::{format_bps, format_ns};
 
-use crate::results::{Measurement, RunResults};
+use crate::model::{Measurement, RunResults};
 
 /// What a test's matrix shows.
 fn is_throughput(kind: TestKind) -> bool {

@@ -1,0 +1,150 @@
+//! One step, start to record: run it on its client agent's control API (to an agent or
+//! through a Service), turn the agent's answer into a [`Measurement`] naming who actually
+//! answered, and for Service tests the locality of the answers and the hints verdict beside
+//! it. Both drivers (matrix and sweep) run every step through here.
+
+use std::collections::BTreeMap;
+
+use anyhow::Context as _;
+use tokio_util::sync::CancellationToken;
+use zonebench_agent::spec::{TestKind, TestResult, TestSpec};
+
+use crate::analysis::locality::{self, CostInput, Volume};
+use crate::control_client::ControlClient;
+use crate::model::{AgentPort, CostModel, CostSection, DeployedAgent, DeployedService, Endpoint, Measurement, Via};
+use crate::plan::{self, Plan, Step};
+
+/// Runs one step (its server is an agent, or a Service for `via = service`); on
+/// cancellation, cancels the agent's test and returns an error.
+pub(super) async fn run_step(
+    step: &Step,
+    agents: &BTreeMap<String, DeployedAgent>,
+    services: &BTreeMap<String, DeployedService>,
+    cancel: &CancellationToken,
+) -> anyhow::Result<TestResult> {
+    let client = agents.get(&step.client).with_context(|| format!("agent {} was not deployed", step.client))?;
+    let target = match step.via {
+        Via::Pod => {
+            let server = agents.get(&step.server).with_context(|| format!("agent {} was not deployed", step.server))?;
+            std::net::SocketAddr::new(server.ip, plan::port_for(step.kind, server))
+        }
+        Via::Service => {
+            let svc = services.get(&step.server).with_context(|| format!("service {} was not created", step.server))?;
+            let port = AgentPort::of_test(step.kind);
+            svc.address(port).with_context(|| format!("service {} has no {} port", step.server, port.name()))?
+        }
+    };
+    let spec = TestSpec { target: target.to_string(), ..step.spec.clone() };
+    let control = ControlClient::new(client.control.clone(), client.token.clone());
+    let id = control.start_test(&spec).await?;
+    tokio::select! {
+        r = control.wait_for(&id, &spec) => r,
+        _ = cancel.cancelled() => {
+            let _ = control.cancel_test(&id).await;
+            anyhow::bail!("cancelled")
+        }
+    }
+}
+
+pub(super) fn measurement(
+    plan: &Plan,
+    step: &Step,
+    agents: &BTreeMap<String, DeployedAgent>,
+    r: TestResult,
+) -> anyhow::Result<Measurement> {
+    let endpoint = |id: &str| -> Endpoint {
+        match agents.get(id) {
+            Some(a) => Endpoint { agent: a.id.clone(), node: a.node.clone(), zone: a.zone.clone() },
+            None => {
+                let zone = plan.placement(id).map(|p| p.zone.clone()).unwrap_or_default();
+                Endpoint { agent: id.to_string(), node: String::new(), zone }
+            }
+        }
+    };
+    // Who answered is read from the answers: the id with the most of them. An id no agent
+    // of this run carries would mean traffic reached something else; record it as is.
+    let answered = r.servers.iter().max_by_key(|(_, n)| **n).map(|(id, _)| id.clone());
+    let server = match answered {
+        Some(id) => endpoint(&id),
+        None => endpoint(&step.server),
+    };
+    let mut params: BTreeMap<String, serde_json::Value> = match serde_json::to_value(&step.spec)? {
+        serde_json::Value::Object(m) => m.into_iter().collect(),
+        _ => BTreeMap::new(),
+    };
+    params.remove("target");
+    params.remove("test");
+    Ok(Measurement {
+        test: step.kind,
+        name: step.name.clone(),
+        via: step.via,
+        variant: step.variant.clone(),
+        repeat: step.repeat,
+        client: endpoint(&step.client),
+        server,
+        params,
+        target: r.target,
+        duration_ns: r.duration_ns,
+        metrics: r.metrics,
+        latency: r.latency,
+        connect: r.connect,
+        servers: r.servers,
+        service_dataplane: None,
+        locality: None,
+        hints: None,
+    })
+}
+
+/// For a `via = service` measurement: where its answers came from, counted by the zone of
+/// each answering agent (from the run's placements), and the hints verdict of the Service
+/// it went through, so prediction and measurement are stored side by side.
+pub(super) fn attach_locality(
+    m: &mut Measurement,
+    plan: &Plan,
+    step: &Step,
+    services: &BTreeMap<String, DeployedService>,
+) {
+    if step.via != Via::Service {
+        return;
+    }
+    let zone_of = |id: &str| plan.placement(id).map(|p| p.zone.clone());
+    let volume = match step.kind {
+        TestKind::TcpStream | TestKind::UdpStream => {
+            // The stream's payload over the measured window; split by answer share.
+            let bytes = m.metrics.throughput_bps.unwrap_or(0.0) * m.duration_ns as f64 / 8e9;
+            Volume::Total(bytes.max(0.0) as u64)
+        }
+        _ => Volume::PerAnswer(u64::from(step.spec.request_size) + u64::from(step.spec.response_size)),
+    };
+    m.locality = Some(locality::measure(&m.client.zone, &m.servers, zone_of, volume));
+    m.hints = services.get(&step.server).and_then(|s| s.hints.clone());
+}
+
+/// The run's `cost` section from the measurements with a `locality`; `None` without any.
+pub(super) fn cost(model: &CostModel, measurements: &[Measurement]) -> Option<CostSection> {
+    let inputs: Vec<CostInput<'_>> = measurements
+        .iter()
+        .enumerate()
+        .filter_map(|(i, m)| {
+            m.locality.as_ref().map(|l| CostInput {
+                measurement: i,
+                name: &m.name,
+                variant: &m.variant,
+                client_zone: &m.client.zone,
+                locality: l,
+            })
+        })
+        .collect();
+    (!inputs.is_empty()).then(|| locality::cost_section(model, inputs))
+}
+
+/// `fut`, unless cancellation comes first.
+pub(super) async fn until_cancelled<T>(
+    cancel: &CancellationToken,
+    fut: impl std::future::Future<Output = T>,
+) -> anyhow::Result<T> {
+    tokio::select! {
+        v = fut => Ok(v),
+        _ = cancel.cancelled() => anyhow::bail!("interrupted"),
+    }
+}

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::control::{self, Cidr, Endpoint, Token};
 use crate::spec::{Identity, TestKind, TestSpec};
-use crate::{report, servers, tests, units};
+use crate::{load, report, servers, units};
 
 #[derive(Parser, Debug)]
 #[command(name = "zonebench-agent", version, about = "zonebench data plane: servers, load generators, control API")]
@@ -215,7 +215,7 @@ fn client(a: ClientArgs) -> anyhow::Result<ExitCode> {
             }
         });
     }
-    let result = tests::run(&spec, &cancel).with_context(|| format!("{} against {}", spec.test, spec.target))?;
+    let result = load::run(&spec, &cancel).with_context(|| format!("{} against {}", spec.test, spec.target))?;
     match a.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&result)?),
         Output::Table => print!("{}", report::table(&result)),

@@ -14,6 +14,7 @@
 //! - [`wire`]: data-plane framing (TCP preamble and hello, UDP header).
 //! - [`histogram`]: HDR recording and the V2+DEFLATE+base64 form results carry.
 //! - [`servers`], [`load`], [`control`]: as above.
+//! - [`ports`]: the default data and control ports.
 //! - [`probe`]: the Service-programming probe behind `POST /v1/probe`.
 //! - [`cli`]: the command line (shared with the coordinator's `zonebench agent`).
 //! - [`report`]: the readable table; [`units`]: parsing `10s`, `1G`, `64K`.
@@ -24,6 +25,7 @@ pub mod cli;
 pub mod control;
 pub mod histogram;
 pub mod load;
+pub mod ports;
 pub mod probe;
 pub mod report;
 pub mod servers;

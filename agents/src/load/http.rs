@@ -34,8 +34,9 @@
 //! and parses answers into `HeaderMap`s. The load generator must not be the bottleneck it
 //! measures, so this module speaks HTTP/1.1 itself, like wrk: a request is one pre-built
 //! byte string, answers are parsed in place from a per-thread read buffer (`AnswerParser`,
-//! in a module of its own, `http_answer`), and nothing is allocated per request. No
-//! pipelining: one request in flight per connection, as wrk without scripts and every browser.
+//! in a module of its own, `http_answer`: httparse for the head, our own body framing), and
+//! nothing is allocated per request. No pipelining: one request in flight per connection, as
+//! wrk without scripts and every browser.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;

@@ -11,8 +11,13 @@
 //! are framed by `Content-Length`, chunked `Transfer-Encoding` or the end of the connection;
 //! interim 1xx answers are skipped. [`ServerTally`] counts answers per server identity
 //! without allocating per answer.
+//!
+//! The status line and the header lines are parsed by httparse, the zero-copy parser under
+//! hyper (it answers `Partial` until the head is complete); the body framing is ours, as
+//! httparse leaves it to its caller.
 
 use std::collections::BTreeMap;
+use std::mem::MaybeUninit;
 
 /// The header the agent's HTTP server names itself in.
 pub const SERVER_HEADER: &[u8] = b"x-zonebench-server";
@@ -20,6 +25,8 @@ pub const SERVER_HEADER: &[u8] = b"x-zonebench-server";
 pub const NO_SERVER_HEADER: &str = "unknown";
 /// Largest answer head (status line and headers) accepted.
 const MAX_HEAD: usize = 64 << 10;
+/// Headers parsed without allocating; a head with more is parsed again with room for all.
+const HEADERS: usize = 64;
 
 /// Counts answers per server id for one connection without allocating per answer: ids only
 /// change when a connection lands on another server, so runs of the same id are counted
@@ -217,26 +224,38 @@ impl AnswerParser {
         }
     }
 
+    /// Parses one head at the start of `buf`: `Ok(None)` while it is incomplete. The status
+    /// line and header lines are httparse's (hyper's parser: zero-copy, SIMD scanning);
+    /// what the headers mean for framing and reuse is decided here.
     fn parse_one_head(&mut self, buf: &[u8]) -> Result<Option<(Head, usize)>, &'static str> {
-        let mut lines = Lines { buf, at: 0 };
-        let Some(status_line) = lines.next() else {
-            return if buf.len() > MAX_HEAD { Err("answer head larger than 64 KiB") } else { Ok(None) };
+        let config = httparse::ParserConfig::default();
+        let mut headers = [const { MaybeUninit::uninit() }; HEADERS];
+        let mut more_headers = Vec::new();
+        let mut response = httparse::Response::new(&mut []);
+        let mut parsed = config.parse_response_with_uninit_headers(&mut response, buf, &mut headers);
+        if parsed == Err(httparse::Error::TooManyHeaders) {
+            // Rare: more headers than the array on the stack holds. Every header has a line
+            // of its own (the last one may be incomplete), so the head's lines bound them.
+            let lines = buf.iter().filter(|&&b| b == b'\n').count();
+            more_headers.resize(lines + 1, httparse::EMPTY_HEADER);
+            response = httparse::Response::new(&mut more_headers);
+            parsed = response.parse(buf);
+        }
+        let used = match parsed.map_err(head_error)? {
+            httparse::Status::Complete(used) => used,
+            httparse::Status::Partial if buf.len() > MAX_HEAD => return Err("answer head larger than 64 KiB"),
+            httparse::Status::Partial => return Ok(None),
         };
-        let (http10, status) = parse_status_line(status_line)?;
+        let http10 = response.version == Some(0);
+        let status = response.code.filter(|code| *code >= 100).ok_or("bad status code")?;
         let mut close = http10;
         let mut length: Option<u64> = None;
         let mut chunked = false;
         let mut other_coding = false;
         let mut id_seen = false;
-        loop {
-            let Some(line) = lines.next() else {
-                return if buf.len() > MAX_HEAD { Err("answer head larger than 64 KiB") } else { Ok(None) };
-            };
-            if line.is_empty() {
-                break;
-            }
-            let colon = line.iter().position(|&b| b == b':').ok_or("a header line without ':'")?;
-            let (name, value) = (&line[..colon], trim(&line[colon + 1..]));
+        for header in response.headers.iter() {
+            // httparse trims the value's leading and trailing spaces.
+            let (name, value) = (header.name.as_bytes(), header.value);
             if name.eq_ignore_ascii_case(b"content-length") {
                 let n = parse_decimal(value).ok_or("bad Content-Length")?;
                 if length.is_some_and(|m| m != n) {
@@ -264,7 +283,6 @@ impl AnswerParser {
                 }
             }
         }
-        let used = lines.at;
         if (100..200).contains(&status) {
             return Ok(Some((Head { status, framing: Stage::Done, close: false }, used)));
         }
@@ -337,20 +355,6 @@ impl AnswerParser {
     }
 }
 
-/// `HTTP/1.x SSS reason` → (is HTTP/1.0, status).
-fn parse_status_line(line: &[u8]) -> Result<(bool, u16), &'static str> {
-    if line.len() < 12 || !line.starts_with(b"HTTP/1.") || line[8] != b' ' {
-        return Err("not an HTTP/1.x status line");
-    }
-    let http10 = line[7] == b'0';
-    let code = &line[9..12];
-    if !code.iter().all(u8::is_ascii_digit) || code[0] == b'0' || line.get(12).is_some_and(|&b| b != b' ') {
-        return Err("bad status code");
-    }
-    let status = code.iter().fold(0u16, |acc, &d| acc * 10 + u16::from(d - b'0'));
-    Ok((http10, status))
-}
-
 fn parse_decimal(v: &[u8]) -> Option<u64> {
     if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
         return None;
@@ -365,23 +369,16 @@ fn trim(v: &[u8]) -> &[u8] {
     &v[start..end]
 }
 
-/// Lines of a head, ending in LF with an optional CR before it; `None` when no complete
-/// line is left.
-struct Lines<'a> {
-    buf: &'a [u8],
-    at: usize,
-}
-
-impl<'a> Iterator for Lines<'a> {
-    type Item = &'a [u8];
-
-    #[inline]
-    fn next(&mut self) -> Option<&'a [u8]> {
-        let rest = &self.buf[self.at..];
-        let lf = rest.iter().position(|&b| b == b'\n')?;
-        self.at += lf + 1;
-        let line = &rest[..lf];
-        Some(line.strip_suffix(b"\r").unwrap_or(line))
+/// What is wrong with a head httparse refused.
+fn head_error(e: httparse::Error) -> &'static str {
+    match e {
+        httparse::Error::Version => "not an HTTP/1.x status line",
+        httparse::Error::Status => "bad status code",
+        httparse::Error::HeaderName => "a bad header name, or a header line without ':'",
+        httparse::Error::HeaderValue => "a bad byte in a header value",
+        httparse::Error::NewLine => "a bad line ending in the answer head",
+        httparse::Error::Token => "a bad byte in the status line",
+        httparse::Error::TooManyHeaders => "too many headers",
     }
 }
 
@@ -484,6 +481,39 @@ mod unit {
         let huge = vec![b'a'; MAX_HEAD + 1];
         assert!(!p.feed(b"HTTP/1.1 200 OK\r\nx: ").unwrap());
         assert!(p.feed(&huge).is_err());
+    }
+
+    #[test]
+    fn a_refused_answer_says_what_is_wrong() {
+        let cases: [(&[u8], &str); 6] = [
+            (b"SSH-2.0-OpenSSH\r\n\r\n", "not an HTTP/1.x status line"),
+            (b"HTTP/1.1 2x0 OK\r\n\r\n", "bad status code"),
+            (b"HTTP/1.1 099 Odd\r\n\r\n", "bad status code"),
+            (b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n", "a bad header name, or a header line without ':'"),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", "bad Content-Length"),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                "conflicting Content-Length headers",
+            ),
+        ];
+        for (bytes, why) in cases {
+            let mut p = AnswerParser::default();
+            p.start();
+            assert_eq!(p.feed(bytes), Err(why), "{}", String::from_utf8_lossy(bytes));
+        }
+    }
+
+    #[test]
+    fn a_head_with_more_headers_than_the_stack_holds_parses() {
+        let mut bytes = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for i in 0..HEADERS * 2 {
+            bytes.extend_from_slice(format!("x-filler-{i}: {i}\r\n").as_bytes());
+        }
+        bytes.extend_from_slice(b"x-zonebench-server: many\r\ncontent-length: 2\r\n\r\nok");
+        for step in [1, 100, bytes.len()] {
+            let p = parse_in_steps(&bytes, step);
+            assert_eq!((p.status, p.body_bytes, p.id.as_slice()), (200, 2, &b"many"[..]), "step {step}");
+        }
     }
 
     #[test]

@@ -13,8 +13,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
 use crate::control::{self, Cidr, Endpoint, Token};
+use crate::ports::{DEFAULT_CONTROL_PORT, DEFAULT_HTTP_PORT, DEFAULT_TCP_PORT, DEFAULT_UDP_PORT};
 use crate::spec::{Identity, TestKind, TestSpec};
-use crate::{report, servers, tests, units};
+use crate::{load, report, servers, units};
 
 #[derive(Parser, Debug)]
 #[command(name = "zonebench-agent", version, about = "zonebench data plane: servers, load generators, control API")]
@@ -36,14 +37,14 @@ struct ServeArgs {
     /// Address the data servers listen on.
     #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
     listen: IpAddr,
-    #[arg(long, default_value_t = 7101)]
+    #[arg(long, default_value_t = DEFAULT_TCP_PORT)]
     tcp_port: u16,
-    #[arg(long, default_value_t = 7102)]
+    #[arg(long, default_value_t = DEFAULT_UDP_PORT)]
     udp_port: u16,
-    #[arg(long, default_value_t = 7180)]
+    #[arg(long, default_value_t = DEFAULT_HTTP_PORT)]
     http_port: u16,
     /// Control API endpoint: `tcp:ADDR:PORT` (IPv4, or `[IPv6]:PORT`) or `unix:PATH`.
-    #[arg(long, default_value = "tcp:0.0.0.0:7100", value_parser = parse_endpoint)]
+    #[arg(long, default_value_t = default_control(), value_parser = parse_endpoint)]
     control: Endpoint,
     /// File holding the control API's bearer token; without it the control API stays off.
     #[arg(long)]
@@ -141,6 +142,11 @@ fn parse_test(s: &str) -> Result<TestKind, String> {
     s.parse()
 }
 
+/// `tcp:0.0.0.0:7100`: every address, the default control port.
+fn default_control() -> Endpoint {
+    Endpoint::Tcp(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), DEFAULT_CONTROL_PORT))
+}
+
 fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
     s.parse().map_err(|e: control::EndpointError| e.to_string())
 }
@@ -215,7 +221,7 @@ fn client(a: ClientArgs) -> anyhow::Result<ExitCode> {
             }
         });
     }
-    let result = tests::run(&spec, &cancel).with_context(|| format!("{} against {}", spec.test, spec.target))?;
+    let result = load::run(&spec, &cancel).with_context(|| format!("{} against {}", spec.test, spec.target))?;
     match a.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&result)?),
         Output::Table => print!("{}", report::table(&result)),
@@ -319,4 +325,18 @@ fn hostname() -> String {
         .ok()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "agent".to_string())
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    #[test]
+    fn serve_listens_on_the_default_ports_without_flags() {
+        let Command::Serve(a) = Cli::try_parse_from(["zonebench-agent", "serve"]).unwrap().command else {
+            panic!("not serve")
+        };
+        assert_eq!((a.tcp_port, a.udp_port, a.http_port), (7101, 7102, 7180));
+        assert_eq!(a.control.to_string(), "tcp:0.0.0.0:7100");
+    }
 }

@@ -170,7 +170,7 @@ async fn run_capped(
     let attempt_timeout = Duration::from_millis(spec.attempt_timeout_ms);
     let interval = Duration::from_millis(spec.interval_ms);
     // One flow id per probe; the sequence number tells its attempts apart.
-    let flow = crate::tests::udp_stream::random_flow_id(usize::from(spec.target.port()));
+    let flow = crate::load::udp_stream::random_flow_id(usize::from(spec.target.port()));
     let mut attempts = 0u64;
     let mut last_error = None;
     let outcome = |reached, attempts, last_error| ProbeOutcome {

@@ -21,9 +21,9 @@ use tokio_util::sync::CancellationToken;
 
 use common::{assert_schema_valid, start_agent, TestAgent, Which};
 use zonebench_agent::control::{self, Cidr, Config, Endpoint, Runner, Token};
+use zonebench_agent::load::TestError;
 use zonebench_agent::servers::{Bound, Counters, ServerCtx};
 use zonebench_agent::spec::{Identity, Metrics, TestResult, TestSpec};
-use zonebench_agent::tests::TestError;
 
 const TOKEN: &str = "zb-test-token-7f3a9c";
 

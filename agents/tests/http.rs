@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use common::{check_result, start_agent, Which};
 use tokio_util::sync::CancellationToken;
 use zonebench_agent::histogram;
+use zonebench_agent::load::{self, TestError};
 use zonebench_agent::spec::{TestKind, TestResult, TestSpec};
-use zonebench_agent::tests::{self as load, TestError};
 
 const MS: u64 = 1_000_000;
 

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use common::{check_result, start_agent, TestAgent, Which};
 use rand::RngCore;
 use tokio_util::sync::CancellationToken;
+use zonebench_agent::load::{self, TestError};
 use zonebench_agent::spec::{TestKind, TestResult, TestSpec};
-use zonebench_agent::tests::{self as load, TestError};
 use zonebench_agent::wire::{Preamble, TcpMode};
 
 fn agent() -> TestAgent {

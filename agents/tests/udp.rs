@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use common::Which;
 use rand::RngCore;
 use tokio_util::sync::CancellationToken;
+use zonebench_agent::load::{self, TestError};
 use zonebench_agent::spec::{TestKind, TestSpec};
-use zonebench_agent::tests::{self as loadgen, TestError};
 use zonebench_agent::wire::{FlowStats, UdpHeader, UdpKind, FLAG_WARMUP, UDP_HEADER_LEN};
 
 fn spec(test: TestKind, target: SocketAddr) -> TestSpec {
@@ -59,7 +59,7 @@ fn a_paced_stream_sends_at_its_rate_and_loses_nothing_on_loopback() {
     let mut s = spec(TestKind::UdpStream, agent.udp.unwrap());
     s.rate_bps = Some(20_000_000);
     s.size = Some(1460);
-    let r = loadgen::run(&s, &CancellationToken::new()).unwrap();
+    let r = load::run(&s, &CancellationToken::new()).unwrap();
     common::check_result(&r);
     let m = &r.metrics;
     let expected = 20e6 * 1.0 / (1460.0 * 8.0); // ≈ 1712 datagrams in the 1 s window
@@ -87,7 +87,7 @@ fn a_stream_at_full_speed_reports_consistent_counts() {
     s.size = Some(200);
     s.warmup_ms = 100;
     s.duration_ms = 300;
-    let r = loadgen::run(&s, &CancellationToken::new()).unwrap();
+    let r = load::run(&s, &CancellationToken::new()).unwrap();
     common::check_result(&r);
     let m = &r.metrics;
     let (sent, received) = (m.sent_packets.unwrap(), m.received_packets.unwrap());
@@ -164,7 +164,7 @@ fn garbage_datagrams_are_rejected_and_the_server_keeps_answering() {
     }
     assert_eq!(counter(&agent.ctx.counters.udp_rejected), garbage.len() as u64);
     assert_eq!(counter(&agent.ctx.counters.udp_datagrams), 0);
-    let r = loadgen::run(&spec(TestKind::UdpRr, agent.udp.unwrap()), &CancellationToken::new()).unwrap();
+    let r = load::run(&spec(TestKind::UdpRr, agent.udp.unwrap()), &CancellationToken::new()).unwrap();
     assert!(r.metrics.transactions_per_sec.unwrap() > 100.0, "{:?}", r.metrics);
 }
 
@@ -174,7 +174,7 @@ fn udp_rr_records_a_histogram_and_counts_answers_per_server() {
     let mut s = spec(TestKind::UdpRr, agent.udp.unwrap());
     s.request_size = 1; // padded to the 40-byte header
     s.response_size = 512;
-    let r = loadgen::run(&s, &CancellationToken::new()).unwrap();
+    let r = load::run(&s, &CancellationToken::new()).unwrap();
     common::check_result(&r);
     let lat = r.latency.as_ref().expect("a latency histogram");
     assert!(lat.count > 100, "{lat:?}");
@@ -194,7 +194,7 @@ fn udp_rr_with_more_flows_than_threads_shares_runtimes() {
     let mut s = spec(TestKind::UdpRr, agent.udp.unwrap());
     s.connections = 4;
     s.threads = Some(1);
-    let r = loadgen::run(&s, &CancellationToken::new()).unwrap();
+    let r = load::run(&s, &CancellationToken::new()).unwrap();
     common::check_result(&r);
     let lat = r.latency.as_ref().expect("a latency histogram");
     assert!(lat.count > 100);
@@ -213,7 +213,7 @@ fn udp_rr_against_a_silent_port_counts_timeouts_as_loss_and_ends_on_time() {
         s.connections = 2;
         s.threads = threads;
         let t0 = Instant::now();
-        let r = loadgen::run(&s, &CancellationToken::new()).unwrap();
+        let r = load::run(&s, &CancellationToken::new()).unwrap();
         let took = t0.elapsed();
         common::check_result(&r);
         assert!(took < Duration::from_millis(1200 + 300), "took {took:?}");
@@ -236,7 +236,7 @@ fn udp_stream_without_a_receiver_fails_saying_why() {
     s.warmup_ms = 0;
     s.timeout_ms = 500;
     let t0 = Instant::now();
-    let err = loadgen::run(&s, &CancellationToken::new()).unwrap_err();
+    let err = load::run(&s, &CancellationToken::new()).unwrap_err();
     assert!(err.to_string().contains("no receiver report"), "{err}");
     assert!(t0.elapsed() < Duration::from_secs(2), "took {:?}", t0.elapsed());
 }
@@ -245,7 +245,7 @@ fn udp_stream_without_a_receiver_fails_saying_why() {
 fn a_datagram_smaller_than_the_header_is_refused_by_field_name() {
     let mut s = spec(TestKind::UdpStream, "127.0.0.1:9".parse().unwrap());
     s.size = Some(20);
-    match loadgen::run(&s, &CancellationToken::new()) {
+    match load::run(&s, &CancellationToken::new()) {
         Err(TestError::Spec(e)) => assert_eq!(e.field, "size"),
         other => panic!("expected a size error, got {other:?}"),
     }
@@ -269,7 +269,7 @@ fn cancelled_tests_return_promptly() {
             })
         };
         let t0 = Instant::now();
-        let r = loadgen::run(&s, &cancel);
+        let r = load::run(&s, &cancel);
         assert!(matches!(r, Err(TestError::Cancelled)), "{test} {rate:?}: {r:?}");
         assert!(t0.elapsed() < Duration::from_millis(800), "{test} {rate:?} took {:?}", t0.elapsed());
         canceller.join().unwrap();
@@ -322,7 +322,7 @@ fn datagrams_dropped_on_the_way_are_reported_as_lost() {
     let mut s = spec(TestKind::UdpStream, relay);
     s.rate_bps = Some(10_000_000);
     s.size = Some(1000);
-    let r = loadgen::run(&s, &CancellationToken::new()).unwrap();
+    let r = load::run(&s, &CancellationToken::new()).unwrap();
     stop.store(true, Ordering::Relaxed);
     let dropped = handle.join().unwrap();
     common::check_result(&r);
@@ -344,7 +344,7 @@ fn parallel_streams_are_separate_flows_whose_counts_add_up() {
     s.parallel = 3;
     s.rate_bps = Some(2_000_000);
     s.size = Some(500);
-    let r = loadgen::run(&s, &CancellationToken::new()).unwrap();
+    let r = load::run(&s, &CancellationToken::new()).unwrap();
     common::check_result(&r);
     let m = &r.metrics;
     let expected = 3.0 * 2e6 / (500.0 * 8.0); // 1500: the rate applies per stream
@@ -353,7 +353,7 @@ fn parallel_streams_are_separate_flows_whose_counts_add_up() {
     assert_eq!((m.received_packets, m.lost_packets), (Some(sent), Some(0)));
     assert_eq!(r.servers["echo-u"], sent);
     s.parallel = 1000;
-    match loadgen::run(&s, &CancellationToken::new()) {
+    match load::run(&s, &CancellationToken::new()) {
         Err(TestError::Spec(e)) => assert_eq!(e.field, "parallel"),
         other => panic!("expected a parallel error, got {other:?}"),
     }
@@ -390,7 +390,7 @@ fn a_late_answer_is_never_credited_to_the_next_transaction() {
             }
         }
     });
-    let r = loadgen::run(&spec(TestKind::UdpRr, target), &CancellationToken::new()).unwrap();
+    let r = load::run(&spec(TestKind::UdpRr, target), &CancellationToken::new()).unwrap();
     stop.store(true, Ordering::Relaxed);
     server.join().unwrap();
     common::check_result(&r);

@@ -20,10 +20,10 @@ use super::cidr::{self, Cidr};
 use super::metrics::{self, ControlMetrics};
 use super::registry::{Registry, SubmitError};
 use super::{Limits, Token};
+use crate::load::resolve_target;
 use crate::probe::{self, ProbeSpec};
 use crate::servers::ServerCtx;
 use crate::spec::{SpecError, TestSpec};
-use crate::tests::resolve_target;
 
 /// A slow client may take this long to send a test spec; past it the request is dropped.
 const BODY_TIMEOUT: Duration = Duration::from_secs(30);

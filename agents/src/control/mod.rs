@@ -31,9 +31,9 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::load::TestError;
 use crate::servers::{Bound, ServerCtx};
 use crate::spec::{SpecError, TestResult, TestSpec};
-use crate::tests::TestError;
 
 mod api;
 mod auth;
@@ -49,7 +49,7 @@ pub use registry::TestState;
 
 use endpoint::Listener;
 
-/// What runs a test: [`crate::tests::run`] in the agent; a stand-in in tests of the state
+/// What runs a test: [`crate::load::run`] in the agent; a stand-in in tests of the state
 /// machine.
 pub type Runner = Arc<dyn Fn(&TestSpec, &CancellationToken) -> Result<TestResult, TestError> + Send + Sync>;
 
@@ -180,7 +180,7 @@ pub struct Config {
 }
 
 impl Config {
-    /// Default limits, loopback targets only, tests run by [`crate::tests::run`].
+    /// Default limits, loopback targets only, tests run by [`crate::load::run`].
     pub fn new(endpoint: Endpoint, token: Token, ctx: ServerCtx, data: Bound) -> Config {
         Config {
             endpoint,
@@ -189,7 +189,7 @@ impl Config {
             data,
             limits: Limits::default(),
             allow: Cidr::loopback(),
-            runner: Arc::new(crate::tests::run),
+            runner: Arc::new(crate::load::run),
         }
     }
 }

@@ -14,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::metrics::{ControlMetrics, Ending};
 use super::Runner;
+use crate::load::TestError;
 use crate::spec::{TestResult, TestSpec};
-use crate::tests::TestError;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]

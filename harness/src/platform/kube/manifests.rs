@@ -23,8 +23,11 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Serialize;
 
 use crate::model::AgentPort;
-use crate::platform::lab::{AGENT_HTTP_PORT, AGENT_TCP_PORT, AGENT_UDP_PORT};
 use crate::scenario::KubeSettings;
+use zonebench_agent::ports::{
+    DEFAULT_CONTROL_PORT, DEFAULT_HTTP_PORT as AGENT_HTTP_PORT, DEFAULT_TCP_PORT as AGENT_TCP_PORT,
+    DEFAULT_UDP_PORT as AGENT_UDP_PORT,
+};
 
 pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const MANAGER: &str = "zonebench";
@@ -42,7 +45,7 @@ pub const SLICE_MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";
 pub const SLICE_MANAGER: &str = "zonebench.dev/service-scaling";
 
 /// The agent's control API port inside a pod (its data ports are the lab's).
-pub const AGENT_CONTROL_PORT: u16 = 7100;
+pub const AGENT_CONTROL_PORT: u16 = DEFAULT_CONTROL_PORT;
 pub const SECRET_NAME: &str = "zonebench-control";
 pub const TOKEN_DIR: &str = "/var/run/zonebench";
 /// The non-root user agents run as (distroless's `nonroot`).

@@ -59,10 +59,11 @@ use services::{LabService, LabServices, ServiceEndpoint};
 use state::{LabState, ProcRecord};
 use topology::{LabId, Plan, PodPlan};
 
-/// Agent ports inside each pod (every pod has its own address, so all agents share them).
-pub const AGENT_TCP_PORT: u16 = 7101;
-pub const AGENT_UDP_PORT: u16 = 7102;
-pub const AGENT_HTTP_PORT: u16 = 7180;
+/// Agent ports inside each pod: the agent's own defaults (every pod has its own address, so
+/// all agents share them).
+pub use zonebench_agent::ports::{
+    DEFAULT_HTTP_PORT as AGENT_HTTP_PORT, DEFAULT_TCP_PORT as AGENT_TCP_PORT, DEFAULT_UDP_PORT as AGENT_UDP_PORT,
+};
 /// How long a freshly started agent may take to answer its health check.
 const HEALTHY_WITHIN: Duration = Duration::from_secs(15);
 /// How long the forwarder may take to attach to its TUN device.

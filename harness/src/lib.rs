@@ -22,9 +22,9 @@
 #![deny(unsafe_code)]
 
 pub mod analysis;
-pub mod commands;
 pub mod control_client;
 pub mod dataplane;
+pub mod live;
 pub mod model;
 pub mod plan;
 pub mod platform;

@@ -16,7 +16,6 @@
 //! regression and cluster monitoring sees a failed Job.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, JobSpec, JobTemplateSpec};
 use k8s_openapi::api::core::v1::{
@@ -28,7 +27,7 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Ro
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use crate::scenario::Scenario;
+use crate::scenario::{builtin, Scenario};
 
 /// The image the job runs: the coordinator's own image for this version.
 pub fn default_image() -> String {
@@ -99,10 +98,10 @@ fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> PolicyRule {
 }
 
 /// The manifests, as YAML documents.
-pub fn render(scenario_path: &Path, opts: &CronJobOptions) -> Result<String, RenderError> {
-    let scenario = Scenario::load(scenario_path, &[])?;
-    let text = std::fs::read_to_string(scenario_path)
-        .map_err(|e| RenderError::File { path: scenario_path.display().to_string(), message: e.to_string() })?;
+pub fn render(scenario_arg: &str, opts: &CronJobOptions) -> Result<String, RenderError> {
+    let source = builtin::source(scenario_arg)?;
+    let scenario = Scenario::parse(&source.text, &source.file, &source.stem, &[])?;
+    let text = source.text;
     if !is_dns_label(&opts.namespace) {
         return Err(RenderError::Option {
             field: "namespace",
@@ -343,6 +342,8 @@ pub fn render(scenario_path: &Path, opts: &CronJobOptions) -> Result<String, Ren
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+    use std::path::Path;
+
     use super::*;
 
     fn scenario_file(dir: &Path, name: &str) -> std::path::PathBuf {
@@ -363,7 +364,7 @@ mod tests {
     fn the_cronjob_comes_with_its_service_account_and_rbac() {
         let dir = std::env::temp_dir().join(format!("zb-cron-{}", std::process::id()));
         let p = scenario_file(&dir, "My_Nightly");
-        let yaml = render(&p, &CronJobOptions::default()).unwrap();
+        let yaml = render(p.to_str().unwrap(), &CronJobOptions::default()).unwrap();
         let d = docs(&yaml);
         let kinds: Vec<&str> = d.iter().map(|v| v["kind"].as_str().unwrap()).collect();
         assert_eq!(
@@ -404,14 +405,14 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let bad = dir.join("bad.toml");
         std::fs::write(&bad, "[[tests]]\nkind = \"tcp-xx\"\n").unwrap();
-        let e = render(&bad, &CronJobOptions::default()).unwrap_err().to_string();
+        let e = render(bad.to_str().unwrap(), &CronJobOptions::default()).unwrap_err().to_string();
         assert!(e.contains("bad.toml:2"), "{e}");
         let good = scenario_file(&dir, "ok");
-        let e = render(&good, &CronJobOptions { schedule: "nightly".into(), ..Default::default() })
+        let e = render(good.to_str().unwrap(), &CronJobOptions { schedule: "nightly".into(), ..Default::default() })
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("--schedule"), "{e}");
-        let e = render(&good, &CronJobOptions { namespace: "Bad_NS".into(), ..Default::default() })
+        let e = render(good.to_str().unwrap(), &CronJobOptions { namespace: "Bad_NS".into(), ..Default::default() })
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("--namespace"), "{e}");

@@ -12,6 +12,7 @@ use zonebench_agent::spec::TestKind;
 
 pub use crate::model::Via;
 
+pub mod builtin;
 pub mod kube;
 pub mod lab;
 mod overrides;

@@ -1,10 +1,6 @@
-//! `zonebench hints -n NAMESPACE SERVICE`: the hints doctor on a live cluster.
-//!
-//! It reads the Service, its EndpointSlices and every Node through kube-rs (the kube
-//! platform's connection, which fails fast naming the cluster), runs the same doctor as the
-//! file form on them ([`super::doctor`]; the Service's own annotations and
-//! `trafficDistribution` decide the mode) and sets the hints the controller actually wrote
-//! beside the prediction, endpoint by endpoint, with a verdict.
+//! The live form of the hints doctor, without the cluster: given the doctor's analysis of
+//! objects read from a cluster (`crate::live` reads them), sets the hints the controller
+//! actually wrote beside the prediction, endpoint by endpoint, with a verdict.
 //!
 //! The prediction is a fresh sync, so a difference is not always a fault. The verdict says
 //! which explanation fits, checking them in this order:
@@ -22,36 +18,19 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::process::ExitCode;
 
 use serde::Serialize;
 
-use super::doctor::{self, Analysis, DoctorError, Form, HintsArgs, Inputs, Settings};
+use super::doctor::{self, Analysis};
 use super::hints::{self, ControllerOptions, EndpointRef, Reconciliation};
-use super::input::{self, FieldError};
 use super::proxy::{self, ProxyNode, ProxyOptions};
 use super::{Endpoint, Hints, RoutingMode, Slice, SyncState};
-use crate::platform::kube::{self, services, ClusterSource, KubeError};
 
 /// The newest Kubernetes minor whose EndpointSlice controller was read for the port
 /// (`k8s.io/endpointslice` up to v0.37; its allocation is unchanged since 1.28).
 pub const NEWEST_MODELLED_MINOR: u32 = 37;
 /// The oldest minor with the same allocation code (the move to staging, mid 2023).
 pub const OLDEST_MODELLED_MINOR: u32 = 28;
-
-#[derive(Debug, thiserror::Error)]
-pub enum LiveError {
-    #[error("{0}")]
-    Usage(String),
-    #[error(transparent)]
-    Kube(#[from] KubeError),
-    #[error("cluster {cluster}: {object}: {field}: {message}")]
-    Object { cluster: String, object: String, field: String, message: String },
-    #[error("cluster {cluster}: Service {namespace}/{service} has no EndpointSlice (label kubernetes.io/service-name={service}): {why}")]
-    NoSlices { cluster: String, namespace: String, service: String, why: String },
-    #[error("cluster {cluster}: Service {namespace}/{service}: {source}")]
-    Doctor { cluster: String, namespace: String, service: String, source: Box<DoctorError> },
-}
 
 /// How the verdict explains the hints the controller wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -163,144 +142,6 @@ pub struct LiveContext {
     /// The PreferSameTrafficDistribution gate was taken from the server version's default
     /// (no `--prefer-same-traffic-distribution`).
     pub gate_from_version: bool,
-}
-
-/// Runs `zonebench hints -n NAMESPACE SERVICE`; prints the report or the error. Exit 0 ok,
-/// 1 error (cluster, missing objects), 2 usage.
-pub async fn run(args: &HintsArgs) -> ExitCode {
-    match run_inner(args).await {
-        Ok(out) => {
-            print!("{out}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            // A doctor usage error needs a flag (e.g. --address-type): still a usage error.
-            match &e {
-                LiveError::Usage(_) => ExitCode::from(2),
-                LiveError::Doctor { source, .. } if matches!(**source, DoctorError::Usage(_)) => ExitCode::from(2),
-                _ => ExitCode::FAILURE,
-            }
-        }
-    }
-}
-
-async fn run_inner(args: &HintsArgs) -> Result<String, LiveError> {
-    let (service, namespace) = match args.form().map_err(LiveError::Usage)? {
-        Form::Live { service, namespace } => (service, namespace),
-        Form::Files { .. } => return Err(LiveError::Usage("the file form runs through topology::doctor::run".into())),
-    };
-    let source = ClusterSource { kubeconfig: args.kubeconfig.clone(), context: args.context.clone() };
-    let cluster = kube::client::connect(&source).await?;
-    let namespace = namespace.unwrap_or_else(|| cluster.client.default_namespace().to_string());
-    let objects = services::read_for_hints(&cluster, &namespace, &service).await?;
-    let inputs = to_inputs(&cluster.describe(), &objects)?;
-    if inputs.slices.is_empty() {
-        return Err(LiveError::NoSlices {
-            cluster: cluster.describe(),
-            namespace,
-            service,
-            why: why_no_slices(&objects.service),
-        });
-    }
-    let version = minor_version(&cluster.version);
-    let (gate, gate_from_version) = match args.prefer_same_traffic_distribution {
-        Some(g) => (g, false),
-        None => (gate_default(version), version.is_some()),
-    };
-    let settings = Settings { address_type: args.address_type(), prefer_same_traffic_distribution: gate, live: true };
-    let mut analysis = doctor::analyse(&inputs, &settings).map_err(|source| LiveError::Doctor {
-        cluster: cluster.describe(),
-        namespace: namespace.clone(),
-        service: service.clone(),
-        source: Box::new(source),
-    })?;
-    let same_td = matches!(analysis.service.traffic_distribution.as_deref(), Some("PreferSameZone" | "PreferSameNode"));
-    if gate_from_version && same_td {
-        analysis.report.mode_reasons.push(format!(
-            "the PreferSameTrafficDistribution feature gate is taken as {}, the default of Kubernetes {} (--prefer-same-traffic-distribution overrides it)",
-            if gate { "on" } else { "off" },
-            cluster.version
-        ));
-    }
-    let (events, events_error) = match &objects.events {
-        Ok(ev) => (ev.iter().map(recorded).collect(), None),
-        Err(why) => (Vec::new(), Some(why.clone())),
-    };
-    let ctx = LiveContext {
-        cluster: cluster.describe(),
-        context: cluster.context.clone(),
-        server: cluster.server.clone(),
-        server_version: cluster.version.clone(),
-        namespace,
-        events,
-        events_error,
-        gate_from_version,
-    };
-    compare(&mut analysis, &ctx);
-    doctor::render(&analysis.report, args.output).map_err(|source| LiveError::Doctor {
-        cluster: ctx.cluster.clone(),
-        namespace: ctx.namespace.clone(),
-        service,
-        source: Box::new(source),
-    })
-}
-
-/// The API objects as the doctor's inputs; a field it cannot use names the object.
-pub fn to_inputs(cluster: &str, o: &services::HintsObjects) -> Result<Inputs, LiveError> {
-    let bad = |kind: &str, meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
-        let name = match (&meta.namespace, &meta.name) {
-            (Some(ns), Some(n)) => Some(format!("{ns}/{n}")),
-            (_, n) => n.clone(),
-        };
-        let object = input::object_label(kind, name.as_deref());
-        move |e: FieldError| LiveError::Object {
-            cluster: cluster.to_string(),
-            object,
-            field: e.field,
-            message: e.message,
-        }
-    };
-    let nodes = o
-        .nodes
-        .iter()
-        .map(|n| input::node_from_api(n).map_err(bad("Node", &n.metadata)))
-        .collect::<Result<Vec<_>, _>>()?;
-    let slices = o
-        .slices
-        .iter()
-        .map(|s| input::slice_from_api(s).map_err(bad("EndpointSlice", &s.metadata)))
-        .collect::<Result<Vec<_>, _>>()?;
-    let service = input::service_from_api(&o.service).map_err(bad("Service", &o.service.metadata))?;
-    Ok(Inputs { nodes, slices, service: Some(service) })
-}
-
-/// Why a Service has no EndpointSlice, from its spec.
-fn why_no_slices(svc: &k8s_openapi::api::core::v1::Service) -> String {
-    let spec = svc.spec.clone().unwrap_or_default();
-    if spec.type_.as_deref() == Some("ExternalName") {
-        return "an ExternalName Service has no endpoints, so there are no hints".into();
-    }
-    match spec.selector.filter(|s| !s.is_empty()) {
-        None => "it has no selector, and no EndpointSlice was made for it by hand".into(),
-        Some(sel) => {
-            let sel: Vec<String> = sel.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            format!(
-                "no pod matches its selector {} yet, or the EndpointSlice controller has not created them",
-                sel.join(",")
-            )
-        }
-    }
-}
-
-fn recorded(e: &k8s_openapi::api::core::v1::Event) -> RecordedEvent {
-    RecordedEvent {
-        event_type: e.type_.clone().unwrap_or_default(),
-        reason: e.reason.clone().unwrap_or_default(),
-        message: e.message.clone().unwrap_or_default(),
-        count: e.count.or_else(|| e.series.as_ref().and_then(|s| s.count)),
-        last_seen: services::event_time(e).map(|t| t.to_string()),
-    }
 }
 
 /// `(major, minor)` of a `gitVersion` such as `v1.33.1`, `v1.29.3-eks-adc7111`, `v1.30.2+k3s1`.
@@ -718,6 +559,7 @@ pub fn render_section(c: &Comparison) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::topology::doctor::{Inputs, Settings};
     use crate::topology::input::{ServiceObject, SliceObject};
     use crate::topology::{Cpu, Endpoint, Node, ServiceConfig};
 

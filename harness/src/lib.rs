@@ -1,23 +1,21 @@
 //! # zonebench
 //!
 //! The coordinator: it reads a scenario, places agents across zones on a platform, runs the
-//! test matrix and writes results. See `DESIGN.md` for the flow of one run.
+//! test matrix and writes results. `ARCHITECTURE.md` at the repository root is the map: the
+//! layers, what each module owns and may use, the flow of one run, and the invariants (the
+//! test `tests/it/architecture.rs` checks the layering).
 //!
-//! # Layout
-//! - [`control_client`]: the agent control API client.
-//! - [`scenario`]: scenario files, validation with file/line errors, `--set` overrides.
-//! - [`plan`]: a scenario expanded into agent placements and ordered steps.
-//! - [`platform`]: where agents run (`lab` network namespaces, `local` loopback processes,
-//!   `kube` a cluster through kube-rs).
-//! - [`dataplane`]: Service VIP dataplanes a lab node programs (iptables, nftables, eBPF).
-//! - [`topology`]: EndpointSlice hints and kube-proxy's endpoint choice, as Kubernetes computes them;
-//!   `zonebench hints` explains them on kubectl output or live objects; measured locality and cost.
-//! - [`run`]: the orchestrator; [`results`]: results.json/csv, reading runs back, history;
-//!   [`summary`]: the zone matrix.
-//! - [`analysis`]: noise figures, comparisons and regression verdicts; [`report`]: the
-//!   HTML report and its charts, trends; [`render_cronjob`]: the nightly CronJob;
-//!   [`commands`]: those CLI commands.
-//! - [`sweep`]: the service-scaling sweep (dataplanes × Service counts).
+//! # Layout, bottom up
+//! - [`model`]: the records every layer shares (results, cluster, requests, closed sets).
+//! - [`scenario`]: scenario files and every configuration table; built-in scenarios.
+//! - [`topology`]: EndpointSlice hints and kube-proxy's endpoint choice, as Kubernetes
+//!   computes them, and the doctor that explains them. [`analysis`]: noise, comparisons,
+//!   verdicts, measured locality and cost. [`dataplane`]: Service dataplanes a lab node
+//!   programs. [`control_client`]: the agent control API client.
+//! - [`plan`]: a scenario expanded into placements and steps. [`results`]: run files.
+//!   [`platform`]: where agents run (`lab`, `local`, `kube`).
+//! - [`present`]: the text tables; [`report`]: the HTML report, charts, trends.
+//! - [`run`]: the runner; [`render`]: `zonebench render`; [`live`]: the doctor on a cluster.
 //! - `sys`: the only unsafe code (child processes die with the coordinator).
 #![deny(unsafe_code)]
 

@@ -18,7 +18,9 @@
 # "k8s.io/<staging> v0.0.0" requirements and replaces it with the matching v0.X.Y tag,
 # then lets `go mod tidy` write go.sum. Needs Go (GO=/path/to/go to choose one) at least
 # as new as the wrapper modules' go lines, and the Go module proxy for a cold build.
-# Builds run under `nice -n 19` with `go build -p 2`, so they do not starve other work.
+# Builds run under `nice -n 19` with `go build -p 2`, so they do not starve other work,
+# with GOTOOLCHAIN=local, GOWORK=off and GOFLAGS emptied; GOPROXY, GOCACHE, GOMODCACHE
+# are left as they are.
 set -euo pipefail
 
 KUBE_VERSION=v1.36.5 # k8s.io/kubernetes; its staging modules (k8s.io/api, ...) at v0.36.5
@@ -303,9 +305,13 @@ kube_ldflags() {
   printf '%s\n' "$flags"
 }
 
+partial=""
+trap '[[ -z $partial ]] || rm -f "$partial"' EXIT
+
 build() {
   local name=$1 dir=$2 pkg=$3 ldflags=$4 tmp start
   tmp=$bin/.$name.partial.$$
+  partial=$tmp
   start=$SECONDS
   log "building $name from $pkg (minutes on a cold Go cache)"
   if ! (cd "$dir" && CGO_ENABLED=0 go_nice build -p 2 -mod=readonly -buildvcs=false -trimpath \
@@ -318,6 +324,7 @@ build() {
     die "$name was built but does not print '$(version_line "$name")' for its version"
   fi
   mv -f "$tmp" "$bin/$name"
+  partial=""
   log "built $name in $((SECONDS - start))s"
 }
 

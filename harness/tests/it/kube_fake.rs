@@ -6,23 +6,17 @@
 //! the template's labels and the logs a test sets), and list, get, watch and delete of
 //! `endpointslices` and `daemonsets` by label selector. Traffic goes to loopback only: real
 //! agents started by the fake's kubelet, behind ClusterIPs in the fake's own address slot.
-#![allow(clippy::unwrap_used)] // test support: a failure here is a failed test
-
-mod support {
-    pub mod fake_apiserver;
-    pub mod kube_client;
-}
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use crate::support::fake_apiserver::{fixture, FakeApi, Kubelet, LEASE_PORT};
+use crate::support::kube_client::{connect, kube_options, temp_dir};
 use ::kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams, WatchEvent, WatchParams};
 use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use support::fake_apiserver::{fixture, FakeApi, Kubelet, LEASE_PORT};
-use support::kube_client::{connect, kube_options, temp_dir};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use zonebench::model::{AgentPort, AgentRequest};

@@ -7,19 +7,13 @@
 //!
 //! `live_cluster_run` runs a scenario on a real cluster, only when `ZONEBENCH_TEST_KUBECONFIG`
 //! names a kubeconfig (see the README's kube section).
-#![allow(clippy::unwrap_used)] // test support: a failure here is a failed test
-
-mod support {
-    pub mod fake_apiserver;
-    pub mod kube_client;
-}
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::support::fake_apiserver::{fixture, kubeconfig, FakeApi, Kubelet};
+use crate::support::kube_client::{connect, kube_options, temp_dir};
 use serde_json::Value;
-use support::fake_apiserver::{fixture, kubeconfig, FakeApi, Kubelet};
-use support::kube_client::{connect, kube_options, temp_dir};
 use zonebench::model::{AgentPort, AgentRequest};
 use zonebench::platform::kube::{self, manifests, services, KubePlatform};
 use zonebench::platform::Platform as _;

@@ -1,7 +1,6 @@
 //! `zonebench run` end to end, through the real binary: on the lab (root; CI runs as root,
 //! so these fail rather than skip without it) and on the local platform; and a run
 //! interrupted by SIGINT keeps what it measured and leaves nothing behind.
-#![allow(clippy::unwrap_used)] // test support: a failure here is a failed test
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

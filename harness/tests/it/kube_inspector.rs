@@ -4,7 +4,6 @@
 //! sync metrics those of an HTTP server on 127.0.0.1:10249 serving kube-proxy's metric
 //! names. Its line is read back with the same reader the run uses. Needs root, iptables,
 //! nftables and python3 (`.ci/run` installs what is missing).
-#![allow(clippy::unwrap_used)] // test support: a failure here is a failed test
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

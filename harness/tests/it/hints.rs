@@ -1,7 +1,6 @@
 //! `zonebench hints` end to end, through the real binary, on kubectl-style fixtures
 //! (`tests/fixtures/hints/`): both output formats, the JSON checked against
 //! `results/schema/hints.schema.json`, bad input and usage errors.
-#![allow(clippy::unwrap_used)] // test support: a failure here is a failed test
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -5,20 +5,14 @@
 //! `trafficDistribution`, a feature gate the version explains, missing objects, an
 //! unreachable cluster and usage errors. Every JSON output is checked against
 //! `results/schema/hints.schema.json`.
-#![allow(clippy::unwrap_used)] // test support: a failure here is a failed test
-
-mod support {
-    pub mod fake_apiserver;
-    pub mod kube_client;
-}
 
 use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
+use crate::support::fake_apiserver::{fixture, kubeconfig, FakeApi, Kubelet};
+use crate::support::kube_client::temp_dir;
 use serde_json::Value;
-use support::fake_apiserver::{fixture, kubeconfig, FakeApi, Kubelet};
-use support::kube_client::temp_dir;
 
 /// The fake cluster: kind's nodes (zones a, b, c; b has 50m less CPU) and namespace `shop`.
 async fn shop() -> FakeApi {

@@ -4,21 +4,15 @@
 //! programming-latency probe, run by the real client agent through its control API, has a
 //! real first connect to find; its "DaemonSet controller" gives the node inspector one pod
 //! per node, whose log lines the test writes as the inspector script would.
-#![allow(clippy::unwrap_used)] // test support: a failure here is a failed test
-
-mod support {
-    pub mod fake_apiserver;
-    pub mod kube_client;
-}
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::fake_apiserver::{fixture, kubeconfig, FakeApi, Kubelet};
+use crate::support::kube_client::{kube_options, temp_dir};
 use serde_json::Value;
-use support::fake_apiserver::{fixture, kubeconfig, FakeApi, Kubelet};
-use support::kube_client::{kube_options, temp_dir};
 
 const DELAY: Duration = Duration::from_millis(400);
 

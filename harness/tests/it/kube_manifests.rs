@@ -4,7 +4,6 @@
 //! the `restricted` Pod Security Standard. Covers `zonebench render` of each scenario in
 //! `scenarios/` (with and without the node inspector) and the objects a run creates later
 //! (Services of every routing variant, `via = "service"` Services, service-scaling Services and EndpointSlices).
-#![allow(clippy::unwrap_used)] // test support: a failure here is a failed test
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

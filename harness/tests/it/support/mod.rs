@@ -1,8 +1,9 @@
 //! Helpers shared by the report, compare and nightly tests: the binary, scratch
 //! directories, the recorded lab run, and edits to a run's measurements that keep the
 //! histograms and the figures derived from them consistent.
-#![allow(clippy::unwrap_used)] // test support: a failure here is a failed test
-#![allow(dead_code)] // each test file uses a different part
+
+pub mod fake_apiserver;
+pub mod kube_client;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -1,14 +1,12 @@
 //! `zonebench run` through Services, end to end on the lab with the real binary: a
 //! `via = "service"` scenario and a small service-scaling sweep. Needs root (CI runs as
 //! root); takes the lab tests' shared lock.
-#![allow(clippy::unwrap_used)] // test support: a failure here is a failed test
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-mod support;
-use support::{lab_lock, valid_results};
+use crate::support::{lab_lock, valid_results};
 
 fn zonebench() -> Command {
     Command::new(env!("CARGO_BIN_EXE_zonebench"))

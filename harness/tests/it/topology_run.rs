@@ -3,14 +3,12 @@
 //! trafficDistribution PreferClose), hints computed as the EndpointSlice controller does,
 //! routing as kube-proxy does on them, and locality measured from who answered. Needs root
 //! (CI runs as root); takes the lab tests' shared lock.
-#![allow(clippy::unwrap_used)] // test support: a failure here is a failed test
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
 
-mod support;
-use support::{lab_lock, valid_results};
+use crate::support::{lab_lock, valid_results};
 
 fn temp_dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("zb-topo-{name}-{}", std::process::id()));

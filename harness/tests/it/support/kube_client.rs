@@ -1,6 +1,5 @@
 //! What the kube tests share besides the fake API server itself: a scratch directory, a
 //! connection to a fake, and the platform options a test run uses against one.
-#![allow(clippy::unwrap_used, dead_code)] // test support: a failure here is a failed test
 
 use std::path::{Path, PathBuf};
 

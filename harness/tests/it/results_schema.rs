@@ -1,6 +1,5 @@
 //! results.json is checked against the checked-in schema, which refers to the agent's
 //! test-result schema for metrics and latency.
-#![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
 

@@ -34,7 +34,6 @@
 //! Selecting Services keep the address of the first pod they select as ClusterIP (nothing
 //! routes a virtual IP for them, so `via = "service"` traffic reaches a real agent), or get
 //! `10.96.x.y` when they select none: tests never send traffic there.
-#![allow(clippy::unwrap_used, dead_code)] // test support: a failure here is a failed test
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;

@@ -11,7 +11,7 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use crate::support::fake_apiserver::{fixture, kubeconfig, FakeApi, Kubelet};
-use crate::support::kube_client::temp_dir;
+use crate::support::scratch;
 use serde_json::Value;
 
 /// The fake cluster: kind's nodes (zones a, b, c; b has 50m less CPU) and namespace `shop`.
@@ -75,7 +75,7 @@ fn endpoint<'a>(v: &'a Value, address: &str) -> &'a Value {
 #[tokio::test]
 async fn slices_hinted_as_predicted_agree_in_both_output_formats() {
     let api = shop().await;
-    let dir = temp_dir("agree");
+    let dir = scratch("kube-agree");
     let kc = kubeconfig(&dir, &[("kind-zb", &api.url())]);
     let v = json(&kc, &["-n", "shop", "checkout"]).await;
     assert_eq!(v["service"], "shop/checkout");
@@ -132,7 +132,7 @@ async fn slices_hinted_as_predicted_agree_in_both_output_formats() {
 #[tokio::test]
 async fn a_stale_slice_is_reported_with_the_endpoint_that_differs_and_why() {
     let api = shop().await;
-    let dir = temp_dir("stale");
+    let dir = scratch("kube-stale");
     let kc = kubeconfig(&dir, &[("kind-zb", &api.url())]);
     let v = json(&kc, &["--namespace", "shop", "cart"]).await;
     assert_eq!(v["hints_enabled"], true);
@@ -178,7 +178,7 @@ async fn a_stale_slice_is_reported_with_the_endpoint_that_differs_and_why() {
 #[tokio::test]
 async fn older_hints_a_running_controller_keeps_are_told_apart_from_stale_ones() {
     let api = shop().await;
-    let dir = temp_dir("kept");
+    let dir = scratch("kube-kept");
     let kc = kubeconfig(&dir, &[("kind-zb", &api.url())]);
     let v = json(&kc, &["-n", "shop", "orders"]).await;
     let live = &v["live"];
@@ -198,7 +198,7 @@ async fn older_hints_a_running_controller_keeps_are_told_apart_from_stale_ones()
 #[tokio::test]
 async fn prefer_close_is_taken_from_the_services_traffic_distribution() {
     let api = shop().await;
-    let dir = temp_dir("prefer-close");
+    let dir = scratch("kube-prefer-close");
     let kc = kubeconfig(&dir, &[("kind-zb", &api.url())]);
     let v = json(&kc, &["-n", "shop", "web"]).await;
     assert_eq!((&v["mode"], &v["mode_assumed"]), (&Value::from("prefer-close"), &Value::Bool(false)));
@@ -221,7 +221,7 @@ async fn prefer_close_is_taken_from_the_services_traffic_distribution() {
 #[tokio::test]
 async fn prefer_same_zone_on_1_33_is_explained_by_the_feature_gate_and_the_flag_overrides_it() {
     let api = shop().await;
-    let dir = temp_dir("gate");
+    let dir = scratch("kube-gate");
     let kc = kubeconfig(&dir, &[("kind-zb", &api.url())]);
     // v1.33 leaves PreferSameTrafficDistribution off by default, but these slices are hinted.
     let v = json(&kc, &["-n", "shop", "feed"]).await;
@@ -249,7 +249,7 @@ async fn prefer_same_zone_on_1_33_is_explained_by_the_feature_gate_and_the_flag_
 #[tokio::test]
 async fn a_missing_service_namespace_or_endpoint_slice_is_named() {
     let api = shop().await;
-    let dir = temp_dir("missing");
+    let dir = scratch("kube-missing");
     let kc = kubeconfig(&dir, &[("kind-zb", &api.url())]);
     let err = fails(&kc, &["-n", "shop", "payments"], 1).await;
     assert!(
@@ -272,7 +272,7 @@ async fn a_missing_service_namespace_or_endpoint_slice_is_named() {
 #[tokio::test]
 async fn the_namespace_defaults_to_the_kubeconfig_contexts_as_kubectl_does() {
     let api = shop().await;
-    let dir = temp_dir("default-ns");
+    let dir = scratch("kube-default-ns");
     let kc = dir.join("kubeconfig");
     std::fs::write(
         &kc,
@@ -288,7 +288,7 @@ async fn the_namespace_defaults_to_the_kubeconfig_contexts_as_kubectl_does() {
 
 #[tokio::test]
 async fn an_unreachable_cluster_fails_fast_naming_it() {
-    let dir = temp_dir("unreachable");
+    let dir = scratch("kube-unreachable");
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
@@ -304,7 +304,7 @@ async fn an_unreachable_cluster_fails_fast_naming_it() {
 
 #[tokio::test]
 async fn mixed_or_incomplete_forms_are_usage_errors() {
-    let dir = temp_dir("usage");
+    let dir = scratch("kube-usage");
     let kc = kubeconfig(&dir, &[("never", "http://127.0.0.1:1")]);
     let nodes = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hints/nodes-3zones.yaml");
     let nodes = nodes.to_str().unwrap();

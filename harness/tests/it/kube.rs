@@ -12,7 +12,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::support::fake_apiserver::{fixture, kubeconfig, FakeApi, Kubelet};
-use crate::support::kube_client::{connect, kube_options, temp_dir};
+use crate::support::kube_client::{connect, kube_options};
+use crate::support::scratch;
 use serde_json::Value;
 use zonebench::model::{AgentPort, AgentRequest};
 use zonebench::platform::kube::{self, manifests, services, KubePlatform};
@@ -32,7 +33,7 @@ fn load_kind(api: &FakeApi) {
 async fn discovery_reads_zones_cpu_readiness_and_the_fingerprint_of_a_kind_cluster() {
     let api = FakeApi::start(Kubelet::Ready).await;
     load_kind(&api);
-    let dir = temp_dir("discover-kind");
+    let dir = scratch("kube-discover-kind");
     let cluster = connect(&api, &dir).await;
     assert_eq!(cluster.version, "v1.33.1");
     assert_eq!(cluster.context, "kind-zb");
@@ -65,7 +66,7 @@ async fn discovery_reads_zones_cpu_readiness_and_the_fingerprint_of_a_kind_clust
 
 #[tokio::test]
 async fn discovery_tells_eks_vpc_cni_ipvs_and_cilium_without_kube_proxy_apart() {
-    let dir = temp_dir("discover-other");
+    let dir = scratch("kube-discover-other");
     let eks = FakeApi::start(Kubelet::Ready).await;
     eks.load(fixture("eks-nodes.json"));
     eks.load(fixture("eks-daemonsets.json"));
@@ -86,7 +87,7 @@ async fn discovery_tells_eks_vpc_cni_ipvs_and_cilium_without_kube_proxy_apart() 
     cilium.load(fixture("kind-nodes.json"));
     cilium.load(fixture("cilium-daemonsets.json"));
     cilium.load(fixture("cilium-config.json"));
-    let dir2 = temp_dir("discover-cilium");
+    let dir2 = scratch("kube-discover-cilium");
     let t = kube::discovery::discover(&connect(&cilium, &dir2).await).await.unwrap();
     assert_eq!(t.fingerprint.extra["cni"], "cilium");
     assert_eq!(t.fingerprint.extra["kube_proxy_mode"], "none (cilium kube-proxy replacement)");
@@ -100,17 +101,19 @@ async fn a_cluster_without_zone_labels_is_refused_with_a_hint() {
         n["metadata"]["labels"].as_object_mut().unwrap().remove("topology.kubernetes.io/zone");
     }
     api.load(nodes);
-    let dir = temp_dir("nozones");
+    let dir = scratch("kube-nozones");
     let err = kube::discovery::discover(&connect(&api, &dir).await).await.unwrap_err().to_string();
     assert!(err.contains("topology.kubernetes.io/zone") && err.contains(&api.url()), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_creates_labelled_objects_reaches_agents_through_port_forward_and_teardown_deletes_them() {
-    let dir = temp_dir("deploy");
-    let api =
-        FakeApi::start(Kubelet::RunAgents { zonebench: env!("CARGO_BIN_EXE_zonebench").into(), dir: dir.clone() })
-            .await;
+    let dir = scratch("kube-deploy");
+    let api = FakeApi::start(Kubelet::RunAgents {
+        zonebench: env!("CARGO_BIN_EXE_zonebench").into(),
+        dir: dir.to_path_buf(),
+    })
+    .await;
     load_kind(&api);
     let mut p = KubePlatform::new(kube_options(&dir, &api, "cafe0001")).unwrap();
     p.discover().await.unwrap();
@@ -180,7 +183,7 @@ async fn deploy_creates_labelled_objects_reaches_agents_through_port_forward_and
 
 #[tokio::test]
 async fn an_image_that_cannot_be_pulled_fails_the_deploy_at_once_and_teardown_leaves_nothing() {
-    let dir = temp_dir("pullfail");
+    let dir = scratch("kube-pullfail");
     let api = FakeApi::start(Kubelet::ImagePullBackOff).await;
     load_kind(&api);
     let mut p = KubePlatform::new(kube_options(&dir, &api, "cafe0002")).unwrap();
@@ -201,7 +204,7 @@ async fn endpoint_slice_hints_are_read_as_the_controller_wrote_them() {
     api.load(fixture("namespace-leftover.json"));
     api.load(fixture("service-topology-auto.json"));
     api.load(fixture("endpointslices-topology-auto.json"));
-    let dir = temp_dir("hints");
+    let dir = scratch("kube-hints");
     let cluster = connect(&api, &dir).await;
     let h = services::live_hints(&cluster, "zonebench-feed0001", "zb-echo-topology-auto").await.unwrap();
     assert_eq!(h.topology_mode.as_deref(), Some("Auto"));
@@ -244,7 +247,7 @@ async fn endpoint_slice_hints_are_read_as_the_controller_wrote_them() {
 async fn endpoints_published_later_are_waited_for_and_variant_services_carry_their_routing() {
     let api = FakeApi::start(Kubelet::Ready).await;
     api.load(fixture("namespace-leftover.json"));
-    let dir = temp_dir("variants");
+    let dir = scratch("kube-variants");
     let cluster = connect(&api, &dir).await;
     let run = manifests::RunMeta { run_id: "feed0001".into(), scenario: "quick".into() };
     let created = services::create_variant_services(&cluster, &run, &manifests::RoutingVariant::ALL).await.unwrap();
@@ -295,7 +298,7 @@ async fn endpoints_published_later_are_waited_for_and_variant_services_carry_the
 async fn service_scaling_creates_and_deletes_selectorless_services_in_batches_with_progress() {
     let api = FakeApi::start(Kubelet::Ready).await;
     api.load(fixture("namespace-leftover.json"));
-    let dir = temp_dir("scale");
+    let dir = scratch("kube-scale");
     let cluster = connect(&api, &dir).await;
     let run = manifests::RunMeta { run_id: "feed0001".into(), scenario: "quick".into() };
     let echo = [
@@ -354,7 +357,7 @@ async fn node_inspector_reports_are_read_from_its_pods_logs() {
         "zb-inspect-nodes-x1",
         "{\"node\":\"zb-worker\",\"iptables_rules\":1042,\"iptables_legacy_rules\":0,\"nft_rules\":0,\"sync_seconds_sum\":2.5,\"sync_count\":40}\n",
     );
-    let dir = temp_dir("inspect");
+    let dir = scratch("kube-inspect");
     let cluster = connect(&api, &dir).await;
     let run = manifests::RunMeta { run_id: "feed0001".into(), scenario: "quick".into() };
     let reports = kube::inspect::node_reports(&cluster, &run).await.unwrap();
@@ -376,7 +379,7 @@ async fn gc_deletes_old_run_namespaces_found_by_label_and_spares_the_rest() {
     young["metadata"]["name"] = "zonebench-young001".into();
     young["metadata"]["creationTimestamp"] = serde_json::json!(zonebench::model::now_rfc3339());
     api.load(young);
-    let dir = temp_dir("gc");
+    let dir = scratch("kube-gc");
     let cluster = connect(&api, &dir).await;
 
     let dry = kube::gc::gc(&cluster, Duration::from_secs(3600), true).await.unwrap();
@@ -430,10 +433,12 @@ fn read_results(dir: &Path) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kube_run_measures_every_pair_through_port_forward_and_deletes_its_namespace() {
-    let dir = temp_dir("run");
-    let api =
-        FakeApi::start(Kubelet::RunAgents { zonebench: env!("CARGO_BIN_EXE_zonebench").into(), dir: dir.clone() })
-            .await;
+    let dir = scratch("kube-run");
+    let api = FakeApi::start(Kubelet::RunAgents {
+        zonebench: env!("CARGO_BIN_EXE_zonebench").into(),
+        dir: dir.to_path_buf(),
+    })
+    .await;
     load_kind(&api);
     let kc = kubeconfig(&dir, &[("kind-zb", &api.url())]);
     std::fs::write(dir.join("small.toml"), SMALL).unwrap();
@@ -472,13 +477,12 @@ async fn a_kube_run_measures_every_pair_through_port_forward_and_deletes_its_nam
     let ns = created[0].split('/').nth(4).unwrap().to_string();
     assert!(api.writes().iter().any(|r| r.method == "DELETE" && r.path == format!("/api/v1/namespaces/{ns}")));
     assert!(!api.names("", "namespaces").contains(&ns));
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn labelled_contexts_run_each_cluster_into_one_run_with_the_label_as_variant() {
-    let dir = temp_dir("multi");
-    let kubelet = || Kubelet::RunAgents { zonebench: env!("CARGO_BIN_EXE_zonebench").into(), dir: dir.clone() };
+    let dir = scratch("kube-multi");
+    let kubelet = || Kubelet::RunAgents { zonebench: env!("CARGO_BIN_EXE_zonebench").into(), dir: dir.to_path_buf() };
     let a = FakeApi::start(kubelet()).await;
     let b = FakeApi::start(kubelet()).await;
     load_kind(&a);
@@ -518,7 +522,6 @@ async fn labelled_contexts_run_each_cluster_into_one_run_with_the_label_as_varia
         );
         assert!(api.writes().iter().any(|w| w.method == "DELETE"));
     }
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 /// Runs `zonebench run --backend kube --kubeconfig <kc>` and returns (stderr, elapsed), after
@@ -546,7 +549,7 @@ async fn failing_run(dir: &Path, kc: &Path, extra: &[&str]) -> String {
 
 #[tokio::test]
 async fn an_unreachable_cluster_fails_fast_naming_server_context_and_cause() {
-    let dir = temp_dir("unreachable");
+    let dir = scratch("kube-unreachable");
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
@@ -560,7 +563,7 @@ async fn an_unreachable_cluster_fails_fast_naming_server_context_and_cause() {
 
 #[tokio::test]
 async fn a_server_that_never_answers_fails_within_the_deadline() {
-    let dir = temp_dir("silent");
+    let dir = scratch("kube-silent");
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let server = format!("http://{}", l.local_addr().unwrap());
     // Accepts and holds connections, never answers.
@@ -578,7 +581,7 @@ async fn a_server_that_never_answers_fails_within_the_deadline() {
 
 #[tokio::test]
 async fn a_malformed_kubeconfig_or_unknown_context_is_named_with_the_cause() {
-    let dir = temp_dir("malformed");
+    let dir = scratch("kube-malformed");
     let kc = dir.join("broken-kubeconfig");
     std::fs::write(&kc, "apiVersion: v1\nclusters: [ {name: x\n").unwrap();
     let stderr = failing_run(&dir, &kc, &[]).await;
@@ -595,7 +598,7 @@ async fn a_malformed_kubeconfig_or_unknown_context_is_named_with_the_cause() {
 
 #[tokio::test]
 async fn wrong_credentials_fail_before_anything_is_created() {
-    let dir = temp_dir("unauthorized");
+    let dir = scratch("kube-unauthorized");
     let api = FakeApi::start(Kubelet::Ready).await;
     load_kind(&api);
     api.deny_all();
@@ -626,7 +629,7 @@ async fn live_cluster_run() {
         eprintln!("skipped: ZONEBENCH_TEST_KUBECONFIG is not set");
         return;
     };
-    let dir = temp_dir("live");
+    let dir = scratch("kube-live");
     let mut cmd = zonebench();
     cmd.args(["run", "--backend", "kube", "--kubeconfig", &kc, "--set", "defaults.duration=1s"]);
     if let Ok(ctx) = std::env::var("ZONEBENCH_TEST_CONTEXT") {
@@ -654,10 +657,12 @@ fn signal(child: &tokio::process::Child, sig: nix::sys::signal::Signal) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_run_keeps_the_measurements_and_deletes_the_namespace() {
-    let dir = temp_dir("sigterm");
-    let api =
-        FakeApi::start(Kubelet::RunAgents { zonebench: env!("CARGO_BIN_EXE_zonebench").into(), dir: dir.clone() })
-            .await;
+    let dir = scratch("kube-sigterm");
+    let api = FakeApi::start(Kubelet::RunAgents {
+        zonebench: env!("CARGO_BIN_EXE_zonebench").into(),
+        dir: dir.to_path_buf(),
+    })
+    .await;
     load_kind(&api);
     let kc = kubeconfig(&dir, &[("kind-zb", &api.url())]);
     std::fs::write(dir.join("long.toml"), SMALL.replace("duration = \"300ms\"", "duration = \"1s\"")).unwrap();
@@ -693,12 +698,11 @@ async fn sigterm_mid_run_keeps_the_measurements_and_deletes_the_namespace() {
     assert!(!r["measurements"].as_array().unwrap().is_empty());
     assert!(api.writes().iter().any(|w| w.method == "DELETE" && w.path.starts_with("/api/v1/namespaces/zonebench-")));
     assert!(api.names("", "namespaces").iter().all(|n| !n.starts_with("zonebench-")), "{stderr}");
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_while_pods_start_still_deletes_the_namespace() {
-    let dir = temp_dir("sigint-deploy");
+    let dir = scratch("kube-sigint-deploy");
     // Pods never become ready here: the signal lands while the run waits for them.
     let api = FakeApi::start(Kubelet::Ready).await;
     load_kind(&api);
@@ -729,14 +733,13 @@ async fn sigint_while_pods_start_still_deletes_the_namespace() {
         "{stderr}"
     );
     assert!(api.names("", "namespaces").iter().all(|n| !n.starts_with("zonebench-")), "{stderr}");
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[tokio::test]
 async fn render_discover_places_agents_on_the_clusters_nodes_and_writes_nothing() {
     let api = FakeApi::start(Kubelet::Ready).await;
     load_kind(&api);
-    let dir = temp_dir("render-discover");
+    let dir = scratch("kube-render-discover");
     let kc = kubeconfig(&dir, &[("kind-zb", &api.url())]);
     let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/quick.toml");
     let out =
@@ -760,10 +763,12 @@ async fn render_discover_places_agents_on_the_clusters_nodes_and_writes_nothing(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn variant_services_are_deployed_with_the_agents_and_their_hints_read_back() {
-    let dir = temp_dir("variant-deploy");
-    let api =
-        FakeApi::start(Kubelet::RunAgents { zonebench: env!("CARGO_BIN_EXE_zonebench").into(), dir: dir.clone() })
-            .await;
+    let dir = scratch("kube-variant-deploy");
+    let api = FakeApi::start(Kubelet::RunAgents {
+        zonebench: env!("CARGO_BIN_EXE_zonebench").into(),
+        dir: dir.to_path_buf(),
+    })
+    .await;
     load_kind(&api);
     let mut options = kube_options(&dir, &api, "feed0001");
     options.variants = vec![manifests::RoutingVariant::TopologyAuto];
@@ -787,10 +792,12 @@ async fn apply_services_creates_a_routed_clusterip_service_per_request_over_labe
 {
     use zonebench::model::RoutingMode;
     use zonebench::model::ServiceRequest;
-    let dir = temp_dir("apply-services");
-    let api =
-        FakeApi::start(Kubelet::RunAgents { zonebench: env!("CARGO_BIN_EXE_zonebench").into(), dir: dir.clone() })
-            .await;
+    let dir = scratch("kube-apply-services");
+    let api = FakeApi::start(Kubelet::RunAgents {
+        zonebench: env!("CARGO_BIN_EXE_zonebench").into(),
+        dir: dir.to_path_buf(),
+    })
+    .await;
     load_kind(&api);
     let mut p = KubePlatform::new(kube_options(&dir, &api, "feed0002")).unwrap();
     p.discover().await.unwrap();
@@ -891,10 +898,12 @@ async fn apply_services_creates_a_routed_clusterip_service_per_request_over_labe
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kube_run_with_a_routing_variant_measures_via_the_service_it_created() {
-    let dir = temp_dir("run-service");
-    let api =
-        FakeApi::start(Kubelet::RunAgents { zonebench: env!("CARGO_BIN_EXE_zonebench").into(), dir: dir.clone() })
-            .await;
+    let dir = scratch("kube-run-service");
+    let api = FakeApi::start(Kubelet::RunAgents {
+        zonebench: env!("CARGO_BIN_EXE_zonebench").into(),
+        dir: dir.to_path_buf(),
+    })
+    .await;
     load_kind(&api);
     let kc = kubeconfig(&dir, &[("kind-zb", &api.url())]);
     let scenario = r#"
@@ -955,5 +964,4 @@ via = "service"
     }
     let text = r.to_string();
     assert!(text.contains("EndpointSlice controller wrote zone hints on"), "the verdict is recorded: {text}");
-    std::fs::remove_dir_all(dir).unwrap();
 }

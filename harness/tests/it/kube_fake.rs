@@ -11,7 +11,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use crate::support::fake_apiserver::{fixture, FakeApi, Kubelet, LEASE_PORT};
-use crate::support::kube_client::{connect, kube_options, temp_dir};
+use crate::support::kube_client::{connect, kube_options};
+use crate::support::scratch;
 use ::kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams, WatchEvent, WatchParams};
 use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::apps::v1::DaemonSet;
@@ -79,10 +80,12 @@ async fn served_by(addr: SocketAddr) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_selectorless_services_clusterip_forwards_to_its_slices_agents_only_after_the_programming_delay_and_stops_when_deleted(
 ) {
-    let dir = temp_dir("proxy");
-    let api =
-        FakeApi::start(Kubelet::RunAgents { zonebench: env!("CARGO_BIN_EXE_zonebench").into(), dir: dir.clone() })
-            .await;
+    let dir = scratch("kube-proxy");
+    let api = FakeApi::start(Kubelet::RunAgents {
+        zonebench: env!("CARGO_BIN_EXE_zonebench").into(),
+        dir: dir.to_path_buf(),
+    })
+    .await;
     api.load(fixture("kind-nodes.json"));
     api.load(fixture("kind-daemonsets.json"));
     api.load(fixture("kind-kube-proxy-configmap.json"));
@@ -200,7 +203,7 @@ async fn a_selectorless_services_clusterip_forwards_to_its_slices_agents_only_af
 async fn a_daemonset_gets_a_ready_pod_per_node_it_tolerates_with_its_template_labels_and_logs_the_test_sets() {
     let api = FakeApi::start(Kubelet::Ready).await;
     api.load(fixture("kind-nodes.json"));
-    let dir = temp_dir("daemonset");
+    let dir = scratch("kube-daemonset");
     let cluster = connect(&api, &dir).await;
     let run = manifests::RunMeta { run_id: "feed0004".into(), scenario: "quick".into() };
     // The inspector's own (privileged) namespace, where it runs.
@@ -300,7 +303,7 @@ async fn endpointslices_and_daemonsets_are_listed_by_selector_got_watched_and_de
     let api = FakeApi::start(Kubelet::Ready).await;
     api.load(fixture("kind-nodes.json"));
     api.set_programming_delay(Duration::from_millis(50));
-    let dir = temp_dir("resources");
+    let dir = scratch("kube-resources");
     let cluster = connect(&api, &dir).await;
     let run = manifests::RunMeta { run_id: "feed0005".into(), scenario: "quick".into() };
     let ns = run.namespace();

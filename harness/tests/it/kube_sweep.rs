@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support::fake_apiserver::{fixture, kubeconfig, FakeApi, Kubelet};
-use crate::support::kube_client::{kube_options, temp_dir};
+use crate::support::kube_client::kube_options;
+use crate::support::scratch;
 use serde_json::Value;
 
 const DELAY: Duration = Duration::from_millis(400);
@@ -74,7 +75,7 @@ fn run_namespace(api: &FakeApi) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sweep_on_a_cluster_adds_only_new_selectorless_services_and_probes_each_newest_from_the_client_pod() {
-    let dir = temp_dir("probe");
+    let dir = scratch("kube-probe");
     let api = fake(&dir).await;
     let kc = kubeconfig(&dir, &[("kind-zb", &api.url())]);
     std::fs::write(dir.join("sweep.toml"), scenario("[3, 8]")).unwrap();
@@ -120,7 +121,6 @@ async fn a_sweep_on_a_cluster_adds_only_new_selectorless_services_and_probes_eac
     // Nothing left: the namespace went, with the Services in it.
     let ns = run_namespace(&api);
     assert!(!api.names("", "namespaces").contains(&ns));
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 /// Writes inspector log lines for every inspector pod once a second, as the script would:
@@ -153,7 +153,7 @@ fn emulate_inspector(api: Arc<FakeApi>, stop: Arc<AtomicBool>) -> tokio::task::J
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_inspect_nodes_each_point_records_the_client_nodes_rules_and_kube_proxys_sync_time() {
-    let dir = temp_dir("inspect");
+    let dir = scratch("kube-inspect");
     let api = Arc::new(fake(&dir).await);
     let stop = Arc::new(AtomicBool::new(false));
     let inspector = emulate_inspector(api.clone(), stop.clone());
@@ -203,12 +203,11 @@ async fn with_inspect_nodes_each_point_records_the_client_nodes_rules_and_kube_p
     // Both are gone at the end.
     let left = api.names("", "namespaces");
     assert!(!left.contains(&ns) && !left.contains(&format!("{ns}-inspect")), "{left:?}");
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sweep_over_two_clusters_labels_each_clusters_points_with_its_context_label() {
-    let dir = temp_dir("multi");
+    let dir = scratch("kube-multi");
     let a = fake(&dir).await;
     let b = fake(&dir).await;
     let kc = kubeconfig(&dir, &[("ctx-a", &a.url()), ("ctx-b", &b.url())]);
@@ -220,7 +219,6 @@ async fn a_sweep_over_two_clusters_labels_each_clusters_points_with_its_context_
     assert_eq!(variants, ["A", "B"], "{r:#}");
     assert!(ms.iter().all(|m| m["service_dataplane"]["kind"] == "iptables"));
     assert_eq!(r["fingerprint"]["extra"]["B.kube_proxy_mode"], "iptables");
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[tokio::test]
@@ -244,7 +242,7 @@ async fn live_cluster_sweep() {
         eprintln!("skipped: ZONEBENCH_TEST_KUBECONFIG is not set");
         return;
     };
-    let dir = temp_dir("live");
+    let dir = scratch("kube-live");
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_zonebench"));
     cmd.args(["run", "--backend", "kube", "--kubeconfig", &kc, "--set", "sweep.services=[10,200]"]);
     if let Ok(ctx) = std::env::var("ZONEBENCH_TEST_CONTEXT") {
@@ -268,7 +266,7 @@ async fn applying_a_table_adds_only_what_is_new_recovers_from_failures_and_delet
     use zonebench::plan::service_table;
     use zonebench::platform::kube::KubePlatform;
     use zonebench::platform::Platform as _;
-    let dir = temp_dir("apply");
+    let dir = scratch("kube-apply");
     let api = fake(&dir).await;
     let options = kube_options(&dir, &api, "feed0005");
     let ns = "zonebench-feed0005";
@@ -334,5 +332,4 @@ async fn applying_a_table_adds_only_what_is_new_recovers_from_failures_and_delet
     assert_eq!(api.names(ns, "endpointslices"), ["svc-00001"]);
     api.shed_every(0);
     p.teardown().await.unwrap();
-    std::fs::remove_dir_all(dir).unwrap();
 }

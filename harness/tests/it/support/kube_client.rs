@@ -1,21 +1,12 @@
 //! What the kube tests share besides the fake API server itself: a scratch directory, a
 //! connection to a fake, and the platform options a test run uses against one.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use zonebench::platform::kube::{self, ClusterSource, KubeOptions};
 use zonebench::scenario::KubeSettings;
 
 use super::fake_apiserver::{kubeconfig, FakeApi};
-
-/// A fresh scratch directory for one test: `zb-kube-<name>-<pid>` (each test binary is a
-/// process of its own, so names only need to be unique within one file).
-pub fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("zb-kube-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 /// A client of `api`, through a kubeconfig written into `dir`.
 pub async fn connect(api: &FakeApi, dir: &Path) -> kube::Cluster {

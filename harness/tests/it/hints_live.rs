@@ -1,5 +1,5 @@
 //! `zonebench hints -n NAMESPACE SERVICE` end to end: the real binary against the fake API
-//! server (`support/fake_apiserver.rs`, real HTTP on 127.0.0.1) replaying recorded objects of
+//! server (`support/fake_apiserver/`, real HTTP on 127.0.0.1) replaying recorded objects of
 //! a kind cluster (`tests/fixtures/kube/kind-nodes.json`, `hints-shop-*.json`): hints that
 //! agree with the prediction, a stale slice, hints a running controller keeps,
 //! `trafficDistribution`, a feature gate the version explains, missing objects, an

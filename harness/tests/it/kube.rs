@@ -1,5 +1,5 @@
 //! The kube platform against a fake API server replaying recorded API objects (see
-//! `support/fake_apiserver.rs`): discovery, creating a run's objects, watching pods become
+//! `support/fake_apiserver/`): discovery, creating a run's objects, watching pods become
 //! ready, port-forward to real agents, EndpointSlice hints, service scaling, teardown, gc,
 //! multi-cluster runs, and the failures a user meets first (unreachable cluster, bad
 //! kubeconfig, wrong credentials, an image that cannot be pulled). The requests kube-rs makes

@@ -1,8 +1,8 @@
 //! What several test modules share: the binary, scratch directories (the one helper for
 //! them, [`scratch`]), the recorded lab run and edits to a run's measurements that keep the
 //! histograms and the figures derived from them consistent, the lab tests' lock, the results
-//! schema check; and, for the kube tests, the fake API server ([`fake_apiserver`]) and a
-//! client of it ([`kube_client`]).
+//! schema check; and, for the kube tests, the fake API server ([`fake_apiserver`]) and the
+//! fake cluster each of them starts with ([`kube_client::fake_cluster`]).
 
 pub mod fake_apiserver;
 pub mod kube_client;

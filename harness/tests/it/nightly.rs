@@ -2,14 +2,11 @@
 //! second night, against a baseline whose cross-zone tcp-rr was twice as fast, exits 3 and
 //! names those measurements in the summary and the JUnit file; both nights land in the
 //! history and the trend. Needs root (the lab), like the other lab tests.
-#![allow(clippy::unwrap_used)]
-
-mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use support::*;
+use crate::support::*;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")

@@ -1,13 +1,10 @@
 //! `zonebench compare`, `history`, `trend` and `render` from the command line, on a run
 //! recorded on the lab: the exit codes the nightly job relies on, the measurements named in
 //! each format, JUnit that parses as JUnit XML.
-#![allow(clippy::unwrap_used)]
-
-mod support;
 
 use std::collections::BTreeSet;
 
-use support::*;
+use crate::support::*;
 
 fn stdout(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()

@@ -1,6 +1,5 @@
 //! `ControlClient::probe` against a real agent process (the local platform's `zonebench
 //! agent serve`, control API on a unix socket): the coordinator's side of `POST /v1/probe`.
-#![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
 use std::time::Duration;

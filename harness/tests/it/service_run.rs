@@ -1,24 +1,15 @@
 //! `zonebench run` through Services, end to end on the lab with the real binary: a
 //! `via = "service"` scenario and a small service-scaling sweep. Needs root (CI runs as
 //! root); takes the lab tests' shared lock.
-#![allow(clippy::unwrap_used)] // test support: a failure here is a failed test
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-mod support;
-use support::{lab_lock, valid_results};
+use crate::support::{lab_lock, scratch, valid_results};
 
 fn zonebench() -> Command {
     Command::new(env!("CARGO_BIN_EXE_zonebench"))
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("zb-svc-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 fn assert_lab_gone(r: &serde_json::Value) {
@@ -44,7 +35,7 @@ fn run(dir: &Path, scenario: &str) -> std::process::Output {
 #[test]
 fn a_service_test_reaches_the_servers_of_every_zone_through_one_vip() {
     let _lock = lab_lock();
-    let dir = temp_dir("via");
+    let dir = scratch("svc-via");
     let out = run(
         &dir,
         r#"
@@ -81,13 +72,12 @@ pairs = "same-zone"
     assert_eq!(clients, BTreeSet::from(["a".to_string(), "b".to_string()]));
     assert_eq!(ms.iter().filter(|m| m["via"] == "pod").count(), 2);
     assert_lab_gone(&r);
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
 fn a_small_sweep_measures_every_dataplane_at_every_point() {
     let _lock = lab_lock();
-    let dir = temp_dir("sweep");
+    let dir = scratch("svc-sweep");
     let out = run(
         &dir,
         r#"
@@ -141,5 +131,4 @@ kind = "tcp-rr"
     assert_eq!(r["failures"].as_array().unwrap().len(), 0, "{stderr}");
     assert!(stdout.contains("iptables-legacy") && stdout.contains("ebpf"), "{stdout}");
     assert_lab_gone(&r);
-    std::fs::remove_dir_all(dir).unwrap();
 }

@@ -4,7 +4,6 @@
 //!
 //! The delay forwarder and the agents run as the coordinator binary itself (`zonebench lab
 //! delay-forwarder`, `zonebench agent`), which cargo builds for integration tests.
-#![allow(clippy::unwrap_used)] // test support: a failure here is a failed test
 
 use std::fs::File;
 use std::io::{Read, Write};

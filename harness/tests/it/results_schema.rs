@@ -1,9 +1,9 @@
 //! results.json is checked against the checked-in schema, which refers to the agent's
 //! test-result schema for metrics and latency.
-#![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
 
+use crate::support::scratch;
 use zonebench::model::Fingerprint;
 use zonebench::model::{Endpoint, Failure, Measurement, RunResults, RunStatus, SCHEMA_VERSION};
 use zonebench::results::store;
@@ -86,7 +86,8 @@ fn sample() -> RunResults {
 #[test]
 fn written_results_match_the_schema() {
     let v = validator();
-    let dir = std::env::temp_dir().join(format!("zb-schema-{}", std::process::id()));
+    let tmp = scratch("schema");
+    let dir = tmp.join("run");
     let s = store::RunStore::create(&dir, sample()).unwrap();
     let written: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(s.dir().join("results.json")).unwrap()).unwrap();
@@ -95,7 +96,6 @@ fn written_results_match_the_schema() {
     let csv = std::fs::read_to_string(s.dir().join("results.csv")).unwrap();
     assert_eq!(csv.lines().count(), 2, "{csv}");
     assert!(csv.lines().next().unwrap().starts_with("test,name,via,variant,repeat,client_agent"));
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]

@@ -1,5 +1,5 @@
 //! The kube platform against a fake API server replaying recorded API objects (see
-//! `support/fake_apiserver.rs`): discovery, creating a run's objects, watching pods become
+//! `support/fake_apiserver/`): discovery, creating a run's objects, watching pods become
 //! ready, port-forward to real agents, EndpointSlice hints, service scaling, teardown, gc,
 //! multi-cluster runs, and the failures a user meets first (unreachable cluster, bad
 //! kubeconfig, wrong credentials, an image that cannot be pulled). The requests kube-rs makes
@@ -7,39 +7,29 @@
 //!
 //! `live_cluster_run` runs a scenario on a real cluster, only when `ZONEBENCH_TEST_KUBECONFIG`
 //! names a kubeconfig (see the README's kube section).
-#![allow(clippy::unwrap_used)] // test support: a failure here is a failed test
-
-mod support {
-    pub mod fake_apiserver;
-    pub mod kube_client;
-}
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::support::fake_apiserver::{fixture, kubeconfig};
+use crate::support::kube_client::{discovered, fake_api, fake_cluster, Pods, KIND};
+use crate::support::scratch;
 use serde_json::Value;
-use support::fake_apiserver::{fixture, kubeconfig, FakeApi, Kubelet};
-use support::kube_client::{connect, kube_options, temp_dir};
 use zonebench::model::{AgentPort, AgentRequest};
-use zonebench::platform::kube::{self, manifests, services, KubePlatform};
+use zonebench::platform::kube::{self, manifests, services};
 use zonebench::platform::Platform as _;
+
+/// A kind cluster's nodes with Cilium as CNI and kube-proxy replacement, as recorded.
+const CILIUM: &[&str] = &["kind-nodes.json", "cilium-daemonsets.json", "cilium-config.json"];
 
 fn zonebench() -> tokio::process::Command {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_zonebench"))
 }
 
-fn load_kind(api: &FakeApi) {
-    api.load(fixture("kind-nodes.json"));
-    api.load(fixture("kind-daemonsets.json"));
-    api.load(fixture("kind-kube-proxy-configmap.json"));
-}
-
 #[tokio::test]
 async fn discovery_reads_zones_cpu_readiness_and_the_fingerprint_of_a_kind_cluster() {
-    let api = FakeApi::start(Kubelet::Ready).await;
-    load_kind(&api);
-    let dir = temp_dir("discover-kind");
-    let cluster = connect(&api, &dir).await;
+    let c = fake_cluster("kube-discover-kind", Pods::Ready, KIND).await;
+    let cluster = c.connect().await;
     assert_eq!(cluster.version, "v1.33.1");
     assert_eq!(cluster.context, "kind-zb");
     let t = kube::discovery::discover(&cluster).await.unwrap();
@@ -55,8 +45,8 @@ async fn discovery_reads_zones_cpu_readiness_and_the_fingerprint_of_a_kind_clust
     assert_eq!(fp.extra["kube_proxy_mode"], "iptables");
     assert_eq!(fp.extra["kubernetes_version"], "v1.33.1");
     assert_eq!(fp.extra["control_plane_nodes"], "1");
-    assert_eq!(fp.extra["server"], api.url());
-    let lines: Vec<String> = api.requests().iter().map(|r| r.line()).collect();
+    assert_eq!(fp.extra["server"], c.api.url());
+    let lines: Vec<String> = c.api.requests().iter().map(|r| r.line()).collect();
     for want in [
         "GET /version",
         "GET /api/v1/nodes",
@@ -66,17 +56,14 @@ async fn discovery_reads_zones_cpu_readiness_and_the_fingerprint_of_a_kind_clust
     ] {
         assert!(lines.iter().any(|l| l.starts_with(want)), "no {want} in {lines:#?}");
     }
-    assert!(api.writes().is_empty(), "discovery must not write: {:?}", api.writes());
+    assert!(c.api.writes().is_empty(), "discovery must not write: {:?}", c.api.writes());
 }
 
 #[tokio::test]
 async fn discovery_tells_eks_vpc_cni_ipvs_and_cilium_without_kube_proxy_apart() {
-    let dir = temp_dir("discover-other");
-    let eks = FakeApi::start(Kubelet::Ready).await;
-    eks.load(fixture("eks-nodes.json"));
-    eks.load(fixture("eks-daemonsets.json"));
-    eks.load(fixture("eks-kube-proxy-config.json"));
-    let t = kube::discovery::discover(&connect(&eks, &dir).await).await.unwrap();
+    let eks = ["eks-nodes.json", "eks-daemonsets.json", "eks-kube-proxy-config.json"];
+    let eks = fake_cluster("kube-discover-eks", Pods::Ready, &eks).await;
+    let t = kube::discovery::discover(&eks.connect().await).await.unwrap();
     let fp = &t.fingerprint;
     assert_eq!(fp.extra["cni"], "aws-vpc-cni");
     assert_eq!(fp.extra["kube_proxy_mode"], "ipvs");
@@ -88,38 +75,28 @@ async fn discovery_tells_eks_vpc_cni_ipvs_and_cilium_without_kube_proxy_apart() 
     assert!(!ready("ip-10-0-3-44.ec2.internal"), "NotReady");
     assert!(!ready("ip-10-0-2-50.ec2.internal"), "cordoned");
 
-    let cilium = FakeApi::start(Kubelet::Ready).await;
-    cilium.load(fixture("kind-nodes.json"));
-    cilium.load(fixture("cilium-daemonsets.json"));
-    cilium.load(fixture("cilium-config.json"));
-    let dir2 = temp_dir("discover-cilium");
-    let t = kube::discovery::discover(&connect(&cilium, &dir2).await).await.unwrap();
+    let cilium = fake_cluster("kube-discover-cilium", Pods::Ready, CILIUM).await;
+    let t = kube::discovery::discover(&cilium.connect().await).await.unwrap();
     assert_eq!(t.fingerprint.extra["cni"], "cilium");
     assert_eq!(t.fingerprint.extra["kube_proxy_mode"], "none (cilium kube-proxy replacement)");
 }
 
 #[tokio::test]
 async fn a_cluster_without_zone_labels_is_refused_with_a_hint() {
-    let api = FakeApi::start(Kubelet::Ready).await;
+    let c = fake_cluster("kube-nozones", Pods::Ready, &[]).await;
     let mut nodes = fixture("kind-nodes.json");
     for n in nodes["items"].as_array_mut().unwrap() {
         n["metadata"]["labels"].as_object_mut().unwrap().remove("topology.kubernetes.io/zone");
     }
-    api.load(nodes);
-    let dir = temp_dir("nozones");
-    let err = kube::discovery::discover(&connect(&api, &dir).await).await.unwrap_err().to_string();
-    assert!(err.contains("topology.kubernetes.io/zone") && err.contains(&api.url()), "{err}");
+    c.api.load(nodes);
+    let err = kube::discovery::discover(&c.connect().await).await.unwrap_err().to_string();
+    assert!(err.contains("topology.kubernetes.io/zone") && err.contains(&c.api.url()), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_creates_labelled_objects_reaches_agents_through_port_forward_and_teardown_deletes_them() {
-    let dir = temp_dir("deploy");
-    let api =
-        FakeApi::start(Kubelet::RunAgents { zonebench: env!("CARGO_BIN_EXE_zonebench").into(), dir: dir.clone() })
-            .await;
-    load_kind(&api);
-    let mut p = KubePlatform::new(kube_options(&dir, &api, "cafe0001")).unwrap();
-    p.discover().await.unwrap();
+    let c = fake_cluster("kube-deploy", Pods::RunAgents, KIND).await;
+    let mut p = c.platform("cafe0001").await;
     let agents = [
         AgentRequest { id: "srv-a-0".into(), node: "zb-worker".into() },
         AgentRequest { id: "cli-b-0".into(), node: "zb-worker4".into() },
@@ -135,7 +112,7 @@ async fn deploy_creates_labelled_objects_reaches_agents_through_port_forward_and
     let info = client.info().await.unwrap();
     assert_eq!(info["identity"]["id"], "srv-a-0", "{info}");
 
-    let writes = api.writes();
+    let writes = c.api.writes();
     let lines: Vec<String> = writes.iter().map(|r| r.line()).collect();
     assert!(lines[0].starts_with("POST /api/v1/namespaces?"), "{lines:#?}");
     let ns_body = writes[0].body.as_ref().unwrap();
@@ -154,7 +131,7 @@ async fn deploy_creates_labelled_objects_reaches_agents_through_port_forward_and
             assert_eq!(kube::pss::restricted_violations(spec), Vec::<String>::new(), "{path}");
         }
     }
-    let reqs = api.requests();
+    let reqs = c.api.requests();
     let selector = "labelSelector=app.kubernetes.io%2Fmanaged-by%3Dzonebench%2Czonebench.dev%2Frun%3Dcafe0001";
     let pod_reads: Vec<&str> = reqs
         .iter()
@@ -171,51 +148,46 @@ async fn deploy_creates_labelled_objects_reaches_agents_through_port_forward_and
     );
 
     p.teardown().await.unwrap();
-    let deletes: Vec<String> = api.writes().iter().filter(|r| r.method == "DELETE").map(|r| r.path.clone()).collect();
+    let deletes: Vec<String> = c.api.writes().iter().filter(|r| r.method == "DELETE").map(|r| r.path.clone()).collect();
     assert_eq!(deletes, vec!["/api/v1/namespaces/zonebench-cafe0001"]);
     assert!(
-        !api.names("", "namespaces").contains(&"zonebench-cafe0001".to_string()),
+        !c.api.names("", "namespaces").contains(&"zonebench-cafe0001".to_string()),
         "teardown waits until it is gone"
     );
-    assert!(api.names("zonebench-cafe0001", "pods").is_empty());
+    assert!(c.api.names("zonebench-cafe0001", "pods").is_empty());
     // Teardown is idempotent: a second call sends nothing.
-    let before = api.requests().len();
+    let before = c.api.requests().len();
     p.teardown().await.unwrap();
-    assert_eq!(api.requests().len(), before);
+    assert_eq!(c.api.requests().len(), before);
 }
 
 #[tokio::test]
 async fn an_image_that_cannot_be_pulled_fails_the_deploy_at_once_and_teardown_leaves_nothing() {
-    let dir = temp_dir("pullfail");
-    let api = FakeApi::start(Kubelet::ImagePullBackOff).await;
-    load_kind(&api);
-    let mut p = KubePlatform::new(kube_options(&dir, &api, "cafe0002")).unwrap();
-    p.discover().await.unwrap();
+    let c = fake_cluster("kube-pullfail", Pods::ImagePullBackOff, KIND).await;
+    let mut p = c.platform("cafe0002").await;
     let started = Instant::now();
     let err = p.deploy(&[AgentRequest { id: "srv-a-0".into(), node: "zb-worker".into() }]).await.unwrap_err();
     let msg = format!("{err:#}");
-    assert!(msg.contains("srv-a-0") && msg.contains("ImagePullBackOff") && msg.contains(&api.url()), "{msg}");
+    assert!(msg.contains("srv-a-0") && msg.contains("ImagePullBackOff") && msg.contains(&c.api.url()), "{msg}");
     assert!(started.elapsed() < Duration::from_secs(60), "it must not wait for kube.ready_timeout");
     p.teardown().await.unwrap();
-    assert!(api.names("zonebench-cafe0002", "pods").is_empty());
-    assert!(!api.names("", "namespaces").contains(&"zonebench-cafe0002".to_string()));
+    assert!(c.api.names("zonebench-cafe0002", "pods").is_empty());
+    assert!(!c.api.names("", "namespaces").contains(&"zonebench-cafe0002".to_string()));
 }
 
 #[tokio::test]
 async fn endpoint_slice_hints_are_read_as_the_controller_wrote_them() {
-    let api = FakeApi::start(Kubelet::Ready).await;
-    api.load(fixture("namespace-leftover.json"));
-    api.load(fixture("service-topology-auto.json"));
-    api.load(fixture("endpointslices-topology-auto.json"));
-    let dir = temp_dir("hints");
-    let cluster = connect(&api, &dir).await;
+    let fixtures = ["namespace-leftover.json", "service-topology-auto.json", "endpointslices-topology-auto.json"];
+    let c = fake_cluster("kube-hints", Pods::Ready, &fixtures).await;
+    let cluster = c.connect().await;
     let h = services::live_hints(&cluster, "zonebench-feed0001", "zb-echo-topology-auto").await.unwrap();
     assert_eq!(h.topology_mode.as_deref(), Some("Auto"));
     assert_eq!(h.endpoints.len(), 3);
     for e in &h.endpoints {
         assert_eq!(e.for_zones, vec![e.zone.clone().unwrap()], "{e:?}");
     }
-    assert!(api
+    assert!(c
+        .api
         .requests()
         .iter()
         .any(|r| r.path == "/apis/discovery.k8s.io/v1/namespaces/zonebench-feed0001/endpointslices"
@@ -248,14 +220,13 @@ async fn endpoint_slice_hints_are_read_as_the_controller_wrote_them() {
 
 #[tokio::test]
 async fn endpoints_published_later_are_waited_for_and_variant_services_carry_their_routing() {
-    let api = FakeApi::start(Kubelet::Ready).await;
-    api.load(fixture("namespace-leftover.json"));
-    let dir = temp_dir("variants");
-    let cluster = connect(&api, &dir).await;
+    let c = fake_cluster("kube-variants", Pods::Ready, &["namespace-leftover.json"]).await;
+    let cluster = c.connect().await;
     let run = manifests::RunMeta { run_id: "feed0001".into(), scenario: "quick".into() };
     let created = services::create_variant_services(&cluster, &run, &manifests::RoutingVariant::ALL).await.unwrap();
     assert_eq!(created.len(), 4);
-    let bodies: Vec<Value> = api
+    let bodies: Vec<Value> = c
+        .api
         .writes()
         .iter()
         .filter(|r| r.path == "/api/v1/namespaces/zonebench-feed0001/services")
@@ -273,9 +244,8 @@ async fn endpoints_published_later_are_waited_for_and_variant_services_carry_the
     for e in slice["endpoints"].as_array_mut().unwrap() {
         e.as_object_mut().unwrap().remove("hints");
     }
-    let api = std::sync::Arc::new(api);
     let publisher = {
-        let api = api.clone();
+        let api = c.api.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(700)).await;
             api.update(slice);
@@ -299,10 +269,8 @@ async fn endpoints_published_later_are_waited_for_and_variant_services_carry_the
 
 #[tokio::test]
 async fn service_scaling_creates_and_deletes_selectorless_services_in_batches_with_progress() {
-    let api = FakeApi::start(Kubelet::Ready).await;
-    api.load(fixture("namespace-leftover.json"));
-    let dir = temp_dir("scale");
-    let cluster = connect(&api, &dir).await;
+    let c = fake_cluster("kube-scale", Pods::Ready, &["namespace-leftover.json"]).await;
+    let cluster = c.connect().await;
     let run = manifests::RunMeta { run_id: "feed0001".into(), scenario: "quick".into() };
     let echo = [
         manifests::EchoEndpoint {
@@ -333,41 +301,40 @@ async fn service_scaling_creates_and_deletes_selectorless_services_in_batches_wi
     assert_eq!(seen, vec![(2, 5), (4, 5), (5, 5)]);
     assert_eq!(created.len(), 5);
     assert!(created.iter().all(|s| s.spec.as_ref().unwrap().cluster_ip.is_some()), "the server's answers are returned");
-    let mut listed = api.names("zonebench-feed0001", "services");
+    let mut listed = c.api.names("zonebench-feed0001", "services");
     listed.sort();
     assert_eq!(listed, names);
-    let slice = api.object("zonebench-feed0001", "endpointslices", "svc-00003").unwrap();
+    let slice = c.api.object("zonebench-feed0001", "endpointslices", "svc-00003").unwrap();
     assert_eq!(slice["metadata"]["labels"]["kubernetes.io/service-name"], "svc-00003");
     assert_eq!(slice["endpoints"][1]["addresses"][0], "10.244.3.7");
-    let svc = api.object("zonebench-feed0001", "services", "svc-00003").unwrap();
+    let svc = c.api.object("zonebench-feed0001", "services", "svc-00003").unwrap();
     assert!(svc["spec"].get("selector").is_none(), "scaling Services select no pods: {svc}");
 
     let mut seen = Vec::new();
     services::delete_written_services(&cluster, &run.namespace(), &names, 3, |d, t| seen.push((d, t))).await.unwrap();
     assert_eq!(seen, vec![(3, 5), (5, 5)]);
-    assert!(api.names("zonebench-feed0001", "services").is_empty());
-    assert!(api.names("zonebench-feed0001", "endpointslices").is_empty());
+    assert!(c.api.names("zonebench-feed0001", "services").is_empty());
+    assert!(c.api.names("zonebench-feed0001", "endpointslices").is_empty());
 }
 
 #[tokio::test]
 async fn node_inspector_reports_are_read_from_its_pods_logs() {
-    let api = FakeApi::start(Kubelet::Ready).await;
-    api.load(fixture("namespace-leftover.json"));
-    api.load(serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "zb-inspect-nodes-x1",
+    let c = fake_cluster("kube-inspect", Pods::Ready, &["namespace-leftover.json"]).await;
+    c.api.load(serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "zb-inspect-nodes-x1",
         "namespace": "zonebench-feed0001-inspect", "labels": {"app.kubernetes.io/name": "zonebench-inspector",
         "zonebench.dev/run": "feed0001"}}, "spec": {"containers": [{"name": "inspect"}]}, "status": {"phase": "Running"}}));
-    api.set_log(
+    c.api.set_log(
         "zb-inspect-nodes-x1",
         "{\"node\":\"zb-worker\",\"iptables_rules\":1042,\"iptables_legacy_rules\":0,\"nft_rules\":0,\"sync_seconds_sum\":2.5,\"sync_count\":40}\n",
     );
-    let dir = temp_dir("inspect");
-    let cluster = connect(&api, &dir).await;
+    let cluster = c.connect().await;
     let run = manifests::RunMeta { run_id: "feed0001".into(), scenario: "quick".into() };
     let reports = kube::inspect::node_reports(&cluster, &run).await.unwrap();
     assert_eq!(reports.len(), 1);
     let r = reports["zb-inspect-nodes-x1"].as_ref().expect("a report");
     assert_eq!((r.node.as_str(), r.iptables_rules), ("zb-worker", Some(1042)));
-    assert!(api
+    assert!(c
+        .api
         .requests()
         .iter()
         .any(|r| r.path == "/api/v1/namespaces/zonebench-feed0001-inspect/pods/zb-inspect-nodes-x1/log"
@@ -376,26 +343,24 @@ async fn node_inspector_reports_are_read_from_its_pods_logs() {
 
 #[tokio::test]
 async fn gc_deletes_old_run_namespaces_found_by_label_and_spares_the_rest() {
-    let api = FakeApi::start(Kubelet::Ready).await;
-    api.load(fixture("namespace-leftover.json"));
+    let c = fake_cluster("kube-gc", Pods::Ready, &["namespace-leftover.json"]).await;
     let mut young = fixture("namespace-leftover.json");
     young["metadata"]["name"] = "zonebench-young001".into();
     young["metadata"]["creationTimestamp"] = serde_json::json!(zonebench::model::now_rfc3339());
-    api.load(young);
-    let dir = temp_dir("gc");
-    let cluster = connect(&api, &dir).await;
+    c.api.load(young);
+    let cluster = c.connect().await;
 
     let dry = kube::gc::gc(&cluster, Duration::from_secs(3600), true).await.unwrap();
     assert_eq!(dry.len(), 1);
-    assert!(api.writes().is_empty(), "a dry run deletes nothing");
+    assert!(c.api.writes().is_empty(), "a dry run deletes nothing");
 
     let found = kube::gc::gc(&cluster, Duration::from_secs(3600), false).await.unwrap();
     assert_eq!(found.len(), 1);
     assert!(found[0].deleted);
     assert_eq!((found[0].namespace.as_str(), found[0].scenario.as_str()), ("zonebench-feed0001", "quick"));
-    let list = api.requests().into_iter().find(|r| r.path == "/api/v1/namespaces").unwrap();
+    let list = c.api.requests().into_iter().find(|r| r.path == "/api/v1/namespaces").unwrap();
     assert!(list.query.contains("labelSelector=app.kubernetes.io%2Fmanaged-by%3Dzonebench"), "{}", list.query);
-    let deletes: Vec<String> = api.writes().iter().map(|r| r.line()).collect();
+    let deletes: Vec<String> = c.api.writes().iter().map(|r| r.line()).collect();
     assert_eq!(deletes.len(), 1);
     assert!(deletes[0].starts_with("DELETE /api/v1/namespaces/zonebench-feed0001"), "{deletes:?}");
 
@@ -403,7 +368,7 @@ async fn gc_deletes_old_run_namespaces_found_by_label_and_spares_the_rest() {
     let out = zonebench()
         .arg("gc")
         .arg("--kubeconfig")
-        .arg(dir.join("kubeconfig"))
+        .arg(&c.kubeconfig)
         .arg("--older-than")
         .arg("0s")
         .output()
@@ -436,26 +401,21 @@ fn read_results(dir: &Path) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kube_run_measures_every_pair_through_port_forward_and_deletes_its_namespace() {
-    let dir = temp_dir("run");
-    let api =
-        FakeApi::start(Kubelet::RunAgents { zonebench: env!("CARGO_BIN_EXE_zonebench").into(), dir: dir.clone() })
-            .await;
-    load_kind(&api);
-    let kc = kubeconfig(&dir, &[("kind-zb", &api.url())]);
-    std::fs::write(dir.join("small.toml"), SMALL).unwrap();
+    let c = fake_cluster("kube-run", Pods::RunAgents, KIND).await;
+    std::fs::write(c.dir.join("small.toml"), SMALL).unwrap();
     let out = zonebench()
         .args(["run", "--backend", "kube", "--image", "example.com/agent:t", "--kubeconfig"])
-        .arg(&kc)
-        .arg(dir.join("small.toml"))
+        .arg(&c.kubeconfig)
+        .arg(c.dir.join("small.toml"))
         .arg("--out")
-        .arg(dir.join("out"))
+        .arg(c.dir.join("out"))
         .output()
         .await
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}\n{}", String::from_utf8_lossy(&out.stdout));
     assert!(stderr.contains("platform: kube"), "{stderr}");
-    let r = read_results(&dir.join("out"));
+    let r = read_results(&c.dir.join("out"));
     assert_eq!(r["status"], "complete");
     assert_eq!(r["fingerprint"]["platform"], "kube");
     assert_eq!(r["fingerprint"]["extra"]["cni"], "kindnet");
@@ -468,7 +428,8 @@ async fn a_kube_run_measures_every_pair_through_port_forward_and_deletes_its_nam
         assert_eq!(m["server"]["zone"].as_str().unwrap(), &server[4..5]);
     }
     // Six pods (server and client per zone), all gone with the namespace.
-    let created: Vec<String> = api
+    let created: Vec<String> = c
+        .api
         .writes()
         .iter()
         .filter(|r| r.method == "POST" && r.path.ends_with("/pods"))
@@ -476,22 +437,16 @@ async fn a_kube_run_measures_every_pair_through_port_forward_and_deletes_its_nam
         .collect();
     assert_eq!(created.len(), 6);
     let ns = created[0].split('/').nth(4).unwrap().to_string();
-    assert!(api.writes().iter().any(|r| r.method == "DELETE" && r.path == format!("/api/v1/namespaces/{ns}")));
-    assert!(!api.names("", "namespaces").contains(&ns));
-    std::fs::remove_dir_all(dir).unwrap();
+    assert!(c.api.writes().iter().any(|r| r.method == "DELETE" && r.path == format!("/api/v1/namespaces/{ns}")));
+    assert!(!c.api.names("", "namespaces").contains(&ns));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn labelled_contexts_run_each_cluster_into_one_run_with_the_label_as_variant() {
-    let dir = temp_dir("multi");
-    let kubelet = || Kubelet::RunAgents { zonebench: env!("CARGO_BIN_EXE_zonebench").into(), dir: dir.clone() };
-    let a = FakeApi::start(kubelet()).await;
-    let b = FakeApi::start(kubelet()).await;
-    load_kind(&a);
-    b.load(fixture("kind-nodes.json"));
-    b.load(fixture("cilium-daemonsets.json"));
-    b.load(fixture("cilium-config.json"));
-    let kc = kubeconfig(&dir, &[("ctx-a", &a.url()), ("ctx-b", &b.url())]);
+    let a = fake_cluster("kube-multi", Pods::RunAgents, KIND).await;
+    let b = fake_api(&a.dir, Pods::RunAgents, CILIUM).await;
+    let dir = &a.dir;
+    let kc = kubeconfig(dir, &[("ctx-a", &a.api.url()), ("ctx-b", &b.url())]);
     std::fs::write(dir.join("small.toml"), SMALL.replace("pairs = \"cross-zone\"", "pairs = \"same-zone\"")).unwrap();
     let out = zonebench()
         .args(["run", "--backend", "kube", "--context", "A=ctx-a", "--context", "B=ctx-b", "--kubeconfig"])
@@ -516,7 +471,7 @@ async fn labelled_contexts_run_each_cluster_into_one_run_with_the_label_as_varia
     assert_eq!(extra["B.cni"], "cilium");
     assert_eq!(extra["B.kube_proxy_mode"], "none (cilium kube-proxy replacement)");
     assert_eq!(r["fingerprint"]["nodes"], 12);
-    for api in [&a, &b] {
+    for api in [&*a.api, &b] {
         assert!(
             api.names("", "namespaces").iter().all(|n| !n.starts_with("zonebench-")),
             "{:?}",
@@ -524,7 +479,6 @@ async fn labelled_contexts_run_each_cluster_into_one_run_with_the_label_as_varia
         );
         assert!(api.writes().iter().any(|w| w.method == "DELETE"));
     }
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 /// Runs `zonebench run --backend kube --kubeconfig <kc>` and returns (stderr, elapsed), after
@@ -552,7 +506,7 @@ async fn failing_run(dir: &Path, kc: &Path, extra: &[&str]) -> String {
 
 #[tokio::test]
 async fn an_unreachable_cluster_fails_fast_naming_server_context_and_cause() {
-    let dir = temp_dir("unreachable");
+    let dir = scratch("kube-unreachable");
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
@@ -566,7 +520,7 @@ async fn an_unreachable_cluster_fails_fast_naming_server_context_and_cause() {
 
 #[tokio::test]
 async fn a_server_that_never_answers_fails_within_the_deadline() {
-    let dir = temp_dir("silent");
+    let dir = scratch("kube-silent");
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let server = format!("http://{}", l.local_addr().unwrap());
     // Accepts and holds connections, never answers.
@@ -584,7 +538,7 @@ async fn a_server_that_never_answers_fails_within_the_deadline() {
 
 #[tokio::test]
 async fn a_malformed_kubeconfig_or_unknown_context_is_named_with_the_cause() {
-    let dir = temp_dir("malformed");
+    let dir = scratch("kube-malformed");
     let kc = dir.join("broken-kubeconfig");
     std::fs::write(&kc, "apiVersion: v1\nclusters: [ {name: x\n").unwrap();
     let stderr = failing_run(&dir, &kc, &[]).await;
@@ -601,14 +555,11 @@ async fn a_malformed_kubeconfig_or_unknown_context_is_named_with_the_cause() {
 
 #[tokio::test]
 async fn wrong_credentials_fail_before_anything_is_created() {
-    let dir = temp_dir("unauthorized");
-    let api = FakeApi::start(Kubelet::Ready).await;
-    load_kind(&api);
-    api.deny_all();
-    let kc = kubeconfig(&dir, &[("kind-zb", &api.url())]);
-    let stderr = failing_run(&dir, &kc, &[]).await;
-    assert!(stderr.contains(&api.url()) && stderr.contains("Unauthorized"), "{stderr}");
-    assert!(api.writes().is_empty(), "created: {:?}", api.writes());
+    let c = fake_cluster("kube-unauthorized", Pods::Ready, KIND).await;
+    c.api.deny_all();
+    let stderr = failing_run(&c.dir, &c.kubeconfig, &[]).await;
+    assert!(stderr.contains(&c.api.url()) && stderr.contains("Unauthorized"), "{stderr}");
+    assert!(c.api.writes().is_empty(), "created: {:?}", c.api.writes());
 }
 
 #[tokio::test]
@@ -632,7 +583,7 @@ async fn live_cluster_run() {
         eprintln!("skipped: ZONEBENCH_TEST_KUBECONFIG is not set");
         return;
     };
-    let dir = temp_dir("live");
+    let dir = scratch("kube-live");
     let mut cmd = zonebench();
     cmd.args(["run", "--backend", "kube", "--kubeconfig", &kc, "--set", "defaults.duration=1s"]);
     if let Ok(ctx) = std::env::var("ZONEBENCH_TEST_CONTEXT") {
@@ -660,18 +611,13 @@ fn signal(child: &tokio::process::Child, sig: nix::sys::signal::Signal) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_run_keeps_the_measurements_and_deletes_the_namespace() {
-    let dir = temp_dir("sigterm");
-    let api =
-        FakeApi::start(Kubelet::RunAgents { zonebench: env!("CARGO_BIN_EXE_zonebench").into(), dir: dir.clone() })
-            .await;
-    load_kind(&api);
-    let kc = kubeconfig(&dir, &[("kind-zb", &api.url())]);
-    std::fs::write(dir.join("long.toml"), SMALL.replace("duration = \"300ms\"", "duration = \"1s\"")).unwrap();
-    let out_dir = dir.join("out");
+    let c = fake_cluster("kube-sigterm", Pods::RunAgents, KIND).await;
+    std::fs::write(c.dir.join("long.toml"), SMALL.replace("duration = \"300ms\"", "duration = \"1s\"")).unwrap();
+    let out_dir = c.dir.join("out");
     let child = zonebench()
         .args(["run", "--backend", "kube", "--kubeconfig"])
-        .arg(&kc)
-        .arg(dir.join("long.toml"))
+        .arg(&c.kubeconfig)
+        .arg(c.dir.join("long.toml"))
         .arg("--out")
         .arg(&out_dir)
         .stdout(std::process::Stdio::null())
@@ -697,32 +643,28 @@ async fn sigterm_mid_run_keeps_the_measurements_and_deletes_the_namespace() {
     let r = read_results(&out_dir);
     assert_eq!(r["status"], "interrupted", "{stderr}");
     assert!(!r["measurements"].as_array().unwrap().is_empty());
-    assert!(api.writes().iter().any(|w| w.method == "DELETE" && w.path.starts_with("/api/v1/namespaces/zonebench-")));
-    assert!(api.names("", "namespaces").iter().all(|n| !n.starts_with("zonebench-")), "{stderr}");
-    std::fs::remove_dir_all(dir).unwrap();
+    assert!(c.api.writes().iter().any(|w| w.method == "DELETE" && w.path.starts_with("/api/v1/namespaces/zonebench-")));
+    assert!(c.api.names("", "namespaces").iter().all(|n| !n.starts_with("zonebench-")), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_while_pods_start_still_deletes_the_namespace() {
-    let dir = temp_dir("sigint-deploy");
+    let c = fake_cluster("kube-sigint-deploy", Pods::Ready, KIND).await;
     // Pods never become ready here: the signal lands while the run waits for them.
-    let api = FakeApi::start(Kubelet::Ready).await;
-    load_kind(&api);
-    api.hold_pods();
-    let kc = kubeconfig(&dir, &[("kind-zb", &api.url())]);
-    std::fs::write(dir.join("small.toml"), SMALL).unwrap();
+    c.api.hold_pods();
+    std::fs::write(c.dir.join("small.toml"), SMALL).unwrap();
     let child = zonebench()
         .args(["run", "--backend", "kube", "--kubeconfig"])
-        .arg(&kc)
-        .arg(dir.join("small.toml"))
+        .arg(&c.kubeconfig)
+        .arg(c.dir.join("small.toml"))
         .arg("--out")
-        .arg(dir.join("out"))
+        .arg(c.dir.join("out"))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !api.writes().iter().any(|w| w.path.ends_with("/pods")) {
+    while !c.api.writes().iter().any(|w| w.path.ends_with("/pods")) {
         assert!(Instant::now() < deadline, "no pod created within 30 s");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -731,22 +673,25 @@ async fn sigint_while_pods_start_still_deletes_the_namespace() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(
-        api.writes().iter().any(|w| w.method == "DELETE" && w.path.starts_with("/api/v1/namespaces/zonebench-")),
+        c.api.writes().iter().any(|w| w.method == "DELETE" && w.path.starts_with("/api/v1/namespaces/zonebench-")),
         "{stderr}"
     );
-    assert!(api.names("", "namespaces").iter().all(|n| !n.starts_with("zonebench-")), "{stderr}");
-    std::fs::remove_dir_all(dir).unwrap();
+    assert!(c.api.names("", "namespaces").iter().all(|n| !n.starts_with("zonebench-")), "{stderr}");
 }
 
 #[tokio::test]
 async fn render_discover_places_agents_on_the_clusters_nodes_and_writes_nothing() {
-    let api = FakeApi::start(Kubelet::Ready).await;
-    load_kind(&api);
-    let dir = temp_dir("render-discover");
-    let kc = kubeconfig(&dir, &[("kind-zb", &api.url())]);
+    let c = fake_cluster("kube-render-discover", Pods::Ready, KIND).await;
     let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/quick.toml");
-    let out =
-        zonebench().arg("render").arg(&scenario).arg("--discover").arg("--kubeconfig").arg(&kc).output().await.unwrap();
+    let out = zonebench()
+        .arg("render")
+        .arg(&scenario)
+        .arg("--discover")
+        .arg("--kubeconfig")
+        .arg(&c.kubeconfig)
+        .output()
+        .await
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let docs: Vec<Value> = serde_saphyr::from_multiple(&String::from_utf8_lossy(&out.stdout)).unwrap();
     let node_of = |pod: &str| -> String {
@@ -761,31 +706,26 @@ async fn render_discover_places_agents_on_the_clusters_nodes_and_writes_nothing(
     assert_eq!(node_of("srv-a-0"), "zb-worker");
     assert_eq!(node_of("cli-a-0"), "zb-worker2");
     assert_eq!(node_of("srv-c-0"), "zb-worker5");
-    assert!(api.writes().is_empty(), "render wrote: {:?}", api.writes());
+    assert!(c.api.writes().is_empty(), "render wrote: {:?}", c.api.writes());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn variant_services_are_deployed_with_the_agents_and_their_hints_read_back() {
-    let dir = temp_dir("variant-deploy");
-    let api =
-        FakeApi::start(Kubelet::RunAgents { zonebench: env!("CARGO_BIN_EXE_zonebench").into(), dir: dir.clone() })
-            .await;
-    load_kind(&api);
-    let mut options = kube_options(&dir, &api, "feed0001");
+    let c = fake_cluster("kube-variant-deploy", Pods::RunAgents, KIND).await;
+    let mut options = c.options("feed0001");
     options.variants = vec![manifests::RoutingVariant::TopologyAuto];
-    let mut p = KubePlatform::new(options).unwrap();
-    p.discover().await.unwrap();
+    let mut p = discovered(options).await;
     p.deploy(&[AgentRequest { id: "srv-a-0".into(), node: "zb-worker".into() }]).await.unwrap();
-    let svc = api.object("zonebench-feed0001", "services", "zb-echo-topology-auto").unwrap();
+    let svc = c.api.object("zonebench-feed0001", "services", "zb-echo-topology-auto").unwrap();
     assert_eq!(svc["metadata"]["annotations"]["service.kubernetes.io/topology-mode"], "Auto");
     // The EndpointSlice controller's work, as recorded.
-    api.load(fixture("endpointslices-topology-auto.json"));
+    c.api.load(fixture("endpointslices-topology-auto.json"));
     let hints = p.variant_hints(3, Duration::from_secs(5)).await.unwrap();
     assert_eq!(hints.len(), 1);
     assert_eq!(hints[0].service, "zb-echo-topology-auto");
     assert!(hints[0].endpoints.iter().all(|e| e.for_zones.len() == 1));
     p.teardown().await.unwrap();
-    assert!(api.names("zonebench-feed0001", "services").is_empty());
+    assert!(c.api.names("zonebench-feed0001", "services").is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -793,13 +733,8 @@ async fn apply_services_creates_a_routed_clusterip_service_per_request_over_labe
 {
     use zonebench::model::RoutingMode;
     use zonebench::model::ServiceRequest;
-    let dir = temp_dir("apply-services");
-    let api =
-        FakeApi::start(Kubelet::RunAgents { zonebench: env!("CARGO_BIN_EXE_zonebench").into(), dir: dir.clone() })
-            .await;
-    load_kind(&api);
-    let mut p = KubePlatform::new(kube_options(&dir, &api, "feed0002")).unwrap();
-    p.discover().await.unwrap();
+    let c = fake_cluster("kube-apply-services", Pods::RunAgents, KIND).await;
+    let mut p = c.platform("feed0002").await;
     let deployed = p
         .deploy(&[
             AgentRequest { id: "srv-a-0".into(), node: "zb-worker".into() },
@@ -818,7 +753,7 @@ async fn apply_services_creates_a_routed_clusterip_service_per_request_over_labe
     };
     let applied = p.apply_services(std::slice::from_ref(&echo), None).await.unwrap();
     let ns = "zonebench-feed0002";
-    let svc = api.object(ns, "services", "echo").unwrap();
+    let svc = c.api.object(ns, "services", "echo").unwrap();
     assert_eq!(svc["spec"]["type"], "ClusterIP");
     assert_eq!(svc["spec"]["trafficDistribution"], "PreferClose");
     assert!(svc["metadata"]["annotations"].is_null(), "{svc}");
@@ -833,7 +768,7 @@ async fn apply_services_creates_a_routed_clusterip_service_per_request_over_labe
     assert_eq!(ports, vec![("tcp".to_string(), 7101), ("http".to_string(), 7180)]);
     // Exactly the backends carry the Service's label; the client does not.
     let labelled = |pod: &str, svc: &str| {
-        !api.object(ns, "pods", pod).unwrap()["metadata"]["labels"][format!("svc.zonebench.dev/{svc}")].is_null()
+        !c.api.object(ns, "pods", pod).unwrap()["metadata"]["labels"][format!("svc.zonebench.dev/{svc}")].is_null()
     };
     assert!(labelled("srv-a-0", "echo") && labelled("srv-b-0", "echo") && !labelled("cli-a-0", "echo"));
     // The answer: the Service's ClusterIP and ports, and the doctor's verdict beside what the
@@ -852,7 +787,8 @@ async fn apply_services_creates_a_routed_clusterip_service_per_request_over_labe
     assert!(written.contains(&format!("{}→a", ip_of("srv-a-0"))), "{written}");
     assert!(written.contains(&format!("{}→b", ip_of("srv-b-0"))), "{written}");
     // The EndpointSlices were read, by the Service's name.
-    assert!(api
+    assert!(c
+        .api
         .requests()
         .iter()
         .any(|r| r.path == format!("/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices")
@@ -867,8 +803,8 @@ async fn apply_services_creates_a_routed_clusterip_service_per_request_over_labe
         endpoints: Default::default(),
     };
     let applied = p.apply_services(std::slice::from_ref(&auto), None).await.unwrap();
-    assert_eq!(api.names(ns, "services"), vec!["echo-auto".to_string()]);
-    let svc = api.object(ns, "services", "echo-auto").unwrap();
+    assert_eq!(c.api.names(ns, "services"), vec!["echo-auto".to_string()]);
+    let svc = c.api.object(ns, "services", "echo-auto").unwrap();
     assert_eq!(svc["metadata"]["annotations"]["service.kubernetes.io/topology-mode"], "Auto");
     assert!(svc["spec"]["trafficDistribution"].is_null());
     assert_eq!(svc["spec"]["ports"][0]["protocol"], "UDP");
@@ -877,7 +813,7 @@ async fn apply_services_creates_a_routed_clusterip_service_per_request_over_labe
     // The same Service again without routing: replaced, so the annotation is gone too.
     let plain = ServiceRequest { routing: RoutingMode::None, ..auto.clone() };
     let applied = p.apply_services(std::slice::from_ref(&plain), None).await.unwrap();
-    let svc = api.object(ns, "services", "echo-auto").unwrap();
+    let svc = c.api.object(ns, "services", "echo-auto").unwrap();
     assert!(svc["metadata"]["annotations"].is_null(), "{svc}");
     let h = applied.services[0].hints.as_ref().unwrap();
     assert_eq!((h.mode.as_str(), h.enabled), ("none", false));
@@ -897,12 +833,7 @@ async fn apply_services_creates_a_routed_clusterip_service_per_request_over_labe
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kube_run_with_a_routing_variant_measures_via_the_service_it_created() {
-    let dir = temp_dir("run-service");
-    let api =
-        FakeApi::start(Kubelet::RunAgents { zonebench: env!("CARGO_BIN_EXE_zonebench").into(), dir: dir.clone() })
-            .await;
-    load_kind(&api);
-    let kc = kubeconfig(&dir, &[("kind-zb", &api.url())]);
+    let c = fake_cluster("kube-run-service", Pods::RunAgents, KIND).await;
     let scenario = r#"
 name = "kubesvc"
 [kube]
@@ -918,20 +849,21 @@ endpoints_per_zone = [1, 1, 1]
 kind = "tcp-crr"
 via = "service"
 "#;
-    std::fs::write(dir.join("svc.toml"), scenario).unwrap();
+    std::fs::write(c.dir.join("svc.toml"), scenario).unwrap();
     let out = zonebench()
         .args(["run", "--backend", "kube", "--image", "example.com/agent:t", "--kubeconfig"])
-        .arg(&kc)
-        .arg(dir.join("svc.toml"))
+        .arg(&c.kubeconfig)
+        .arg(c.dir.join("svc.toml"))
         .arg("--out")
-        .arg(dir.join("out"))
+        .arg(c.dir.join("out"))
         .output()
         .await
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}\n{}", String::from_utf8_lossy(&out.stdout));
     // The Service as created: its routing and its selector on the per-Service backend label.
-    let created: Vec<Value> = api
+    let created: Vec<Value> = c
+        .api
         .writes()
         .into_iter()
         .filter(|r| r.method == "POST" && r.path.ends_with("/services"))
@@ -942,7 +874,8 @@ via = "service"
     let name = svc["metadata"]["name"].as_str().unwrap();
     assert_eq!(svc["spec"]["trafficDistribution"], "PreferClose");
     assert_eq!(svc["spec"]["selector"][format!("svc.zonebench.dev/{name}")], "backend");
-    let labelled: Vec<String> = api
+    let labelled: Vec<String> = c
+        .api
         .writes()
         .into_iter()
         .filter(|r| r.method == "PATCH")
@@ -951,7 +884,7 @@ via = "service"
     assert!(!labelled.is_empty() && labelled.iter().all(|p| p.starts_with("srv-")), "{labelled:?}");
     // Measured through it: the fake gives the Service its first backend's address (it has no
     // kube-proxy to route a virtual IP), which the measurements target and are answered from.
-    let r = read_results(&dir.join("out"));
+    let r = read_results(&c.dir.join("out"));
     assert_eq!(r["status"], "complete");
     let ms: Vec<&Value> = r["measurements"].as_array().unwrap().iter().filter(|m| m["via"] == "service").collect();
     assert!(!ms.is_empty(), "{r:#}");
@@ -961,5 +894,4 @@ via = "service"
     }
     let text = r.to_string();
     assert!(text.contains("EndpointSlice controller wrote zone hints on"), "the verdict is recorded: {text}");
-    std::fs::remove_dir_all(dir).unwrap();
 }

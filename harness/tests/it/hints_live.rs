@@ -1,34 +1,30 @@
 //! `zonebench hints -n NAMESPACE SERVICE` end to end: the real binary against the fake API
-//! server (`support/fake_apiserver.rs`, real HTTP on 127.0.0.1) replaying recorded objects of
+//! server (`support/fake_apiserver/`, real HTTP on 127.0.0.1) replaying recorded objects of
 //! a kind cluster (`tests/fixtures/kube/kind-nodes.json`, `hints-shop-*.json`): hints that
 //! agree with the prediction, a stale slice, hints a running controller keeps,
 //! `trafficDistribution`, a feature gate the version explains, missing objects, an
 //! unreachable cluster and usage errors. Every JSON output is checked against
 //! `results/schema/hints.schema.json`.
-#![allow(clippy::unwrap_used)] // test support: a failure here is a failed test
-
-mod support {
-    pub mod fake_apiserver;
-    pub mod kube_client;
-}
 
 use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
+use crate::support::fake_apiserver::kubeconfig;
+use crate::support::kube_client::{fake_cluster, FakeCluster, Pods};
+use crate::support::scratch;
 use serde_json::Value;
-use support::fake_apiserver::{fixture, kubeconfig, FakeApi, Kubelet};
-use support::kube_client::temp_dir;
 
 /// The fake cluster: kind's nodes (zones a, b, c; b has 50m less CPU) and namespace `shop`.
-async fn shop() -> FakeApi {
-    let api = FakeApi::start(Kubelet::Ready).await;
-    api.load(fixture("kind-nodes.json"));
-    api.load(fixture("hints-shop-namespace.json"));
-    api.load(fixture("hints-shop-services.json"));
-    api.load(fixture("hints-shop-endpointslices.json"));
-    api.load(fixture("hints-shop-events.json"));
-    api
+async fn shop(tag: &str) -> FakeCluster {
+    let shop = [
+        "kind-nodes.json",
+        "hints-shop-namespace.json",
+        "hints-shop-services.json",
+        "hints-shop-endpointslices.json",
+        "hints-shop-events.json",
+    ];
+    fake_cluster(tag, Pods::Ready, &shop).await
 }
 
 async fn hints(kubeconfig: &Path, args: &[&str]) -> Output {
@@ -80,16 +76,14 @@ fn endpoint<'a>(v: &'a Value, address: &str) -> &'a Value {
 
 #[tokio::test]
 async fn slices_hinted_as_predicted_agree_in_both_output_formats() {
-    let api = shop().await;
-    let dir = temp_dir("agree");
-    let kc = kubeconfig(&dir, &[("kind-zb", &api.url())]);
-    let v = json(&kc, &["-n", "shop", "checkout"]).await;
+    let c = shop("hints-live-agree").await;
+    let v = json(&c.kubeconfig, &["-n", "shop", "checkout"]).await;
     assert_eq!(v["service"], "shop/checkout");
     assert_eq!((&v["mode"], &v["mode_assumed"]), (&Value::from("auto"), &Value::Bool(false)));
     assert_eq!(v["hints_enabled"], true);
     let live = &v["live"];
     assert_eq!((&live["verdict"], &live["agree"]), (&Value::from("agree"), &Value::Bool(true)), "{live:#}");
-    assert_eq!(live["cluster"], format!("{} (context kind-zb)", api.url()));
+    assert_eq!(live["cluster"], format!("{} (context kind-zb)", c.api.url()));
     assert_eq!(live["server_version"], "v1.33.1");
     assert_eq!(live["namespace"], "shop");
     assert_eq!(live["differences"], serde_json::json!([]));
@@ -104,7 +98,7 @@ async fn slices_hinted_as_predicted_agree_in_both_output_formats() {
         assert_eq!(e["hints"], serde_json::json!([e["zone"]]), "{e}");
     }
     // Read only: the Service, its slices by label, every node, the Service's events.
-    let lines: Vec<String> = api.requests().iter().map(|r| r.line()).collect();
+    let lines: Vec<String> = c.api.requests().iter().map(|r| r.line()).collect();
     for want in [
         "GET /api/v1/namespaces/shop/services/checkout",
         "GET /apis/discovery.k8s.io/v1/namespaces/shop/endpointslices?&labelSelector=kubernetes.io%2Fservice-name%3Dcheckout",
@@ -113,15 +107,15 @@ async fn slices_hinted_as_predicted_agree_in_both_output_formats() {
     ] {
         assert!(lines.iter().any(|l| l.starts_with(want)), "no {want} in {lines:#?}");
     }
-    assert!(api.writes().is_empty(), "the doctor must not write: {:?}", api.writes());
+    assert!(c.api.writes().is_empty(), "the doctor must not write: {:?}", c.api.writes());
 
-    let t = table(&kc, &["-n", "shop", "checkout"]).await;
+    let t = table(&c.kubeconfig, &["-n", "shop", "checkout"]).await;
     assert!(t.contains("Service shop/checkout (IPv4): mode auto\n"), "{t}");
     assert!(t.contains("ADDRESS      ZONE  NODE        READY  HINT  ACTUAL  SAME  LOAD"), "{t}");
     assert!(
         t.contains(&format!(
             "Hints the controller wrote (cluster {} (context kind-zb), Kubernetes v1.33.1):",
-            api.url()
+            c.api.url()
         )),
         "{t}"
     );
@@ -137,10 +131,8 @@ async fn slices_hinted_as_predicted_agree_in_both_output_formats() {
 
 #[tokio::test]
 async fn a_stale_slice_is_reported_with_the_endpoint_that_differs_and_why() {
-    let api = shop().await;
-    let dir = temp_dir("stale");
-    let kc = kubeconfig(&dir, &[("kind-zb", &api.url())]);
-    let v = json(&kc, &["--namespace", "shop", "cart"]).await;
+    let c = shop("hints-live-stale").await;
+    let v = json(&c.kubeconfig, &["--namespace", "shop", "cart"]).await;
     assert_eq!(v["hints_enabled"], true);
     let live = &v["live"];
     assert_eq!((&live["verdict"], &live["agree"]), (&Value::from("not-synced"), &Value::Bool(false)), "{live:#}");
@@ -172,7 +164,7 @@ async fn a_stale_slice_is_reported_with_the_endpoint_that_differs_and_why() {
     assert!(now("c")["endpoints"].as_array().unwrap().contains(&Value::from(address)));
     assert_eq!(now("a")["as_predicted"], true);
 
-    let t = table(&kc, &["-n", "shop", "cart"]).await;
+    let t = table(&c.kubeconfig, &["-n", "shop", "cart"]).await;
     assert!(t.contains("verdict: not-synced — 1 of 6 endpoints differ from the prediction"), "{t}");
     assert!(t.contains(&format!("{address} (slice cart-v8c3n, zone b): predicted b, actual c")), "{t}");
     let row = t.lines().find(|l| l.trim_start().starts_with(address)).unwrap();
@@ -183,10 +175,8 @@ async fn a_stale_slice_is_reported_with_the_endpoint_that_differs_and_why() {
 
 #[tokio::test]
 async fn older_hints_a_running_controller_keeps_are_told_apart_from_stale_ones() {
-    let api = shop().await;
-    let dir = temp_dir("kept");
-    let kc = kubeconfig(&dir, &[("kind-zb", &api.url())]);
-    let v = json(&kc, &["-n", "shop", "orders"]).await;
+    let c = shop("hints-live-kept").await;
+    let v = json(&c.kubeconfig, &["-n", "shop", "orders"]).await;
     let live = &v["live"];
     assert_eq!((&live["verdict"], &live["agree"]), (&Value::from("kept"), &Value::Bool(false)), "{live:#}");
     let d = &live["differences"][0];
@@ -203,10 +193,8 @@ async fn older_hints_a_running_controller_keeps_are_told_apart_from_stale_ones()
 
 #[tokio::test]
 async fn prefer_close_is_taken_from_the_services_traffic_distribution() {
-    let api = shop().await;
-    let dir = temp_dir("prefer-close");
-    let kc = kubeconfig(&dir, &[("kind-zb", &api.url())]);
-    let v = json(&kc, &["-n", "shop", "web"]).await;
+    let c = shop("hints-live-prefer-close").await;
+    let v = json(&c.kubeconfig, &["-n", "shop", "web"]).await;
     assert_eq!((&v["mode"], &v["mode_assumed"]), (&Value::from("prefer-close"), &Value::Bool(false)));
     assert_eq!(v["event"], Value::Null);
     assert!(v["mode_reasons"][0].as_str().unwrap().contains("spec.trafficDistribution: PreferClose"));
@@ -219,18 +207,16 @@ async fn prefer_close_is_taken_from_the_services_traffic_distribution() {
     );
     let b = v["routing"].as_array().unwrap().iter().find(|r| r["zone"] == "b").unwrap();
     assert_eq!((&b["filtered"], b["endpoints"].as_array().unwrap().len()), (&Value::Bool(true), 1), "{b}");
-    let t = table(&kc, &["-n", "shop", "web"]).await;
+    let t = table(&c.kubeconfig, &["-n", "shop", "web"]).await;
     assert!(t.contains("mode prefer-close\n") && t.contains("verdict: agree"), "{t}");
     assert!(t.contains("events: no topology event recorded"), "{t}");
 }
 
 #[tokio::test]
 async fn prefer_same_zone_on_1_33_is_explained_by_the_feature_gate_and_the_flag_overrides_it() {
-    let api = shop().await;
-    let dir = temp_dir("gate");
-    let kc = kubeconfig(&dir, &[("kind-zb", &api.url())]);
+    let c = shop("hints-live-gate").await;
     // v1.33 leaves PreferSameTrafficDistribution off by default, but these slices are hinted.
-    let v = json(&kc, &["-n", "shop", "feed"]).await;
+    let v = json(&c.kubeconfig, &["-n", "shop", "feed"]).await;
     assert_eq!(v["mode"], "none");
     let reasons =
         v["mode_reasons"].as_array().unwrap().iter().map(|r| r.as_str().unwrap()).collect::<Vec<_>>().join("\n");
@@ -247,44 +233,41 @@ async fn prefer_same_zone_on_1_33_is_explained_by_the_feature_gate_and_the_flag_
         "{live:#}"
     );
 
-    let v = json(&kc, &["-n", "shop", "feed", "--prefer-same-traffic-distribution", "true"]).await;
+    let v = json(&c.kubeconfig, &["-n", "shop", "feed", "--prefer-same-traffic-distribution", "true"]).await;
     assert_eq!(v["mode"], "prefer-same-zone");
     assert_eq!(v["live"]["verdict"], "agree", "{:#}", v["live"]);
 }
 
 #[tokio::test]
 async fn a_missing_service_namespace_or_endpoint_slice_is_named() {
-    let api = shop().await;
-    let dir = temp_dir("missing");
-    let kc = kubeconfig(&dir, &[("kind-zb", &api.url())]);
-    let err = fails(&kc, &["-n", "shop", "payments"], 1).await;
+    let c = shop("hints-live-missing").await;
+    let err = fails(&c.kubeconfig, &["-n", "shop", "payments"], 1).await;
     assert!(
         err.contains(
             "no Service \"payments\" in namespace \"shop\" (its Services: cart, checkout, feed, legacy, orders, web)"
         ),
         "{err}"
     );
-    assert!(err.contains(&api.url()), "the cluster is named: {err}");
-    let err = fails(&kc, &["-n", "nowhere", "checkout"], 1).await;
+    assert!(err.contains(&c.api.url()), "the cluster is named: {err}");
+    let err = fails(&c.kubeconfig, &["-n", "nowhere", "checkout"], 1).await;
     assert!(err.contains("namespace \"nowhere\" does not exist (looking for Service \"checkout\")"), "{err}");
-    let err = fails(&kc, &["-n", "shop", "legacy", "-o", "json"], 1).await;
+    let err = fails(&c.kubeconfig, &["-n", "shop", "legacy", "-o", "json"], 1).await;
     assert!(
         err.contains("Service shop/legacy has no EndpointSlice (label kubernetes.io/service-name=legacy): no pod matches its selector app.kubernetes.io/name=legacy"),
         "{err}"
     );
-    assert!(api.writes().is_empty());
+    assert!(c.api.writes().is_empty());
 }
 
 #[tokio::test]
 async fn the_namespace_defaults_to_the_kubeconfig_contexts_as_kubectl_does() {
-    let api = shop().await;
-    let dir = temp_dir("default-ns");
-    let kc = dir.join("kubeconfig");
+    let c = shop("hints-live-default-ns").await;
+    let kc = c.dir.join("kubeconfig");
     std::fs::write(
         &kc,
         format!(
             "apiVersion: v1\nkind: Config\ncurrent-context: shop\nclusters:\n- name: kind\n  cluster:\n    server: {}\ncontexts:\n- name: shop\n  context:\n    cluster: kind\n    user: tester\n    namespace: shop\nusers:\n- name: tester\n  user:\n    token: test-token\n",
-            api.url()
+            c.api.url()
         ),
     )
     .unwrap();
@@ -294,7 +277,7 @@ async fn the_namespace_defaults_to_the_kubeconfig_contexts_as_kubectl_does() {
 
 #[tokio::test]
 async fn an_unreachable_cluster_fails_fast_naming_it() {
-    let dir = temp_dir("unreachable");
+    let dir = scratch("hints-live-unreachable");
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
@@ -310,7 +293,7 @@ async fn an_unreachable_cluster_fails_fast_naming_it() {
 
 #[tokio::test]
 async fn mixed_or_incomplete_forms_are_usage_errors() {
-    let dir = temp_dir("usage");
+    let dir = scratch("hints-live-usage");
     let kc = kubeconfig(&dir, &[("never", "http://127.0.0.1:1")]);
     let nodes = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hints/nodes-3zones.yaml");
     let nodes = nodes.to_str().unwrap();

@@ -1,12 +1,13 @@
 //! `zonebench hints` end to end, through the real binary, on kubectl-style fixtures
 //! (`tests/fixtures/hints/`): both output formats, the JSON checked against
 //! `results/schema/hints.schema.json`, bad input and usage errors.
-#![allow(clippy::unwrap_used)] // test support: a failure here is a failed test
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::Value;
+
+use crate::support::scratch;
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hints").join(name)
@@ -187,9 +188,8 @@ fn a_tie_is_reported_as_not_deterministic_with_every_possible_count() {
     assert!(t.contains("2 or 3"), "{t}");
 }
 
-fn temp(name: &str, text: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("zb-hints-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+/// Writes `text` to `dir/name`.
+fn temp(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap();
     p
@@ -206,10 +206,11 @@ fn fails(args: &[&str], code: i32) -> String {
 
 #[test]
 fn a_slice_without_address_type_is_refused_naming_the_slice_and_the_field() {
+    let dir = scratch("hints-address-type");
     let text = std::fs::read_to_string(fixture("slices-balanced.yaml"))
         .unwrap()
         .replace("- addressType: IPv4\n  apiVersion", "- apiVersion");
-    let p = temp("no-address-type.yaml", &text);
+    let p = temp(&dir, "no-address-type.yaml", &text);
     let nodes = path_str(&fixture("nodes-3zones.yaml"));
     let err = fails(&["--nodes", &nodes, "--slices", p.to_str().unwrap()], 1);
     assert!(err.contains("no-address-type.yaml: EndpointSlice/checkout-x7k2p: addressType: missing"), "{err}");
@@ -217,15 +218,16 @@ fn a_slice_without_address_type_is_refused_naming_the_slice_and_the_field() {
 
 #[test]
 fn a_node_without_a_name_or_with_a_bad_field_is_refused_naming_it() {
+    let dir = scratch("hints-nodes");
     let text = std::fs::read_to_string(fixture("nodes-3zones.yaml")).unwrap();
     let nameless = text.replacen("    name: ip-10-0-33-10.ec2.internal\n", "", 1);
-    let p = temp("nameless.yaml", &nameless);
+    let p = temp(&dir, "nameless.yaml", &nameless);
     let slices = path_str(&fixture("slices-balanced.yaml"));
     let err = fails(&["--nodes", p.to_str().unwrap(), "--slices", &slices], 1);
     assert!(err.contains("nameless.yaml: Node #3: metadata.name: missing"), "{err}");
 
     let bad_cpu = text.replacen("cpu: 3920m", "cpu: lots", 1);
-    let p = temp("badcpu.yaml", &bad_cpu);
+    let p = temp(&dir, "badcpu.yaml", &bad_cpu);
     let err = fails(&["--nodes", p.to_str().unwrap(), "--slices", &slices], 1);
     assert!(err.contains("Node/ip-10-0-1-10.ec2.internal: status.allocatable.cpu: invalid quantity \"lots\""), "{err}");
 
@@ -234,7 +236,7 @@ fn a_node_without_a_name_or_with_a_bad_field_is_refused_naming_it() {
         "ready: sometimes",
         1,
     );
-    let p = temp("badtype.yaml", &bad_type);
+    let p = temp(&dir, "badtype.yaml", &bad_type);
     let nodes = path_str(&fixture("nodes-3zones.yaml"));
     let err = fails(&["--nodes", &nodes, "--slices", p.to_str().unwrap()], 1);
     assert!(err.contains("EndpointSlice/checkout-x7k2p: endpoints[0].conditions.ready: invalid type"), "{err}");
@@ -257,13 +259,14 @@ fn the_wrong_kind_of_object_is_refused_naming_it_and_the_expected_kind() {
 
 #[test]
 fn ambiguous_or_incomplete_invocations_are_usage_errors() {
+    let dir = scratch("hints-usage");
     let nodes = path_str(&fixture("nodes-3zones.yaml"));
     let both = format!(
         "{}---\n{}",
         std::fs::read_to_string(fixture("slices-balanced.yaml")).unwrap(),
         std::fs::read_to_string(fixture("slices-skewed.yaml")).unwrap()
     );
-    let p = temp("two-services.yaml", &both);
+    let p = temp(&dir, "two-services.yaml", &both);
     let err = fails(&["--nodes", &nodes, "--slices", p.to_str().unwrap()], 2);
     assert!(err.contains("the slices belong to 2 Services (shop/cart, shop/checkout): pass --service"), "{err}");
     // The same file with --service picks that Service's slices.

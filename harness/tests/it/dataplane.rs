@@ -5,7 +5,6 @@
 //!
 //! Who answered is read from the agents' answers: every echo server stamps its id, and the
 //! agent's tcp-crr result counts answers per id.
-#![allow(clippy::unwrap_used)] // test support: a failure here is a failed test
 
 use std::collections::BTreeMap;
 use std::fs::File;

@@ -4,12 +4,12 @@
 //! sync metrics those of an HTTP server on 127.0.0.1:10249 serving kube-proxy's metric
 //! names. Its line is read back with the same reader the run uses. Needs root, iptables,
 //! nftables and python3 (`.ci/run` installs what is missing).
-#![allow(clippy::unwrap_used)] // test support: a failure here is a failed test
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::scratch;
 use zonebench::platform::kube::inspect::{last_report, NodeReport};
 use zonebench::platform::kube::manifests::INSPECTOR_SCRIPT;
 
@@ -59,13 +59,6 @@ fn sh(args: &[&str]) {
     assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-fn scratch(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("zb-inspector-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 /// Runs the script in `ns` with `path` as PATH until it printed its first line.
 fn first_report(ns: &Netns, path: &str) -> NodeReport {
     let mut child = Kill(
@@ -106,7 +99,7 @@ const BASICS: [&str; 7] = ["bash", "grep", "awk", "timeout", "cat", "tr", "sleep
 
 #[test]
 fn the_inspector_script_counts_a_nodes_real_rules_and_reads_kube_proxys_metrics() {
-    let dir = scratch("counts");
+    let dir = scratch("inspector-counts");
     let ns = Netns::new("counts");
     // kube-proxy's nftables table with 3 rules, one more nftables table of someone else's
     // with 1, 2 rules through iptables-legacy and 1 through iptables-nft.
@@ -169,17 +162,15 @@ fn the_inspector_script_counts_a_nodes_real_rules_and_reads_kube_proxys_metrics(
     assert_eq!(r.iptables_rules, Some(1));
     assert_eq!(r.missing_tools(), ["iptables-legacy-save", "nft"]);
     drop(ns);
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
 fn without_kube_proxys_metrics_the_sync_figures_are_unknown() {
-    let dir = scratch("nometrics");
+    let dir = scratch("inspector-nometrics");
     let ns = Netns::new("nometrics");
     let all: Vec<&str> = BASICS.iter().copied().chain(["iptables-nft-save", "iptables-legacy-save", "nft"]).collect();
     let r = first_report(&ns, &path_with(&dir, &all));
     assert_eq!((r.sync_seconds_sum, r.sync_count), (None, None), "{r:?}");
     assert_eq!((r.iptables_rules, r.iptables_legacy_rules, r.kube_proxy_nft_rules), (Some(0), Some(0), Some(0)));
     drop(ns);
-    std::fs::remove_dir_all(dir).unwrap();
 }

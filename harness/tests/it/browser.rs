@@ -2,14 +2,11 @@
 //! network), its DOM holds every chart as inline SVG with drawn content, and a screenshot
 //! shows the charts painted (the heatmap colours and the plot lines). `.ci/run` installs
 //! Chromium; without it this test fails and says so.
-#![allow(clippy::unwrap_used)]
-
-mod support;
 
 use std::path::Path;
 use std::process::Command;
 
-use support::*;
+use crate::support::*;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 

@@ -4,21 +4,16 @@
 //! programming-latency probe, run by the real client agent through its control API, has a
 //! real first connect to find; its "DaemonSet controller" gives the node inspector one pod
 //! per node, whose log lines the test writes as the inspector script would.
-#![allow(clippy::unwrap_used)] // test support: a failure here is a failed test
-
-mod support {
-    pub mod fake_apiserver;
-    pub mod kube_client;
-}
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::fake_apiserver::{kubeconfig, FakeApi};
+use crate::support::kube_client::{fake_api, fake_cluster, FakeCluster, Pods, KIND};
+use crate::support::scratch;
 use serde_json::Value;
-use support::fake_apiserver::{fixture, kubeconfig, FakeApi, Kubelet};
-use support::kube_client::{kube_options, temp_dir};
 
 const DELAY: Duration = Duration::from_millis(400);
 
@@ -45,14 +40,12 @@ kind = "tcp-crr"
     )
 }
 
-async fn fake(dir: &Path) -> FakeApi {
-    let api =
-        FakeApi::start(Kubelet::RunAgents { zonebench: env!("CARGO_BIN_EXE_zonebench").into(), dir: dir.into() }).await;
-    api.load(fixture("kind-nodes.json"));
-    api.load(fixture("kind-daemonsets.json"));
-    api.load(fixture("kind-kube-proxy-configmap.json"));
-    api.set_programming_delay(DELAY);
-    api
+/// A kind cluster whose agents really run and whose kube-proxy programs a Service [`DELAY`]
+/// after its slice appears.
+async fn fake(tag: &str) -> FakeCluster {
+    let c = fake_cluster(tag, Pods::RunAgents, KIND).await;
+    c.api.set_programming_delay(DELAY);
+    c
 }
 
 async fn run(dir: &Path, kc: &Path, extra: &[&str]) -> (std::process::Output, Value) {
@@ -80,11 +73,9 @@ fn run_namespace(api: &FakeApi) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sweep_on_a_cluster_adds_only_new_selectorless_services_and_probes_each_newest_from_the_client_pod() {
-    let dir = temp_dir("probe");
-    let api = fake(&dir).await;
-    let kc = kubeconfig(&dir, &[("kind-zb", &api.url())]);
-    std::fs::write(dir.join("sweep.toml"), scenario("[3, 8]")).unwrap();
-    let (out, r) = run(&dir, &kc, &[]).await;
+    let c = fake("kube-sweep-probe").await;
+    std::fs::write(c.dir.join("sweep.toml"), scenario("[3, 8]")).unwrap();
+    let (out, r) = run(&c.dir, &c.kubeconfig, &[]).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}\n{}", String::from_utf8_lossy(&out.stdout));
     assert!(stderr.contains("own service dataplane (iptables) is measured"), "{stderr}");
@@ -110,7 +101,7 @@ async fn a_sweep_on_a_cluster_adds_only_new_selectorless_services_and_probes_eac
     }
 
     // Eight selector-less Services and eight slices, none created twice, no pod labelled.
-    let w = api.writes();
+    let w = c.api.writes();
     let posted = |suffix: &str| -> Vec<Value> {
         w.iter().filter(|r| r.method == "POST" && r.path.ends_with(suffix)).map(|r| r.body.clone().unwrap()).collect()
     };
@@ -124,9 +115,8 @@ async fn a_sweep_on_a_cluster_adds_only_new_selectorless_services_and_probes_eac
     assert!(slices.iter().all(|s| s["endpoints"].as_array().unwrap().len() == 3), "three echo servers each");
     assert!(!w.iter().any(|r| r.method == "PATCH"), "selector-less Services label no pod");
     // Nothing left: the namespace went, with the Services in it.
-    let ns = run_namespace(&api);
-    assert!(!api.names("", "namespaces").contains(&ns));
-    std::fs::remove_dir_all(dir).unwrap();
+    let ns = run_namespace(&c.api);
+    assert!(!c.api.names("", "namespaces").contains(&ns));
 }
 
 /// Writes inspector log lines for every inspector pod once a second, as the script would:
@@ -159,13 +149,11 @@ fn emulate_inspector(api: Arc<FakeApi>, stop: Arc<AtomicBool>) -> tokio::task::J
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_inspect_nodes_each_point_records_the_client_nodes_rules_and_kube_proxys_sync_time() {
-    let dir = temp_dir("inspect");
-    let api = Arc::new(fake(&dir).await);
+    let c = fake("kube-sweep-inspect").await;
     let stop = Arc::new(AtomicBool::new(false));
-    let inspector = emulate_inspector(api.clone(), stop.clone());
-    let kc = kubeconfig(&dir, &[("kind-zb", &api.url())]);
-    std::fs::write(dir.join("sweep.toml"), scenario("[2, 5]")).unwrap();
-    let (out, r) = run(&dir, &kc, &["--inspect-nodes", "--inspect-image", "example.com/inspect:t"]).await;
+    let inspector = emulate_inspector(c.api.clone(), stop.clone());
+    std::fs::write(c.dir.join("sweep.toml"), scenario("[2, 5]")).unwrap();
+    let (out, r) = run(&c.dir, &c.kubeconfig, &["--inspect-nodes", "--inspect-image", "example.com/inspect:t"]).await;
     stop.store(true, Ordering::Relaxed);
     inspector.await.unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -183,7 +171,7 @@ async fn with_inspect_nodes_each_point_records_the_client_nodes_rules_and_kube_p
         assert!(d["programming_latency_ns"].as_u64().is_some());
     }
     // The DaemonSet was created (and only with the flag), in a namespace that allows it.
-    let w = api.writes();
+    let w = c.api.writes();
     let ds: Vec<&Value> = w
         .iter()
         .filter(|r| r.method == "POST" && r.path.ends_with("/daemonsets"))
@@ -203,30 +191,28 @@ async fn with_inspect_nodes_each_point_records_the_client_nodes_rules_and_kube_p
             )
         })
         .collect();
-    let ns = run_namespace(&api);
+    let ns = run_namespace(&c.api);
     assert_eq!(levels, [(ns.clone(), "restricted".into()), (format!("{ns}-inspect"), "privileged".into())]);
     assert_eq!(ds[0]["metadata"]["namespace"].as_str(), Some(format!("{ns}-inspect").as_str()));
     // Both are gone at the end.
-    let left = api.names("", "namespaces");
+    let left = c.api.names("", "namespaces");
     assert!(!left.contains(&ns) && !left.contains(&format!("{ns}-inspect")), "{left:?}");
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sweep_over_two_clusters_labels_each_clusters_points_with_its_context_label() {
-    let dir = temp_dir("multi");
-    let a = fake(&dir).await;
-    let b = fake(&dir).await;
-    let kc = kubeconfig(&dir, &[("ctx-a", &a.url()), ("ctx-b", &b.url())]);
-    std::fs::write(dir.join("sweep.toml"), scenario("[2]")).unwrap();
-    let (out, r) = run(&dir, &kc, &["--context", "A=ctx-a", "--context", "B=ctx-b"]).await;
+    let a = fake("kube-sweep-multi").await;
+    let b = fake_api(&a.dir, Pods::RunAgents, KIND).await;
+    b.set_programming_delay(DELAY);
+    let kc = kubeconfig(&a.dir, &[("ctx-a", &a.api.url()), ("ctx-b", &b.url())]);
+    std::fs::write(a.dir.join("sweep.toml"), scenario("[2]")).unwrap();
+    let (out, r) = run(&a.dir, &kc, &["--context", "A=ctx-a", "--context", "B=ctx-b"]).await;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let ms = r["measurements"].as_array().unwrap();
     let variants: Vec<&str> = ms.iter().map(|m| m["variant"].as_str().unwrap()).collect();
     assert_eq!(variants, ["A", "B"], "{r:#}");
     assert!(ms.iter().all(|m| m["service_dataplane"]["kind"] == "iptables"));
     assert_eq!(r["fingerprint"]["extra"]["B.kube_proxy_mode"], "iptables");
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[tokio::test]
@@ -250,7 +236,7 @@ async fn live_cluster_sweep() {
         eprintln!("skipped: ZONEBENCH_TEST_KUBECONFIG is not set");
         return;
     };
-    let dir = temp_dir("live");
+    let dir = scratch("kube-sweep-live");
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_zonebench"));
     cmd.args(["run", "--backend", "kube", "--kubeconfig", &kc, "--set", "sweep.services=[10,200]"]);
     if let Ok(ctx) = std::env::var("ZONEBENCH_TEST_CONTEXT") {
@@ -272,14 +258,10 @@ async fn live_cluster_sweep() {
 async fn applying_a_table_adds_only_what_is_new_recovers_from_failures_and_deletes_what_is_dropped() {
     use zonebench::model::{AgentPort, AgentRequest, ProbeRequest};
     use zonebench::plan::service_table;
-    use zonebench::platform::kube::KubePlatform;
     use zonebench::platform::Platform as _;
-    let dir = temp_dir("apply");
-    let api = fake(&dir).await;
-    let options = kube_options(&dir, &api, "feed0005");
+    let c = fake("kube-sweep-apply").await;
     let ns = "zonebench-feed0005";
-    let mut p = KubePlatform::new(options).unwrap();
-    p.discover().await.unwrap();
+    let mut p = c.platform("feed0005").await;
     p.deploy(&[
         AgentRequest { id: "srv-a-0".into(), node: "zb-worker".into() },
         AgentRequest { id: "cli-a-0".into(), node: "zb-worker2".into() },
@@ -287,9 +269,10 @@ async fn applying_a_table_adds_only_what_is_new_recovers_from_failures_and_delet
     .await
     .unwrap();
     let table = |n: u32| service_table(n, &["srv-a-0".to_string()], &[AgentPort::Tcp]);
-    let service_posts = || api.writes().iter().filter(|w| w.method == "POST" && w.path.ends_with("/services")).count();
+    let service_posts =
+        || c.api.writes().iter().filter(|w| w.method == "POST" && w.path.ends_with("/services")).count();
     let names = || {
-        let mut v = api.names(ns, "services");
+        let mut v = c.api.names(ns, "services");
         v.sort();
         v
     };
@@ -307,38 +290,37 @@ async fn applying_a_table_adds_only_what_is_new_recovers_from_failures_and_delet
     assert_eq!(service_posts(), 5, "the four fillers stay");
     assert_eq!(applied.services.len(), 5);
     let latency = applied.probe.expect("the probe's answer");
-    let programmed = api.programmed_at(ns, "svc-00005").unwrap();
+    let programmed = c.api.programmed_at(ns, "svc-00005").unwrap();
     assert!(latency >= DELAY, "{latency:?}");
     assert!(programmed.elapsed() < Duration::from_secs(20));
 
     // Something else holds svc-00007: the apply fails naming it, and the next one clears what
     // the failed one may have left (svc-00006 … svc-00008) before creating them again.
-    api.load(serde_json::json!({"apiVersion": "v1", "kind": "Service",
+    c.api.load(serde_json::json!({"apiVersion": "v1", "kind": "Service",
         "metadata": {"name": "svc-00007", "namespace": ns}, "spec": {"ports": [{"port": 1}]}}));
     let err = format!("{:#}", p.apply_services(&table(8), None).await.unwrap_err());
     assert!(err.contains("svc-00007") && err.contains("already exists"), "{err}");
     p.apply_services(&table(8), None).await.unwrap();
     assert_eq!(names(), (1..=8).map(|i| format!("svc-{i:05}")).collect::<Vec<_>>());
-    let slice = api.object(ns, "endpointslices", "svc-00007").unwrap();
+    let slice = c.api.object(ns, "endpointslices", "svc-00007").unwrap();
     assert_eq!(slice["metadata"]["labels"]["kubernetes.io/service-name"], "svc-00007");
 
     // Fewer: the dropped Services go with their slices.
     p.apply_services(&table(2), None).await.unwrap();
     assert_eq!(names(), ["svc-00001", "svc-00002"]);
-    let mut slices = api.names(ns, "endpointslices");
+    let mut slices = c.api.names(ns, "endpointslices");
     slices.sort();
     assert_eq!(slices, ["svc-00001", "svc-00002"]);
 
     // A loaded API server sheds every third write with 429 (priority and fairness does under
     // a burst like ours): kube-rs's default retry policy (429, 503, 504) sends them again,
     // and nothing is lost either way. This fails if that policy is ever turned off.
-    api.shed_every(3);
+    c.api.shed_every(3);
     p.apply_services(&table(12), None).await.unwrap();
     assert_eq!(names().len(), 12);
     p.apply_services(&table(1), None).await.unwrap();
     assert_eq!(names(), ["svc-00001"]);
-    assert_eq!(api.names(ns, "endpointslices"), ["svc-00001"]);
-    api.shed_every(0);
+    assert_eq!(c.api.names(ns, "endpointslices"), ["svc-00001"]);
+    c.api.shed_every(0);
     p.teardown().await.unwrap();
-    std::fs::remove_dir_all(dir).unwrap();
 }

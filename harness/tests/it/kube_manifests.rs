@@ -4,24 +4,18 @@
 //! the `restricted` Pod Security Standard. Covers `zonebench render` of each scenario in
 //! `scenarios/` (with and without the node inspector) and the objects a run creates later
 //! (Services of every routing variant, `via = "service"` Services, service-scaling Services and EndpointSlices).
-#![allow(clippy::unwrap_used)] // test support: a failure here is a failed test
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
+
+use crate::support::scratch;
 use zonebench::platform::kube::manifests::{self, EchoEndpoint, RoutingVariant, RunMeta};
 use zonebench::platform::kube::pss;
 use zonebench::scenario::KubeSettings;
 
 const KUBERNETES_VERSION: &str = "1.33.0";
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("zb-kube-manifests-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 fn render(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_zonebench"))
@@ -124,7 +118,7 @@ fn later_objects() -> Vec<Value> {
 
 #[test]
 fn rendered_and_run_time_manifests_validate_against_the_kubernetes_schemas() {
-    let dir = temp_dir("validate");
+    let dir = scratch("kube-manifests-validate");
     let mut files = Vec::new();
     for (i, s) in scenarios().iter().enumerate() {
         let path = dir.join(format!("render-{i}.yaml"));
@@ -141,13 +135,12 @@ fn rendered_and_run_time_manifests_validate_against_the_kubernetes_schemas() {
     if let Err(report) = validate(&files) {
         panic!("manifests fail the Kubernetes {KUBERNETES_VERSION} schemas:\n{report}");
     }
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
 fn the_validator_rejects_a_manifest_that_breaks_the_schema() {
     // The control: the validator used above can fail, on a misspelt field and a wrong type.
-    let dir = temp_dir("negative");
+    let dir = scratch("kube-manifests-negative");
     let mut pod = later_objects().into_iter().find(|o| o["kind"] == "Pod").unwrap();
     pod["spec"]["containers"][0]["imagePullPolicyy"] = "Always".into();
     let typo = dir.join("typo.yaml");
@@ -158,7 +151,6 @@ fn the_validator_rejects_a_manifest_that_breaks_the_schema() {
     let wrong = dir.join("wrong-type.yaml");
     std::fs::write(&wrong, manifests::to_yaml("wrong type", &[pod]).unwrap()).unwrap();
     assert!(validate(&[wrong]).is_err(), "a string port must fail validation");
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]

@@ -8,7 +8,6 @@
 //! a connect that is not rewritten fails with ENETUNREACH and no packet leaves. Clients are
 //! this test binary re-run as a child (`client_process`): it moves itself into the cgroup,
 //! enters the namespace, runs the probes it was given and prints what answered.
-#![allow(clippy::unwrap_used)] // test support: a failure here is a failed test
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -206,13 +205,13 @@ enum Outcome {
 fn probe_from(cgroup: &Cgroup, ns: &Netns, probe: Probe, target: SocketAddrV4, count: usize) -> Vec<Outcome> {
     let job = ClientJob { cgroup: cgroup.path.clone(), netns: ns.name.clone(), probe, target, count };
     let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "client_process", "--ignored", "--nocapture", "--test-threads", "1"])
+        .args(["--exact", "ebpf::client_process", "--ignored", "--nocapture", "--test-threads", "1"])
         .env(CLIENT_ENV, serde_json::to_string(&job).unwrap())
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "client process failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    // libtest prints "test client_process ... " on the same line, before our output.
+    // libtest prints "test ebpf::client_process ... " on the same line, before our output.
     let line = stdout
         .lines()
         .find_map(|l| l.split_once(RESULT_PREFIX).map(|(_, json)| json))

@@ -1,13 +1,10 @@
 //! `zonebench report` on a run recorded on the lab and on synthetic runs holding the
 //! service-scaling sweep and topology variants: every chart is written as SVG that parses
 //! (and as PNG with text drawn from the embedded font), and report.html is self-contained.
-#![allow(clippy::unwrap_used)]
-
-mod support;
 
 use std::path::Path;
 
-use support::*;
+use crate::support::*;
 
 fn svg_texts(svg: &str) -> Vec<String> {
     let doc = roxmltree::Document::parse(svg).unwrap();

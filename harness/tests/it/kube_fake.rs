@@ -6,27 +6,21 @@
 //! the template's labels and the logs a test sets), and list, get, watch and delete of
 //! `endpointslices` and `daemonsets` by label selector. Traffic goes to loopback only: real
 //! agents started by the fake's kubelet, behind ClusterIPs in the fake's own address slot.
-#![allow(clippy::unwrap_used)] // test support: a failure here is a failed test
-
-mod support {
-    pub mod fake_apiserver;
-    pub mod kube_client;
-}
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use crate::support::fake_apiserver::{FakeApi, Kubelet, LEASE_PORT};
+use crate::support::kube_client::{fake_cluster, Pods, KIND};
 use ::kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams, WatchEvent, WatchParams};
 use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use support::fake_apiserver::{fixture, FakeApi, Kubelet, LEASE_PORT};
-use support::kube_client::{connect, kube_options, temp_dir};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use zonebench::model::{AgentPort, AgentRequest};
-use zonebench::platform::kube::{self, manifests, KubePlatform};
+use zonebench::platform::kube::{self, manifests};
 use zonebench::platform::lab::{AGENT_HTTP_PORT, AGENT_TCP_PORT};
 use zonebench::platform::Platform as _;
 
@@ -85,17 +79,10 @@ async fn served_by(addr: SocketAddr) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_selectorless_services_clusterip_forwards_to_its_slices_agents_only_after_the_programming_delay_and_stops_when_deleted(
 ) {
-    let dir = temp_dir("proxy");
-    let api =
-        FakeApi::start(Kubelet::RunAgents { zonebench: env!("CARGO_BIN_EXE_zonebench").into(), dir: dir.clone() })
-            .await;
-    api.load(fixture("kind-nodes.json"));
-    api.load(fixture("kind-daemonsets.json"));
-    api.load(fixture("kind-kube-proxy-configmap.json"));
+    let c = fake_cluster("kube-fake-proxy", Pods::RunAgents, KIND).await;
     let delay = Duration::from_millis(800);
-    api.set_programming_delay(delay);
-    let mut p = KubePlatform::new(kube_options(&dir, &api, "feed0003")).unwrap();
-    p.discover().await.unwrap();
+    c.api.set_programming_delay(delay);
+    let mut p = c.platform("feed0003").await;
     let deployed = p
         .deploy(&[
             AgentRequest { id: "srv-a-0".into(), node: "zb-worker".into() },
@@ -125,7 +112,7 @@ async fn a_selectorless_services_clusterip_forwards_to_its_slices_agents_only_af
     let ip: Ipv4Addr = svc.spec.unwrap().cluster_ip.unwrap().parse().unwrap();
     // In this server's slot, apart from its pod addresses.
     let [a, slot, third, _] = ip.octets();
-    assert_eq!((a, slot), (127, api.slot()), "{ip}");
+    assert_eq!((a, slot), (127, c.api.slot()), "{ip}");
     assert!(third >= 1, "{ip} is in the pod range 127.{slot}.0.0/24");
     assert!(deployed.iter().all(|d| d.ip != IpAddr::V4(ip)));
     let http = SocketAddr::from((ip, AGENT_HTTP_PORT));
@@ -144,11 +131,11 @@ async fn a_selectorless_services_clusterip_forwards_to_its_slices_agents_only_af
     let early = TcpStream::connect(http).await;
     assert!(is_refused(&early) || written.elapsed() >= delay, "forwarded before the delay: {early:?}");
     let (_, connected) = probe(http, Duration::from_secs(10)).await;
-    let programmed = api.programmed_at(&ns, "zb-scale-0").unwrap();
+    let programmed = c.api.programmed_at(&ns, "zb-scale-0").unwrap();
     assert!(programmed >= written + delay, "programmed {:?} after the slice", programmed - written);
     assert!(connected >= programmed);
     // TCP ports only, on the ClusterIP.
-    let mut listening = api.forwarding(&ns, "zb-scale-0");
+    let mut listening = c.api.forwarding(&ns, "zb-scale-0");
     listening.sort();
     let tcp = SocketAddr::from((ip, AGENT_TCP_PORT));
     assert_eq!(listening, vec![tcp, http]);
@@ -162,7 +149,7 @@ async fn a_selectorless_services_clusterip_forwards_to_its_slices_agents_only_af
     assert_eq!(ids.iter().filter(|id| *id == "srv-b-0").count(), 2, "{ids:?}");
 
     // Two more, sooner programmed: one loses its slice, one goes with the namespace.
-    api.set_programming_delay(Duration::from_millis(50));
+    c.api.set_programming_delay(Duration::from_millis(50));
     let mut addr_of = Vec::new();
     for i in 1..3 {
         let svc = services
@@ -186,28 +173,26 @@ async fn a_selectorless_services_clusterip_forwards_to_its_slices_agents_only_af
     // Deleting the Service stops its forwarding; its slice, which the client wrote, stays
     // (as on a cluster: it has no owner).
     services.delete("zb-scale-0", &DeleteParams::default()).await.unwrap();
-    assert!(api.forwarding(&ns, "zb-scale-0").is_empty());
+    assert!(c.api.forwarding(&ns, "zb-scale-0").is_empty());
     refused_within(http, Duration::from_secs(5)).await;
     refused_within(tcp, Duration::from_secs(5)).await;
-    assert!(api.object(&ns, "endpointslices", "zb-scale-0").is_some());
-    assert!(api.programmed_at(&ns, "zb-scale-0").is_some(), "kept after the teardown");
+    assert!(c.api.object(&ns, "endpointslices", "zb-scale-0").is_some());
+    assert!(c.api.programmed_at(&ns, "zb-scale-0").is_some(), "kept after the teardown");
     // Deleting the slice of a live Service stops it too: without endpoints it is refused.
     slices.delete("zb-scale-1", &DeleteParams::default()).await.unwrap();
     refused_within(addr_of[0], Duration::from_secs(5)).await;
-    assert!(api.object(&ns, "services", "zb-scale-1").is_some());
+    assert!(c.api.object(&ns, "services", "zb-scale-1").is_some());
     assert!(["srv-a-0", "srv-b-0"].contains(&served_by(addr_of[1]).await.as_str()));
     // Deleting the namespace stops the rest.
     p.teardown().await.unwrap();
     refused_within(addr_of[1], Duration::from_secs(5)).await;
-    assert!(api.forwarding(&ns, "zb-scale-2").is_empty());
+    assert!(c.api.forwarding(&ns, "zb-scale-2").is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daemonset_gets_a_ready_pod_per_node_it_tolerates_with_its_template_labels_and_logs_the_test_sets() {
-    let api = FakeApi::start(Kubelet::Ready).await;
-    api.load(fixture("kind-nodes.json"));
-    let dir = temp_dir("daemonset");
-    let cluster = connect(&api, &dir).await;
+    let c = fake_cluster("kube-fake-daemonset", Pods::Ready, &["kind-nodes.json"]).await;
+    let cluster = c.connect().await;
     let run = manifests::RunMeta { run_id: "feed0004".into(), scenario: "quick".into() };
     // The inspector's own (privileged) namespace, where it runs.
     let ns = run.inspector_namespace();
@@ -248,15 +233,15 @@ async fn a_daemonset_gets_a_ready_pod_per_node_it_tolerates_with_its_template_la
         assert_eq!(status.phase.as_deref(), Some("Running"));
         assert!(status.conditions.as_ref().unwrap().iter().any(|c| c.type_ == "Ready" && c.status == "True"));
         let ip: Ipv4Addr = status.pod_ip.as_deref().unwrap().parse().unwrap();
-        assert_eq!(&ip.octets()[..3], &[127, api.slot(), 0], "{ip}");
+        assert_eq!(&ip.octets()[..3], &[127, c.api.slot(), 0], "{ip}");
         nodes.push(node);
     }
     nodes.sort();
-    let mut all: Vec<String> = api.names("", "nodes");
+    let mut all: Vec<String> = c.api.names("", "nodes");
     all.sort();
     assert_eq!(nodes, all);
     // Not started as agents: nothing ran.
-    assert!(api.agent_pids().is_empty());
+    assert!(c.api.agent_pids().is_empty());
 
     // Logs as set, cut to `tailLines`: the inspector reader asks for 5, so a report followed
     // by five other lines is not seen.
@@ -266,8 +251,8 @@ async fn a_daemonset_gets_a_ready_pod_per_node_it_tolerates_with_its_template_la
         )
     };
     let pod_of = |node: &str| format!("{}-{node}", manifests::INSPECTOR_NAME);
-    api.set_log(&pod_of("zb-worker"), &format!("starting\n{}{}", report("zb-worker", 10), report("zb-worker", 12)));
-    api.set_log(&pod_of("zb-worker2"), &format!("{}{}", report("zb-worker2", 7), "bash: noise\n".repeat(5)));
+    c.api.set_log(&pod_of("zb-worker"), &format!("starting\n{}{}", report("zb-worker", 10), report("zb-worker", 12)));
+    c.api.set_log(&pod_of("zb-worker2"), &format!("{}{}", report("zb-worker2", 7), "bash: noise\n".repeat(5)));
     let reports = kube::inspect::node_reports(&cluster, &run).await.unwrap();
     let seen: Vec<(&str, Option<u64>)> =
         reports.values().flatten().map(|r| (r.node.as_str(), r.iptables_rules)).collect();
@@ -285,7 +270,7 @@ async fn a_daemonset_gets_a_ready_pod_per_node_it_tolerates_with_its_template_la
     plain.spec.as_mut().unwrap().template.spec.as_mut().unwrap().tolerations = None;
     daemonsets.create(&post(), &plain).await.unwrap();
     let plain_pods = || {
-        let mut v: Vec<String> = api.names(&ns, "pods").into_iter().filter(|n| n.starts_with("plain-")).collect();
+        let mut v: Vec<String> = c.api.names(&ns, "pods").into_iter().filter(|n| n.starts_with("plain-")).collect();
         v.sort();
         v
     };
@@ -293,21 +278,19 @@ async fn a_daemonset_gets_a_ready_pod_per_node_it_tolerates_with_its_template_la
     assert!(!plain_pods().contains(&"plain-zb-control-plane".to_string()));
     daemonsets.delete("plain", &DeleteParams::default()).await.unwrap();
     assert!(plain_pods().is_empty());
-    assert_eq!(api.names(&ns, "pods").len(), 7);
+    assert_eq!(c.api.names(&ns, "pods").len(), 7);
 
     // Deleting the namespace removes the DaemonSet and its pods.
     kube::delete_namespace(&cluster, &ns, Duration::from_secs(10)).await.unwrap();
-    assert!(api.names(&ns, "pods").is_empty());
-    assert!(api.names(&ns, "daemonsets").is_empty());
+    assert!(c.api.names(&ns, "pods").is_empty());
+    assert!(c.api.names(&ns, "daemonsets").is_empty());
 }
 
 #[tokio::test]
 async fn endpointslices_and_daemonsets_are_listed_by_selector_got_watched_and_deleted_as_kube_rs_calls_them() {
-    let api = FakeApi::start(Kubelet::Ready).await;
-    api.load(fixture("kind-nodes.json"));
-    api.set_programming_delay(Duration::from_millis(50));
-    let dir = temp_dir("resources");
-    let cluster = connect(&api, &dir).await;
+    let fake = fake_cluster("kube-fake-resources", Pods::Ready, &["kind-nodes.json"]).await;
+    fake.api.set_programming_delay(Duration::from_millis(50));
+    let cluster = fake.connect().await;
     let run = manifests::RunMeta { run_id: "feed0005".into(), scenario: "quick".into() };
     let ns = run.namespace();
     let ins = run.inspector_namespace();
@@ -390,8 +373,8 @@ async fn endpointslices_and_daemonsets_are_listed_by_selector_got_watched_and_de
     assert_eq!(deleted.unwrap().unwrap(), "zb-scale-0");
     let sel = format!("{}={}", manifests::SLICE_MANAGED_BY, manifests::SLICE_MANAGER);
     slices.delete_collection(&DeleteParams::default(), &ListParams::default().labels(&sel)).await.unwrap();
-    assert!(api.names(&ns, "endpointslices").is_empty());
-    assert!(api.forwarding(&ns, "zb-scale-0").is_empty());
+    assert!(fake.api.names(&ns, "endpointslices").is_empty());
+    assert!(fake.api.forwarding(&ns, "zb-scale-0").is_empty());
 
     // DaemonSets: created, listed by label, got, deleted.
     daemonsets.create(&post(), &manifests::inspector_daemonset(&run, "example.com/inspector:test")).await.unwrap();
@@ -404,9 +387,9 @@ async fn endpointslices_and_daemonsets_are_listed_by_selector_got_watched_and_de
     );
     daemonsets.delete(manifests::INSPECTOR_NAME, &DeleteParams::default()).await.unwrap();
     assert!(daemonsets.get_opt(manifests::INSPECTOR_NAME).await.unwrap().is_none());
-    assert!(api.names(&ins, "pods").is_empty(), "its pods are collected");
+    assert!(fake.api.names(&ins, "pods").is_empty(), "its pods are collected");
 
-    let paths: Vec<String> = api.requests().iter().map(|r| format!("{} {}", r.method, r.path)).collect();
+    let paths: Vec<String> = fake.api.requests().iter().map(|r| format!("{} {}", r.method, r.path)).collect();
     for want in [
         format!("GET /apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices"),
         format!("DELETE /apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices"),

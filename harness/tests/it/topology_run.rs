@@ -3,21 +3,11 @@
 //! trafficDistribution PreferClose), hints computed as the EndpointSlice controller does,
 //! routing as kube-proxy does on them, and locality measured from who answered. Needs root
 //! (CI runs as root); takes the lab tests' shared lock.
-#![allow(clippy::unwrap_used)] // test support: a failure here is a failed test
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::Command;
 
-mod support;
-use support::{lab_lock, valid_results};
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("zb-topo-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+use crate::support::{lab_lock, scratch, valid_results};
 
 const SCENARIO: &str = r#"
 name = "topology-ab"
@@ -45,7 +35,7 @@ response_size = 100
 #[test]
 fn hints_keep_traffic_in_zone_where_the_controller_writes_them_and_skewed_auto_falls_back_to_cluster_wide() {
     let _lock = lab_lock();
-    let dir = temp_dir("ab");
+    let dir = scratch("topo-ab");
     std::fs::write(dir.join("s.toml"), SCENARIO).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_zonebench"))
         .args(["run", "--platform", "lab"])
@@ -110,5 +100,4 @@ fn hints_keep_traffic_in_zone_where_the_controller_writes_them_and_skewed_auto_f
     }
     assert!(stdout.contains("hints verdict"), "{stdout}");
     assert!(stdout.contains("TopologyAwareHintsDisabled"), "{stdout}");
-    std::fs::remove_dir_all(dir).unwrap();
 }

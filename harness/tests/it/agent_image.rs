@@ -12,9 +12,6 @@
 //! anywhere (strace). It cannot check the musl build or the image build itself.
 //!
 //! Needs root, like the lab tests (CI runs as root): unshare, capsh (libcap2-bin), strace, ip.
-#![allow(clippy::unwrap_used)] // test support: a failure here is a failed test
-
-mod support;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -61,8 +58,8 @@ fn the_static_agent_serves_as_its_pod_spec_runs_it_on_a_read_only_distroless_roo
     assert!(found.is_empty(), "{} is not static: it has {}", binary.display(), found.join(" and "));
     let pod = server_pod();
 
-    let _lock = support::lab_lock();
-    let dir = support::scratch("agent-image");
+    let _lock = crate::support::lab_lock();
+    let dir = crate::support::scratch("agent-image");
     let root = distroless_root(&dir.join("root"), &binary, &pod);
     let token = format!("image-test-{}", std::process::id());
     let secret = secret_volume(&dir.join("secret"), &pod, &token);
@@ -156,7 +153,9 @@ fn workspace() -> PathBuf {
 /// The first server pod of `zonebench render scenarios/quick.toml`, with a check that its
 /// securityContext still asks for what this test emulates.
 fn server_pod() -> AgentPod {
-    let out = support::run(support::zonebench().current_dir(workspace()).args(["render", "scenarios/quick.toml"]));
+    let out = crate::support::run(
+        crate::support::zonebench().current_dir(workspace()).args(["render", "scenarios/quick.toml"]),
+    );
     assert!(out.status.success());
     let docs: Vec<Value> = serde_saphyr::from_multiple(&String::from_utf8(out.stdout).unwrap()).unwrap();
     let pod = docs

@@ -1,21 +1,15 @@
 //! `zonebench run` end to end, through the real binary: on the lab (root; CI runs as root,
 //! so these fail rather than skip without it) and on the local platform; and a run
 //! interrupted by SIGINT keeps what it measured and leaves nothing behind.
-#![allow(clippy::unwrap_used)] // test support: a failure here is a failed test
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::scratch;
+
 fn zonebench() -> Command {
     Command::new(env!("CARGO_BIN_EXE_zonebench"))
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("zb-run-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 fn validator() -> jsonschema::Validator {
@@ -88,7 +82,7 @@ rate = "10M"
 #[test]
 fn a_small_lab_run_measures_every_pair_and_leaves_nothing_behind() {
     let _lock = require_root();
-    let dir = temp_dir("lab");
+    let dir = scratch("run-lab");
     std::fs::write(dir.join("small.toml"), SMALL).unwrap();
     let out = zonebench()
         .args(["run", "--platform", "lab"])
@@ -137,13 +131,12 @@ fn a_small_lab_run_measures_every_pair_and_leaves_nothing_behind() {
     let id = lab_id_of(&r);
     assert!(lab_namespaces().iter().all(|n| !n.starts_with(&id)), "namespaces of {id} left: {:?}", lab_namespaces());
     assert!(!Path::new(&format!("/run/zonebench/labs/{id}.json")).exists());
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
 fn sigint_mid_run_keeps_the_finished_measurements_and_tears_down() {
     let _lock = require_root();
-    let dir = temp_dir("sigint");
+    let dir = scratch("run-sigint");
     std::fs::write(
         dir.join("long.toml"),
         "name = \"long\"\n[lab]\nzones = \"a,b\"\nnodes_per_zone = 1\n[defaults]\nduration = \"1s\"\nwarmup = \"100ms\"\n\
@@ -186,12 +179,11 @@ fn sigint_mid_run_keeps_the_finished_measurements_and_tears_down() {
     assert!(out_dir.join("report.html").exists(), "an interrupted run gets a report of what it measured");
     let id = lab_id_of(&r);
     assert!(lab_namespaces().iter().all(|ns| !ns.starts_with(&id)), "left: {:?}", lab_namespaces());
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
 fn the_local_platform_runs_a_scenario_on_loopback() {
-    let dir = temp_dir("local");
+    let dir = scratch("run-local");
     std::fs::write(dir.join("small.toml"), SMALL).unwrap();
     let out = zonebench()
         .args(["run", "--platform", "local", "--set", "tests.1.pairs=same-zone"])
@@ -206,12 +198,11 @@ fn the_local_platform_runs_a_scenario_on_loopback() {
     let r = read_results(&dir.join("out"));
     assert_eq!(r["fingerprint"]["platform"], "local");
     assert_eq!(r["measurements"].as_array().unwrap().len(), 4 + 2);
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
 fn a_report_that_cannot_be_written_is_a_warning_and_the_run_still_succeeds() {
-    let dir = temp_dir("noreport");
+    let dir = scratch("run-noreport");
     std::fs::write(dir.join("small.toml"), SMALL).unwrap();
     // A file where the charts directory should go: the report cannot be written.
     std::fs::create_dir_all(dir.join("out")).unwrap();
@@ -230,12 +221,11 @@ fn a_report_that_cannot_be_written_is_a_warning_and_the_run_still_succeeds() {
     assert_eq!(r["status"], "complete");
     assert_eq!(r["measurements"].as_array().unwrap().len(), 4 + 2);
     assert!(!dir.join("out/report.html").exists());
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
 fn a_bad_scenario_is_a_usage_error_naming_file_line_and_field() {
-    let dir = temp_dir("bad");
+    let dir = scratch("run-bad");
     let file = dir.join("bad.toml");
     std::fs::write(&file, "[lab]\nzones = \"a\"\n\n[[tests]]\nkind = \"tcp-rr\"\npairs = \"cross-zone\"\n").unwrap();
     let out = zonebench().arg("run").arg(&file).output().unwrap();
@@ -250,5 +240,4 @@ fn a_bad_scenario_is_a_usage_error_naming_file_line_and_field() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--set lab.routing=warp"));
-    std::fs::remove_dir_all(dir).unwrap();
 }

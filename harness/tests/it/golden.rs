@@ -5,13 +5,10 @@
 //! The golden files were written by the code before the layering change (ARCHITECTURE.md);
 //! a change that alters any output on purpose regenerates them with `UPDATE_GOLDEN=1` and
 //! says so in its commit.
-#![allow(clippy::unwrap_used)]
-
-mod support;
 
 use std::path::{Path, PathBuf};
 
-use support::*;
+use crate::support::*;
 use zonebench::model::RunResults;
 use zonebench::results::store::RunStore;
 

@@ -1,8 +1,11 @@
-//! Helpers shared by the report, compare and nightly tests: the binary, scratch
-//! directories, the recorded lab run, and edits to a run's measurements that keep the
-//! histograms and the figures derived from them consistent.
-#![allow(clippy::unwrap_used)] // test support: a failure here is a failed test
-#![allow(dead_code)] // each test file uses a different part
+//! What several test modules share: the binary, scratch directories (the one helper for
+//! them, [`scratch`]), the recorded lab run and edits to a run's measurements that keep the
+//! histograms and the figures derived from them consistent, the lab tests' lock, the results
+//! schema check; and, for the kube tests, the fake API server ([`fake_apiserver`]) and the
+//! fake cluster each of them starts with ([`kube_client::fake_cluster`]).
+
+pub mod fake_apiserver;
+pub mod kube_client;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -19,8 +22,9 @@ pub fn run(cmd: &mut Command) -> Output {
     out
 }
 
-/// A fresh, empty directory under the system temp dir, removed when dropped unless the
-/// test is failing (then it stays for a look). Bind it: a temporary is dropped at once.
+/// A fresh, empty directory for one test under the system temp dir, removed when dropped
+/// unless the test is failing (then it stays for a look). Bind it: a temporary is dropped at
+/// once. Every scratch directory of the harness's tests comes from [`scratch`].
 #[must_use]
 pub struct Scratch(PathBuf);
 
@@ -53,8 +57,12 @@ impl Drop for Scratch {
     }
 }
 
+/// `zb-<tag>-<pid>-<n>`, `n` counting this process's scratch directories: all tests share
+/// one process (one test binary), so neither a tag used twice nor two tests at once can
+/// share a directory, and nextest's one process per test cannot either.
 pub fn scratch(tag: &str) -> Scratch {
-    let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let d = std::env::temp_dir().join(format!("zb-{tag}-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();

@@ -5,7 +5,7 @@
 # The kube platform runs it with `serve …` arguments (see `zonebench render`); its pods pass
 # the restricted Pod Security Standard, so nothing here needs root or a writable root file system.
 # No docker daemon or musl target exists where the tests run, so this file is never built
-# there. harness/tests/agent_image.rs checks the nearest thing: a +crt-static (glibc) build
+# there. harness/tests/it/agent_image.rs checks the nearest thing: a +crt-static (glibc) build
 # of the agent, alone on a distroless-like read-only root, run with the server pod's args,
 # Secret mount and securityContext (uid/gid 65532, no capabilities, no new privileges) as
 # PID 1: it serves health, info and a tcp-rr test, stops on SIGTERM and writes nothing.

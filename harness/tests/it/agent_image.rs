@@ -58,7 +58,7 @@ fn the_static_agent_serves_as_its_pod_spec_runs_it_on_a_read_only_distroless_roo
     assert!(found.is_empty(), "{} is not static: it has {}", binary.display(), found.join(" and "));
     let pod = server_pod();
 
-    let _lock = crate::support::lab_lock();
+    let _lock = crate::support::lab_lock(false);
     let dir = crate::support::scratch("agent-image");
     let root = distroless_root(&dir.join("root"), &binary, &pod);
     let token = format!("image-test-{}", std::process::id());

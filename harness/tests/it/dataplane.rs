@@ -7,12 +7,11 @@
 //! agent's tcp-crr result counts answers per id.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use nix::fcntl::{Flock, FlockArg};
+use crate::support::lab_lock;
 use zonebench::control_client::ControlClient;
 use zonebench::dataplane::{self, Endpoint, ServicePort, ServiceRules};
 use zonebench::model::Routing;
@@ -24,17 +23,9 @@ use zonebench::platform::Platform;
 use zonebench::scenario::LabConfig;
 use zonebench_agent::spec::{TestKind, TestSpec};
 
-const LOCK: &str = "/run/zonebench/lab-tests.lock";
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 128, 1);
 const EMPTY_VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 128, 2);
 const PORT: u16 = 7101;
-
-fn lock() -> Flock<File> {
-    assert!(nix::unistd::geteuid().is_root(), "the dataplane tests create network namespaces and must run as root");
-    std::fs::create_dir_all("/run/zonebench").unwrap();
-    let f = File::options().create(true).truncate(false).write(true).open(LOCK).unwrap();
-    Flock::lock(f, FlockArg::LockShared).map_err(|(_, e)| e).unwrap()
-}
 
 fn zonebench_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_zonebench"))
@@ -163,7 +154,7 @@ fn assert_no_bpf(cgroup: &std::path::Path) {
 }
 
 async fn check(kind: DataplaneKind) {
-    let _g = lock();
+    let _g = lab_lock(false);
     let (mut lab, agents) = lab_with_agents(kind).await;
     let nodes = ["a-1", "a-2", "b-1", "b-2"];
     let mut dps: BTreeMap<&str, Box<dyn dataplane::Dataplane>> =
@@ -232,7 +223,7 @@ async fn nftables_balances_filters_by_node_and_cleans_up() {
 
 #[tokio::test]
 async fn lab_services_get_vips_every_node_programs_and_the_probe_times_the_first_connect() {
-    let _g = lock();
+    let _g = lab_lock(false);
     let (mut lab, agents) = lab_with_agents(DataplaneKind::Nftables).await;
     let echo = ServiceRequest {
         name: "echo".into(),
@@ -307,7 +298,7 @@ async fn ebpf_balances_filters_by_node_and_cleans_up() {
 
 #[tokio::test]
 async fn lab_down_removes_the_node_cgroups_of_a_lab_whose_coordinator_crashed() {
-    let _g = lock();
+    let _g = lab_lock(false);
     let config = LabConfig { zones: vec!["a".into()], nodes_per_zone: 2, ..LabConfig::default() };
     let mut lab = LabPlatform::new(config, LabOptions::default()).unwrap();
     lab.discover().await.unwrap();

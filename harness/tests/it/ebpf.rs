@@ -20,13 +20,12 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use nix::fcntl::{Flock, FlockArg};
+use crate::support::lab_lock;
 use serde::{Deserialize, Serialize};
 use zonebench::dataplane::ebpf::{cgroup::cgroup2_mount, EbpfDataplane};
 use zonebench::dataplane::{Dataplane, Endpoint, NodeTarget, ServicePort, ServiceRules};
 use zonebench::model::Protocol;
 
-const LOCK: &str = "/run/zonebench/lab-tests.lock";
 const CLIENT_ENV: &str = "ZONEBENCH_EBPF_TEST_CLIENT";
 const RESULT_PREFIX: &str = "ebpf-client-result ";
 const TCP_PORT: u16 = 8080;
@@ -38,17 +37,6 @@ const VIP2: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
 const PROBES: usize = 60;
 const EPERM: i32 = 1;
 const ENETUNREACH: i32 = 101;
-
-/// Shared: lab tests run side by side; only `lab down --all`'s test takes it exclusively.
-fn lock() -> Flock<File> {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "the eBPF tests load BPF programs and create namespaces and cgroups: run them as root (CI does)"
-    );
-    std::fs::create_dir_all("/run/zonebench").unwrap();
-    let f = File::options().create(true).truncate(false).write(true).open(LOCK).unwrap();
-    Flock::lock(f, FlockArg::LockShared).map_err(|(_, e)| e).unwrap()
-}
 
 fn unique(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
@@ -272,7 +260,7 @@ fn attached_programs(cgroup: &Path) -> Vec<serde_json::Value> {
 
 #[test]
 fn connects_to_a_vip_are_spread_over_every_backend() {
-    let _g = lock();
+    let _g = lab_lock(false);
     let ns = Netns::new(3);
     let _backends = Backends::start(&ns);
     let cg = Cgroup::new();
@@ -294,7 +282,7 @@ fn connects_to_a_vip_are_spread_over_every_backend() {
 
 #[test]
 fn each_node_cgroup_routes_to_its_own_endpoint_subset() {
-    let _g = lock();
+    let _g = lab_lock(false);
     let ns = Netns::new(3);
     let _backends = Backends::start(&ns);
     let (zone_a, zone_b) = (Cgroup::new(), Cgroup::new());
@@ -313,7 +301,7 @@ fn each_node_cgroup_routes_to_its_own_endpoint_subset() {
 
 #[test]
 fn a_service_without_endpoints_refuses_connects_and_datagrams_with_eperm() {
-    let _g = lock();
+    let _g = lab_lock(false);
     let ns = Netns::new(1);
     let _backends = Backends::start(&ns);
     let cg = Cgroup::new();
@@ -331,7 +319,7 @@ fn a_service_without_endpoints_refuses_connects_and_datagrams_with_eperm() {
 
 #[test]
 fn udp_to_a_vip_reaches_every_backend_sent_or_connected_and_replies_come_from_the_vip() {
-    let _g = lock();
+    let _g = lab_lock(false);
     let ns = Netns::new(3);
     let _backends = Backends::start(&ns);
     let cg = Cgroup::new();
@@ -354,7 +342,7 @@ fn udp_to_a_vip_reaches_every_backend_sent_or_connected_and_replies_come_from_th
 
 #[test]
 fn a_resync_replaces_the_table_and_drops_removed_services() {
-    let _g = lock();
+    let _g = lab_lock(false);
     let ns = Netns::new(3);
     let _backends = Backends::start(&ns);
     let cg = Cgroup::new();
@@ -388,7 +376,7 @@ fn a_resync_replaces_the_table_and_drops_removed_services() {
 
 #[test]
 fn teardown_detaches_every_program_and_frees_every_map() {
-    let _g = lock();
+    let _g = lab_lock(false);
     let ns = Netns::new(2);
     let _backends = Backends::start(&ns);
     let cg = Cgroup::new();
@@ -430,7 +418,7 @@ fn teardown_detaches_every_program_and_frees_every_map() {
 
 #[test]
 fn opening_on_a_directory_outside_cgroup_v2_names_the_problem() {
-    let _g = lock();
+    let _g = lab_lock(false);
     let dir = std::env::temp_dir();
     let target =
         NodeTarget { netns: "unused".into(), cgroup: dir.clone(), pod_cidr: (Ipv4Addr::new(10, 251, 0, 0), 24) };

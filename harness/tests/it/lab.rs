@@ -11,31 +11,13 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use nix::fcntl::{Flock, FlockArg};
+use crate::support::lab_lock;
 use zonebench::model::Routing;
 use zonebench::model::{AgentProgram, AgentRequest, ControlEndpoint};
 use zonebench::platform::lab::topology::PodPlan;
 use zonebench::platform::lab::{self, netns, LabOptions, LabPlatform};
 use zonebench::platform::Platform;
 use zonebench::scenario::LabConfig;
-
-const LOCK: &str = "/run/zonebench/lab-tests.lock";
-
-fn require_root() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "the lab tests create network namespaces and must run as root (CI does); run them with sudo"
-    );
-}
-
-/// Tests share the host; only `down_all`'s test must run alone, since it removes every lab.
-fn lock(exclusive: bool) -> Flock<File> {
-    require_root();
-    std::fs::create_dir_all("/run/zonebench").unwrap();
-    let f = File::options().create(true).truncate(false).write(true).open(LOCK).unwrap();
-    let arg = if exclusive { FlockArg::LockExclusive } else { FlockArg::LockShared };
-    Flock::lock(f, arg).map_err(|(_, e)| e).unwrap()
-}
 
 fn zonebench_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_zonebench"))
@@ -194,7 +176,7 @@ fn assert_gone(id: &str, pids: &[i32]) {
 /// Builds a 2-zone × 2-node lab with pods on a-1, a-2 and b-1, checks same-zone and
 /// cross-zone echo, pod MTU, and how the VXLAN device's counters move.
 async fn check_routing(routing: Routing, want_mtu: u32, encap_same_zone: bool, encap_cross_zone: bool) {
-    let _g = lock(false);
+    let _g = lab_lock(false);
     // VXLAN modes also run through the delay forwarder and the shaper, so encapsulated GSO
     // traffic crosses the TUN.
     let mut config = config(routing, 2, (routing != Routing::Native).then_some("100us"));
@@ -258,7 +240,7 @@ async fn crosssubnet_routing_encapsulates_only_across_zones() {
 
 #[tokio::test]
 async fn the_delay_forwarder_adds_the_configured_round_trip_across_zones_only() {
-    let _g = lock(false);
+    let _g = lab_lock(false);
     let one_way = Duration::from_millis(2);
     let mut lab = new_lab(config(Routing::Native, 2, Some("2ms")));
     lab.discover().await.unwrap();
@@ -284,7 +266,7 @@ async fn the_delay_forwarder_adds_the_configured_round_trip_across_zones_only() 
 
 #[tokio::test]
 async fn teardown_leaves_nothing_behind_and_can_run_twice() {
-    let _g = lock(false);
+    let _g = lab_lock(false);
     let links = host_links();
     let mut lab = new_lab(config(Routing::Vxlan, 1, Some("100us")));
     lab.discover().await.unwrap();
@@ -303,7 +285,7 @@ async fn teardown_leaves_nothing_behind_and_can_run_twice() {
 
 #[tokio::test]
 async fn dropping_the_handle_removes_the_lab() {
-    let _g = lock(false);
+    let _g = lab_lock(false);
     let mut lab = new_lab(config(Routing::Native, 1, Some("100us")));
     lab.discover().await.unwrap();
     let id = lab.id().to_string();
@@ -314,7 +296,7 @@ async fn dropping_the_handle_removes_the_lab() {
 
 #[test]
 fn a_failed_build_removes_what_it_built() {
-    let _g = lock(false);
+    let _g = lab_lock(false);
     let bad = lab::ForwarderProgram { path: "/bin/false".into(), args: vec![] };
     let mut lab = LabPlatform::new(
         config(Routing::Native, 1, Some("1ms")),
@@ -328,7 +310,7 @@ fn a_failed_build_removes_what_it_built() {
 
 #[test]
 fn lab_up_stays_up_until_down_and_status_reports_it() {
-    let _g = lock(false);
+    let _g = lab_lock(false);
     let options = LabOptions { forwarder: Some(forwarder()), ..LabOptions::default() };
     let id = lab::up(config(Routing::VxlanCrosssubnet, 1, Some("500us")), options).unwrap();
     let st = lab::status().into_iter().find(|s| s.id == id.as_str()).expect("status lists the lab");
@@ -347,7 +329,7 @@ fn lab_up_stays_up_until_down_and_status_reports_it() {
 
 #[tokio::test]
 async fn down_all_removes_a_lab_whose_coordinator_crashed() {
-    let _g = lock(true);
+    let _g = lab_lock(true);
     let mut lab = new_lab(config(Routing::Native, 1, Some("100us")));
     lab.discover().await.unwrap();
     lab.add_pod("p1", "a-1").unwrap();
@@ -366,7 +348,7 @@ async fn down_all_removes_a_lab_whose_coordinator_crashed() {
 
 #[tokio::test]
 async fn a_failing_agent_is_reported_with_its_log() {
-    let _g = lock(false);
+    let _g = lab_lock(false);
     let agent = AgentProgram { path: "/bin/sh".into(), args: vec!["-c".into(), "echo agent-boom >&2; exit 3".into()] };
     let mut lab =
         LabPlatform::new(config(Routing::Native, 1, None), LabOptions { agent: Some(agent), ..LabOptions::default() })
@@ -384,7 +366,7 @@ async fn a_failing_agent_is_reported_with_its_log() {
 
 #[tokio::test]
 async fn deploy_starts_agents_that_answer_health_checks() {
-    let _g = lock(false);
+    let _g = lab_lock(false);
     let agent = AgentProgram { path: zonebench_bin(), args: vec!["agent".into()] };
     let mut lab =
         LabPlatform::new(config(Routing::Vxlan, 1, None), LabOptions { agent: Some(agent), ..LabOptions::default() })

@@ -9,6 +9,7 @@
 mod support;
 
 mod agent_image;
+mod architecture;
 mod browser;
 mod compare;
 mod dataplane;

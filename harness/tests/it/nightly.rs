@@ -45,7 +45,7 @@ fn junit_failures(path: &Path) -> Vec<String> {
 
 #[test]
 fn the_nightly_job_makes_a_baseline_then_catches_a_regression() {
-    let _lock = lab_lock();
+    let _lock = lab_lock(false);
     let dir = scratch("nightly");
 
     // Night 1: no baseline yet, so this run becomes it, and the verdict is clean.

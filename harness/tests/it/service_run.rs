@@ -34,7 +34,7 @@ fn run(dir: &Path, scenario: &str) -> std::process::Output {
 
 #[test]
 fn a_service_test_reaches_the_servers_of_every_zone_through_one_vip() {
-    let _lock = lab_lock();
+    let _lock = lab_lock(false);
     let dir = scratch("svc-via");
     let out = run(
         &dir,
@@ -76,7 +76,7 @@ pairs = "same-zone"
 
 #[test]
 fn a_small_sweep_measures_every_dataplane_at_every_point() {
-    let _lock = lab_lock();
+    let _lock = lab_lock(false);
     let dir = scratch("svc-sweep");
     let out = run(
         &dir,

@@ -34,7 +34,7 @@ response_size = 100
 
 #[test]
 fn hints_keep_traffic_in_zone_where_the_controller_writes_them_and_skewed_auto_falls_back_to_cluster_wide() {
-    let _lock = lab_lock();
+    let _lock = lab_lock(false);
     let dir = scratch("topo-ab");
     std::fs::write(dir.join("s.toml"), SCENARIO).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_zonebench"))

@@ -134,10 +134,14 @@ pub fn files_with(dir: &Path, ext: &str) -> Vec<PathBuf> {
     v
 }
 
-/// The lab tests' shared lock (the exclusive holder is the test that removes every lab).
-/// Lab tests need root; CI runs as root, so a missing root is a failure, never a skip.
-pub fn lab_lock() -> nix::fcntl::Flock<std::fs::File> {
-    assert!(nix::unistd::geteuid().is_root(), "the lab tests need root (CI runs as root); run them with sudo");
+/// The lab tests' shared lock: lab, dataplane and eBPF tests run side by side (shared);
+/// only the test that removes every lab (`lab down --all`) takes it exclusively. They need
+/// root; CI runs as root, so a missing root is a failure, never a skip.
+pub fn lab_lock(exclusive: bool) -> nix::fcntl::Flock<std::fs::File> {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "these tests create network namespaces, cgroups and BPF programs: run them as root (CI does)"
+    );
     std::fs::create_dir_all("/run/zonebench").unwrap();
     let f = std::fs::File::options()
         .create(true)
@@ -145,7 +149,8 @@ pub fn lab_lock() -> nix::fcntl::Flock<std::fs::File> {
         .write(true)
         .open("/run/zonebench/lab-tests.lock")
         .unwrap();
-    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockShared).map_err(|(_, e)| e).unwrap()
+    let arg = if exclusive { nix::fcntl::FlockArg::LockExclusive } else { nix::fcntl::FlockArg::LockShared };
+    nix::fcntl::Flock::lock(f, arg).map_err(|(_, e)| e).unwrap()
 }
 
 /// A run directory's results.json, checked against the checked-in schema.

@@ -46,6 +46,7 @@ use crate::scenario::LabConfig;
 pub mod admin;
 pub mod cgroup;
 pub mod delay;
+pub mod kubernetes;
 pub mod netns;
 pub mod probe;
 pub mod services;

@@ -4,6 +4,9 @@
 //! composes them:
 //!
 //! - [`pki`]: the cluster's CA and every certificate and key the components and clients
-//!   present, generated in-process (no openssl CLI at run time).
+//!   present, generated in-process (no openssl CLI at run time);
+//! - [`kubeconfig`]: self-contained kubeconfig files (certificates embedded) for those
+//!   clients.
 
+pub mod kubeconfig;
 pub mod pki;

@@ -18,7 +18,7 @@
 //! | `apiserver.crt`, `apiserver.key` | apiserver `--tls-cert-file`/`--tls-private-key-file` |
 //! | `sa.pub` | apiserver `--service-account-key-file` |
 //! | `sa.key` | apiserver `--service-account-signing-key-file`; controller-manager `--service-account-private-key-file` |
-//! | `admin.*`, `kube-controller-manager.*`, `kube-proxy.*`, `node-<name>.*` | client certificates |
+//! | `admin.*`, `kube-controller-manager.*`, `kube-proxy.*`, `node-<name>.*` | client certificates, in kubeconfigs ([`super::kubeconfig`]) |
 
 use std::collections::BTreeMap;
 use std::io::Write as _;

@@ -33,6 +33,9 @@ pub enum LabCommand {
     /// Lab internals: hold every packet of a TUN device for a fixed delay.
     #[command(hide = true)]
     DelayForwarder(zonebench::platform::lab::DelayForwarderArgs),
+    /// Lab internals: forward a host loopback port into a lab namespace (the kube lab's apiserver).
+    #[command(hide = true)]
+    ApiForwarder(zonebench::platform::lab::kubernetes::api_forwarder::ApiForwarderArgs),
     /// Lab internals: time until a connect to a Service first succeeds.
     #[command(hide = true)]
     ConnectProbe(zonebench::platform::lab::ConnectProbeArgs),
@@ -91,7 +94,7 @@ pub async fn lab(cmd: LabCommand) -> anyhow::Result<Exit> {
                 return Err(Usage("name a lab id (see `zonebench lab status`) or pass --all".into()).into());
             }
         },
-        LabCommand::DelayForwarder(_) | LabCommand::ConnectProbe(_) => {
+        LabCommand::DelayForwarder(_) | LabCommand::ApiForwarder(_) | LabCommand::ConnectProbe(_) => {
             unreachable!("handled before the runtime starts")
         }
     }
@@ -101,6 +104,12 @@ pub async fn lab(cmd: LabCommand) -> anyhow::Result<Exit> {
 /// `lab delay-forwarder`: hold every packet of a TUN device for a fixed delay.
 pub fn delay_forwarder(a: &lab::DelayForwarderArgs) -> anyhow::Result<Exit> {
     lab::delay::run(a).context("delay forwarder")?;
+    Ok(Exit::Success)
+}
+
+/// `lab api-forwarder`: forward a host loopback port to an address inside a lab namespace.
+pub fn api_forwarder(a: &lab::kubernetes::api_forwarder::ApiForwarderArgs) -> anyhow::Result<Exit> {
+    lab::kubernetes::api_forwarder::run(a).context("api forwarder")?;
     Ok(Exit::Success)
 }
 

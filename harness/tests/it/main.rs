@@ -23,6 +23,7 @@ mod kube_inspector;
 mod kube_manifests;
 mod kube_sweep;
 mod lab;
+mod lab_api_forwarder;
 mod lab_kube_pki;
 mod nightly;
 mod probe;

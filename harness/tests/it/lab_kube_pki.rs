@@ -13,27 +13,8 @@ use zonebench::platform::lab::kubernetes::pki::{CertKey, Pki};
 
 use crate::support::scratch;
 
-/// The pins of `scripts/kube-binaries.sh` (KUBE_VERSION, ETCD_VERSION), as its cache names them.
-const KUBE_BIN_TAG: &str = "v1.36.5-etcd3.6.16";
 /// How long the apiserver may take to become ready (a cold start on a busy 2-core machine).
 const READY_WITHIN: Duration = Duration::from_secs(120);
-
-/// `${ZONEBENCH_KUBE_CACHE:-$HOME/.cache/zonebench/kube}/<tag>/bin`, which must hold the binaries.
-fn kube_bin_dir() -> PathBuf {
-    let cache = std::env::var_os("ZONEBENCH_KUBE_CACHE").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var_os("HOME").expect("HOME is not set (or set ZONEBENCH_KUBE_CACHE)"))
-            .join(".cache/zonebench/kube")
-    });
-    let bin = cache.join(KUBE_BIN_TAG).join("bin");
-    for b in ["etcd", "kube-apiserver", "kubectl"] {
-        assert!(
-            bin.join(b).is_file(),
-            "{} is missing: run scripts/kube-binaries.sh to build the Kubernetes binaries (pinned at {KUBE_BIN_TAG})",
-            bin.join(b).display()
-        );
-    }
-    bin
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -135,7 +116,7 @@ fn write_kubeconfig(dir: &Path, server: &str, ca: &Path, client: &CertKey, user:
 
 #[test]
 fn a_real_apiserver_serves_with_the_lab_pki_and_knows_each_client_by_its_certificate() {
-    let bin = kube_bin_dir();
+    let bin = crate::support::kube_binaries();
     let dir = scratch("kube-pki");
     let pki_dir = dir.join("pki");
     let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);

@@ -24,6 +24,7 @@ mod kube_manifests;
 mod kube_sweep;
 mod lab;
 mod lab_api_forwarder;
+mod lab_kube_control_plane;
 mod lab_kube_pki;
 mod nightly;
 mod probe;

@@ -172,3 +172,18 @@ pub fn valid_results(dir: &Path) -> serde_json::Value {
     assert!(errors.is_empty(), "results.json does not match the schema: {errors:#?}");
     v
 }
+
+/// The Kubernetes binaries' directory (`scripts/kube-binaries.sh`); a test that needs them
+/// fails without them, naming the script (CI builds them), never skips.
+pub fn kube_binaries() -> PathBuf {
+    let bin = zonebench::platform::lab::kubernetes::bin_dir();
+    for b in ["etcd", "kube-apiserver", "kube-controller-manager", "kube-proxy", "kubectl"] {
+        assert!(
+            bin.join(b).is_file(),
+            "{} is missing: run scripts/kube-binaries.sh to build the Kubernetes binaries (pinned at {})",
+            bin.join(b).display(),
+            zonebench::platform::lab::kubernetes::BINARIES_TAG
+        );
+    }
+    bin
+}

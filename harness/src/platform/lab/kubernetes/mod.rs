@@ -8,8 +8,41 @@
 //! - [`kubeconfig`]: self-contained kubeconfig files (certificates embedded) for those
 //!   clients;
 //! - [`api_forwarder`]: `zonebench lab api-forwarder`, which lets a kubectl in the host's
-//!   network namespace reach an apiserver that listens only inside a lab namespace.
+//!   network namespace reach an apiserver that listens only inside a lab namespace;
+//! - [`control_plane`]: etcd (on a tmpfs), kube-apiserver and kube-controller-manager as
+//!   processes in a namespace, started in order, ready when `/readyz` answers, stopped in
+//!   the order that does not hang.
+
+use std::path::PathBuf;
 
 pub mod api_forwarder;
+pub mod control_plane;
 pub mod kubeconfig;
 pub mod pki;
+
+/// The pins of `scripts/kube-binaries.sh` (`KUBE_VERSION`, `ETCD_VERSION`) as its cache
+/// directory names them; a test keeps the two in step.
+pub const BINARIES_TAG: &str = "v1.36.5-etcd3.6.16";
+
+/// Where `scripts/kube-binaries.sh` puts the binaries:
+/// `${ZONEBENCH_KUBE_CACHE:-$HOME/.cache/zonebench/kube}/<tag>/bin`.
+pub fn bin_dir() -> PathBuf {
+    let cache = std::env::var_os("ZONEBENCH_KUBE_CACHE").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cache/zonebench/kube")
+    });
+    cache.join(BINARIES_TAG).join("bin")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_binaries_tag_is_the_scripts_pins() {
+        let script = include_str!("../../../../../scripts/kube-binaries.sh");
+        let pin = |name: &str| -> String {
+            let line = script.lines().find(|l| l.starts_with(&format!("{name}="))).unwrap_or_default();
+            line.trim_start_matches(&format!("{name}=")).split_whitespace().next().unwrap_or_default().to_string()
+        };
+        let tag = format!("{}-etcd{}", pin("KUBE_VERSION"), pin("ETCD_VERSION").trim_start_matches('v'));
+        assert_eq!(tag, super::BINARIES_TAG);
+    }
+}

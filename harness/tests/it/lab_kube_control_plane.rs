@@ -1,0 +1,158 @@
+//! The Kubernetes lab's control plane (`platform::lab::kubernetes::control_plane`) for real:
+//! etcd on a tmpfs, kube-apiserver and kube-controller-manager from
+//! `scripts/kube-binaries.sh`, in a network namespace of the test's own, with the PKI and
+//! kubeconfigs zonebench generates. It checks that RBAC and PodSecurity admission are on,
+//! that the controller-manager's controllers work (a namespace gets its `default`
+//! ServiceAccount, a Service its EndpointSlice), and that stopping leaves no process and no
+//! mount. Without the binaries it fails, naming the script (CI builds them).
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use zonebench::platform::lab::kubernetes::control_plane::{ControlPlane, ControlPlaneFiles, ControlPlaneSpec};
+use zonebench::platform::lab::kubernetes::kubeconfig::{self, KubeconfigSpec};
+use zonebench::platform::lab::kubernetes::pki::Pki;
+
+use crate::support::{kube_binaries, lab_lock, scratch};
+
+const IP: Ipv4Addr = Ipv4Addr::new(198, 18, 250, 10);
+const SERVICE_CIDR: &str = "198.18.128.0/17";
+
+/// Deletes the test's namespace however the test ends.
+struct Netns(String);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn ip(args: &[&str]) {
+    let st = Command::new("ip").args(args).status().unwrap();
+    assert!(st.success(), "ip {args:?}");
+}
+
+fn kubectl(bin: &std::path::Path, ns: &str, kubeconfig: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(bin.join("kubectl"))
+        .arg(format!("--kubeconfig={}", kubeconfig.display()))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Polls `kubectl get …` until it prints something, up to `within`.
+fn eventually(what: &str, within: Duration, mut f: impl FnMut() -> Option<String>) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what} did not happen within {within:?}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn the_control_plane_runs_in_a_namespace_with_rbac_admission_and_its_controllers() {
+    let _lock = lab_lock(false);
+    let bin = kube_binaries();
+    let dir = scratch("kube-cp");
+    let name = format!("zbt-cp-{}", std::process::id());
+    ip(&["netns", "add", &name]);
+    let _netns = Netns(name.clone());
+    ip(&["-n", &name, "link", "set", "lo", "up"]);
+    // No dummy module here; a veth pair with both ends in the namespace carries the address.
+    ip(&["-n", &name, "link", "add", "cp0", "type", "veth", "peer", "name", "cp1"]);
+    ip(&["-n", &name, "link", "set", "cp1", "up"]);
+    ip(&["-n", &name, "addr", "add", &format!("{IP}/24"), "dev", "cp0"]);
+    ip(&["-n", &name, "link", "set", "cp0", "up"]);
+
+    let first_service_ip = Ipv4Addr::new(198, 18, 128, 1);
+    let pki = Pki::generate(&dir.join("pki"), &[IpAddr::V4(IP), IpAddr::V4(first_service_ip)], &[]).unwrap();
+    let server = format!("https://{IP}:6443");
+    let write = |file: &str, user: &str, client| {
+        let path = dir.join(file);
+        kubeconfig::write(
+            &path,
+            &KubeconfigSpec { lab_id: "zbtest", server: &server, ca_cert: &pki.ca.cert, client, user },
+        )
+        .unwrap();
+        path
+    };
+    let admin = write("admin.kubeconfig", "admin", &pki.admin);
+    let kcm = write("kcm.kubeconfig", "kube-controller-manager", &pki.controller_manager);
+    let kube_proxy = write("kube-proxy.kubeconfig", "kube-proxy", &pki.kube_proxy);
+    let spec = ControlPlaneSpec {
+        netns: name.clone(),
+        ip: IP,
+        dir: dir.join("cp"),
+        bin: bin.clone(),
+        service_cidr: SERVICE_CIDR.into(),
+        files: ControlPlaneFiles {
+            ca_crt: pki.ca.cert.clone(),
+            apiserver_crt: pki.apiserver.cert.clone(),
+            apiserver_key: pki.apiserver.key.clone(),
+            sa_key: pki.service_account_key.clone(),
+            sa_pub: pki.service_account_pub.clone(),
+            controller_manager_kubeconfig: kcm,
+            admin_kubeconfig: admin.clone(),
+        },
+    };
+    let mut cp = ControlPlane::start(spec).unwrap();
+    eprintln!("control plane ready after {:?}", cp.ready_after);
+    let pids: Vec<u32> = cp.pids().iter().map(|(_, p)| *p).collect();
+    assert_eq!(cp.pids().len(), 3, "{:?}", cp.pids());
+
+    // The `kubernetes` Service got the first address of the range.
+    let out = kubectl(&bin, &name, &admin, &["get", "service", "kubernetes", "-o", "jsonpath={.spec.clusterIP}"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), first_service_ip.to_string());
+    // RBAC: kube-proxy reads EndpointSlices but not Secrets.
+    let can =
+        |what: &[&str]| String::from_utf8_lossy(&kubectl(&bin, &name, &kube_proxy, what).stdout).trim().to_string();
+    assert_eq!(can(&["auth", "can-i", "list", "endpointslices.discovery.k8s.io"]), "yes");
+    assert_eq!(can(&["auth", "can-i", "list", "secrets"]), "no");
+    // The controllers: a new namespace gets its default ServiceAccount, a Service its slice.
+    let out = kubectl(&bin, &name, &admin, &["create", "namespace", "bench"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    eventually("the default ServiceAccount", Duration::from_secs(30), || {
+        let o = kubectl(&bin, &name, &admin, &["-n", "bench", "get", "serviceaccount", "default", "-o", "name"]);
+        o.status.success().then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+    });
+    let out =
+        kubectl(&bin, &name, &admin, &["-n", "bench", "create", "service", "clusterip", "echo", "--tcp=7101:7101"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let slice = eventually("the EndpointSlice of Service echo", Duration::from_secs(30), || {
+        let o = kubectl(
+            &bin,
+            &name,
+            &admin,
+            &["-n", "bench", "get", "endpointslices", "-l", "kubernetes.io/service-name=echo", "-o", "name"],
+        );
+        let s = String::from_utf8_lossy(&o.stdout).trim().to_string();
+        (!s.is_empty()).then_some(s)
+    });
+    assert!(slice.starts_with("endpointslice.discovery.k8s.io/echo-"), "{slice}");
+    // PodSecurity admission: a namespace enforcing `restricted` refuses a privileged pod.
+    let out =
+        kubectl(&bin, &name, &admin, &["label", "namespace", "bench", "pod-security.kubernetes.io/enforce=restricted"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out =
+        kubectl(&bin, &name, &admin, &["-n", "bench", "run", "bad", "--image=x", "--privileged", "--restart=Never"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("violates PodSecurity"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let etcd_dir = cp.spec().dir.join("etcd");
+    cp.stop();
+    for pid in pids {
+        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "pid {pid} outlived stop()");
+    }
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    assert!(!mounts.contains(etcd_dir.to_str().unwrap()), "etcd's tmpfs is still mounted");
+}

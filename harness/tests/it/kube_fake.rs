@@ -411,3 +411,25 @@ async fn fake_servers_in_one_process_lease_distinct_address_slots_held_until_the
     drop(b);
     drop(lease(freed).unwrap());
 }
+
+/// A label value the real apiserver refuses (found by the Kubernetes lab: a '/' in the
+/// sweep's `endpointslice.kubernetes.io/managed-by`) is refused by the fake too, and the
+/// run's own labels pass.
+#[tokio::test]
+async fn a_label_value_the_real_apiserver_refuses_is_refused_naming_it() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let fake = fake_cluster("kube-fake-labels", Pods::Ready, &["kind-nodes.json"]).await;
+    let cluster = fake.connect().await;
+    let run = manifests::RunMeta { run_id: "feed0006".into(), scenario: "quick".into() };
+    let c = cluster.client.clone();
+    Api::<Namespace>::all(c.clone()).create(&post(), &manifests::namespace(&run)).await.unwrap();
+    let maps: Api<ConfigMap> = Api::namespaced(c.clone(), &run.namespace());
+    let mut bad = ConfigMap::default();
+    bad.metadata.name = Some("bad".into());
+    bad.metadata.labels = Some([(manifests::SLICE_MANAGED_BY.to_string(), "zonebench.dev/x".to_string())].into());
+    let e = maps.create(&post(), &bad).await.unwrap_err().to_string();
+    assert!(e.contains("Invalid value: \"zonebench.dev/x\""), "{e}");
+    let slices: Api<EndpointSlice> = Api::namespaced(c, &run.namespace());
+    let slice = manifests::run_endpoint_slice(&run, "zb-scale-0", &ALL_PORTS, &[]);
+    slices.create(&post(), &slice).await.unwrap();
+}

@@ -7,6 +7,7 @@
 //! mount. Without the binaries it fails, naming the script (CI builds them).
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -14,10 +15,12 @@ use zonebench::platform::lab::kubernetes::control_plane::{ControlPlane, ControlP
 use zonebench::platform::lab::kubernetes::kubeconfig::{self, KubeconfigSpec};
 use zonebench::platform::lab::kubernetes::pki::Pki;
 
-use crate::support::{kube_binaries, lab_lock, scratch};
+use crate::support::{kube_binaries, lab_lock, scratch, Scratch};
 
 const IP: Ipv4Addr = Ipv4Addr::new(198, 18, 250, 10);
 const SERVICE_CIDR: &str = "198.18.128.0/17";
+/// The `kubernetes` Service's ClusterIP: the range's first address.
+const FIRST_SERVICE_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 128, 1);
 
 /// Deletes the test's namespace however the test ends.
 struct Netns(String);
@@ -55,14 +58,23 @@ fn eventually(what: &str, within: Duration, mut f: impl FnMut() -> Option<String
     }
 }
 
-#[test]
-fn the_control_plane_runs_in_a_namespace_with_rbac_admission_and_its_controllers() {
-    let _lock = lab_lock(false);
+/// A control plane in a namespace of the test's own, with its kubeconfigs.
+/// Fields drop in order: the control plane stops before its namespace goes.
+struct Cluster {
+    cp: ControlPlane,
+    netns: Netns,
+    dir: Scratch,
+    bin: PathBuf,
+    admin: PathBuf,
+    kube_proxy: PathBuf,
+}
+
+fn cluster(tag: &str) -> Cluster {
     let bin = kube_binaries();
-    let dir = scratch("kube-cp");
-    let name = format!("zbt-cp-{}", std::process::id());
+    let dir = scratch(tag);
+    let name = format!("zbt-{tag}-{}", std::process::id());
     ip(&["netns", "add", &name]);
-    let _netns = Netns(name.clone());
+    let netns = Netns(name.clone());
     ip(&["-n", &name, "link", "set", "lo", "up"]);
     // No dummy module here; a veth pair with both ends in the namespace carries the address.
     ip(&["-n", &name, "link", "add", "cp0", "type", "veth", "peer", "name", "cp1"]);
@@ -70,8 +82,7 @@ fn the_control_plane_runs_in_a_namespace_with_rbac_admission_and_its_controllers
     ip(&["-n", &name, "addr", "add", &format!("{IP}/24"), "dev", "cp0"]);
     ip(&["-n", &name, "link", "set", "cp0", "up"]);
 
-    let first_service_ip = Ipv4Addr::new(198, 18, 128, 1);
-    let pki = Pki::generate(&dir.join("pki"), &[IpAddr::V4(IP), IpAddr::V4(first_service_ip)], &[]).unwrap();
+    let pki = Pki::generate(&dir.join("pki"), &[IpAddr::V4(IP), IpAddr::V4(FIRST_SERVICE_IP)], &[]).unwrap();
     let server = format!("https://{IP}:6443");
     let write = |file: &str, user: &str, client| {
         let path = dir.join(file);
@@ -101,14 +112,22 @@ fn the_control_plane_runs_in_a_namespace_with_rbac_admission_and_its_controllers
             admin_kubeconfig: admin.clone(),
         },
     };
-    let mut cp = ControlPlane::start(spec).unwrap();
+    let cp = ControlPlane::start(spec).unwrap();
     eprintln!("control plane ready after {:?}", cp.ready_after);
+    Cluster { cp, netns, dir, bin, admin, kube_proxy }
+}
+
+#[test]
+fn the_control_plane_runs_in_a_namespace_with_rbac_admission_and_its_controllers() {
+    let _lock = lab_lock(false);
+    let Cluster { mut cp, netns, dir: _dir, bin, admin, kube_proxy } = cluster("kube-cp");
+    let name = netns.0.clone();
     let pids: Vec<u32> = cp.pids().iter().map(|(_, p)| *p).collect();
     assert_eq!(cp.pids().len(), 3, "{:?}", cp.pids());
 
     // The `kubernetes` Service got the first address of the range.
     let out = kubectl(&bin, &name, &admin, &["get", "service", "kubernetes", "-o", "jsonpath={.spec.clusterIP}"]);
-    assert_eq!(String::from_utf8_lossy(&out.stdout), first_service_ip.to_string());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), FIRST_SERVICE_IP.to_string());
     // RBAC: kube-proxy reads EndpointSlices but not Secrets.
     let can =
         |what: &[&str]| String::from_utf8_lossy(&kubectl(&bin, &name, &kube_proxy, what).stdout).trim().to_string();
@@ -155,4 +174,105 @@ fn the_control_plane_runs_in_a_namespace_with_rbac_admission_and_its_controllers
     }
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
     assert!(!mounts.contains(etcd_dir.to_str().unwrap()), "etcd's tmpfs is still mounted");
+}
+
+/// A node namespace joined to the control plane's by a veth: `198.18.250.20`.
+const NODE_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 250, 20);
+const ENDPOINT: &str = "198.19.0.2";
+
+fn apply(c: &Cluster, json: serde_json::Value) {
+    let file = c.dir.join(format!("object-{}.json", rand_suffix()));
+    std::fs::write(&file, serde_json::to_vec(&json).unwrap()).unwrap();
+    let out = kubectl(&c.bin, &c.netns.0, &c.admin, &["apply", "-f", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+}
+
+/// The real kube-proxy, in each of its modes here, programs the rules of a Service whose
+/// EndpointSlice names one endpoint: the Service's ClusterIP and the endpoint appear in the
+/// node namespace's ruleset, and `--cleanup` removes them again.
+#[test]
+fn real_kube_proxy_programs_a_services_endpoint_in_iptables_and_nftables_mode() {
+    use zonebench::platform::lab::kubernetes::kube_proxy::{KubeProxy, KubeProxySpec, ProxyMode};
+    let _lock = lab_lock(false);
+    let c = cluster("kube-proxy");
+    let node_ns = format!("{}-n", c.netns.0);
+    ip(&["netns", "add", &node_ns]);
+    let _node_netns = Netns(node_ns.clone());
+    ip(&["-n", &node_ns, "link", "set", "lo", "up"]);
+    ip(&["-n", &c.netns.0, "link", "add", "up0", "type", "veth", "peer", "name", "up1", "netns", &node_ns]);
+    ip(&["-n", &c.netns.0, "link", "set", "up0", "up"]);
+    ip(&["-n", &c.netns.0, "addr", "add", "198.18.250.1/32", "dev", "up0"]);
+    ip(&["-n", &c.netns.0, "route", "add", &format!("{NODE_IP}/32"), "dev", "up0"]);
+    ip(&["-n", &node_ns, "addr", "add", &format!("{NODE_IP}/32"), "dev", "up1"]);
+    ip(&["-n", &node_ns, "link", "set", "up1", "up"]);
+    ip(&["-n", &node_ns, "route", "add", &format!("{IP}/32"), "dev", "up1"]);
+
+    apply(
+        &c,
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": "a-1", "labels": {"topology.kubernetes.io/zone": "a"}},
+        }),
+    );
+    apply(
+        &c,
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "echo", "namespace": "default"},
+            "spec": {"ports": [{"name": "tcp", "port": 7101, "protocol": "TCP"}]},
+        }),
+    );
+    apply(
+        &c,
+        serde_json::json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "echo-1", "namespace": "default",
+                "labels": {"kubernetes.io/service-name": "echo", "endpointslice.kubernetes.io/managed-by": "test.zonebench.dev"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "tcp", "port": 7101, "protocol": "TCP"}],
+            "endpoints": [{"addresses": [ENDPOINT], "conditions": {"ready": true}, "nodeName": "a-1", "zone": "a"}],
+        }),
+    );
+    let out = kubectl(&c.bin, &c.netns.0, &c.admin, &["get", "service", "echo", "-o", "jsonpath={.spec.clusterIP}"]);
+    let vip = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(vip.starts_with("198.18."), "{vip}");
+
+    let spawner = zonebench::platform::process::Spawner::new("zbt-kp").unwrap();
+    for mode in [ProxyMode::Iptables, ProxyMode::Nftables] {
+        let spec = KubeProxySpec {
+            netns: node_ns.clone(),
+            node: "a-1".into(),
+            node_ip: NODE_IP,
+            mode,
+            cluster_cidr: "198.19.0.0/16".into(),
+            kubeconfig: c.kube_proxy.clone(),
+            dir: c.dir.join(mode.as_str()),
+            bin: c.bin.clone(),
+        };
+        let mut kp = KubeProxy::start(spec, &spawner).unwrap();
+        let rules = || -> String {
+            let argv: &[&str] = match mode {
+                ProxyMode::Iptables => &["iptables-save"],
+                ProxyMode::Nftables => &["nft", "list", "ruleset"],
+            };
+            let o = Command::new("ip").args(["netns", "exec", &node_ns]).args(argv).output().unwrap();
+            String::from_utf8_lossy(&o.stdout).into_owned()
+        };
+        let programmed = eventually(&format!("{} rules for {vip}", mode.as_str()), Duration::from_secs(60), || {
+            if let Err(e) = kp.check_alive() {
+                panic!("{e:#}");
+            }
+            let r = rules();
+            (r.contains(&vip) && r.contains(ENDPOINT)).then_some(r)
+        });
+        assert!(programmed.contains("7101"), "{programmed}");
+        kp.stop();
+        kp.cleanup().unwrap();
+        let left = rules();
+        assert!(!left.contains(ENDPOINT), "{} rules left after --cleanup:\n{left}", mode.as_str());
+    }
 }

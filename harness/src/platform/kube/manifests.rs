@@ -42,7 +42,7 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub const SLICE_MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";
 /// Our EndpointSlices must not claim the EndpointSlice controller's name, or it would
 /// delete them.
-pub const SLICE_MANAGER: &str = "zonebench.dev/service-scaling";
+pub const SLICE_MANAGER: &str = "service-scaling.zonebench.dev";
 
 /// The agent's control API port inside a pod (its data ports are the lab's).
 pub const AGENT_CONTROL_PORT: u16 = DEFAULT_CONTROL_PORT;

@@ -11,12 +11,14 @@
 //!   network namespace reach an apiserver that listens only inside a lab namespace;
 //! - [`control_plane`]: etcd (on a tmpfs), kube-apiserver and kube-controller-manager as
 //!   processes in a namespace, started in order, ready when `/readyz` answers, stopped in
-//!   the order that does not hang.
+//!   the order that does not hang;
+//! - [`kube_proxy`]: the real kube-proxy in a node namespace, iptables or nftables mode.
 
 use std::path::PathBuf;
 
 pub mod api_forwarder;
 pub mod control_plane;
+pub mod kube_proxy;
 pub mod kubeconfig;
 pub mod pki;
 

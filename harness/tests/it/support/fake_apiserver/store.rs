@@ -127,8 +127,32 @@ pub(super) fn selected<'a>(
         .filter(move |o| matches_selector(o, labels) && matches_fields(o, fields))
 }
 
+/// The apiserver's check of label values (`metadata.labels`): empty, or at most 63
+/// alphanumerics, '-', '_' and '.', starting and ending with an alphanumeric. The real
+/// apiserver of the Kubernetes lab refused a value the fake had accepted (a '/' in
+/// `endpointslice.kubernetes.io/managed-by`), so the fake refuses it too, with the same words.
+pub(super) fn invalid_label(o: &Value) -> Option<String> {
+    let labels = o["metadata"]["labels"].as_object()?;
+    labels.iter().find_map(|(_, v)| {
+        let v = v.as_str().unwrap_or_default();
+        let ok = v.is_empty()
+            || (v.len() <= 63
+                && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                && v.starts_with(|c: char| c.is_ascii_alphanumeric())
+                && v.ends_with(|c: char| c.is_ascii_alphanumeric()));
+        (!ok).then(|| {
+            format!(
+                "metadata.labels: Invalid value: \"{v}\": a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"
+            )
+        })
+    })
+}
+
 pub(super) fn create(t: &Target, body: Option<Value>, st: Arc<Mutex<State>>, ev: Events) -> Response<Body> {
     let Some(mut o) = body else { return status(400, "BadRequest", "body is not JSON") };
+    if let Some(why) = invalid_label(&o) {
+        return status(422, "Invalid", &why);
+    }
     let ns = t.namespace.clone().unwrap_or_default();
     let name = o["metadata"]["name"].as_str().unwrap_or("").to_string();
     let key = (t.prefix.clone(), ns.clone(), t.resource.clone());
@@ -244,6 +268,9 @@ pub(super) fn replace(
     ev: Events,
 ) -> Response<Body> {
     let Some(mut o) = body else { return status(400, "BadRequest", "body is not JSON") };
+    if let Some(why) = invalid_label(&o) {
+        return status(422, "Invalid", &why);
+    }
     let key = (t.prefix.clone(), t.namespace.clone().unwrap_or_default(), t.resource.clone());
     let mut g = st.lock().unwrap();
     let Some(old) = g.objects.get(&key).and_then(|m| m.get(name)).cloned() else {

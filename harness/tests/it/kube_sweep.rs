@@ -91,9 +91,12 @@ async fn a_sweep_on_a_cluster_adds_only_new_selectorless_services_and_probes_eac
         assert_eq!((d["kind"].as_str(), d["services"].as_u64()), (Some("iptables"), Some(count)));
         assert!(d.get("rules").is_none() && d.get("program_ns").is_none(), "no inspector, no node figures: {d}");
         // The fake programs a Service DELAY after its slice appears: the probe cannot have
-        // connected sooner, and a probe that saw it at once would be measuring nothing.
+        // connected sooner, and a probe that saw it at once would be measuring nothing. The
+        // probe request's one-way trip to the agent is not counted (run_services documents
+        // it): milliseconds, a few more on a loaded machine, hence the slack.
         let latency = Duration::from_nanos(d["programming_latency_ns"].as_u64().unwrap());
-        assert!(latency >= DELAY && latency < Duration::from_secs(10), "{latency:?}");
+        let slack = Duration::from_millis(50);
+        assert!(latency >= DELAY - slack && latency < Duration::from_secs(10), "{latency:?}");
         // Through the ClusterIP (the fake's loopback range), spread over the slice's three
         // echo servers by its round-robin forwarding.
         assert!(m["target"].as_str().unwrap().starts_with("127."), "{m:#}");
@@ -291,7 +294,8 @@ async fn applying_a_table_adds_only_what_is_new_recovers_from_failures_and_delet
     assert_eq!(applied.services.len(), 5);
     let latency = applied.probe.expect("the probe's answer");
     let programmed = c.api.programmed_at(ns, "svc-00005").unwrap();
-    assert!(latency >= DELAY, "{latency:?}");
+    // Less the probe request's uncounted one-way trip (see the first sweep test).
+    assert!(latency >= DELAY - Duration::from_millis(50), "{latency:?}");
     assert!(programmed.elapsed() < Duration::from_secs(20));
 
     // Something else holds svc-00007: the apply fails naming it, and the next one clears what

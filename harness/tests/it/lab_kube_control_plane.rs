@@ -197,6 +197,7 @@ fn rand_suffix() -> u128 {
 #[test]
 fn real_kube_proxy_programs_a_services_endpoint_in_iptables_and_nftables_mode() {
     use zonebench::platform::lab::kubernetes::kube_proxy::{KubeProxy, KubeProxySpec, ProxyMode};
+    use zonebench::platform::lab::kubernetes::nodes::{self, LabNode};
     let _lock = lab_lock(false);
     let c = cluster("kube-proxy");
     let node_ns = format!("{}-n", c.netns.0);
@@ -211,13 +212,17 @@ fn real_kube_proxy_programs_a_services_endpoint_in_iptables_and_nftables_mode() 
     ip(&["-n", &node_ns, "link", "set", "up1", "up"]);
     ip(&["-n", &node_ns, "route", "add", &format!("{IP}/32"), "dev", "up1"]);
 
-    apply(
-        &c,
-        serde_json::json!({
-            "apiVersion": "v1", "kind": "Node",
-            "metadata": {"name": "a-1", "labels": {"topology.kubernetes.io/zone": "a"}},
-        }),
+    // The Node as the lab registers it: kube-proxy waits for its InternalIP.
+    let node = LabNode { name: "a-1".into(), zone: "a".into(), ip: NODE_IP, cpu_millis: 4000 };
+    apply(&c, nodes::object(&node));
+    let status = serde_json::to_string(&nodes::status(&node)).unwrap();
+    let out = kubectl(
+        &c.bin,
+        &c.netns.0,
+        &c.admin,
+        &["patch", "node", "a-1", "--subresource=status", "--type=merge", "-p", &status],
     );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     apply(
         &c,
         serde_json::json!({
@@ -253,6 +258,7 @@ fn real_kube_proxy_programs_a_services_endpoint_in_iptables_and_nftables_mode() 
             dir: c.dir.join(mode.as_str()),
             bin: c.bin.clone(),
         };
+        let started = Instant::now();
         let mut kp = KubeProxy::start(spec, &spawner).unwrap();
         let rules = || -> String {
             let argv: &[&str] = match mode {
@@ -270,6 +276,7 @@ fn real_kube_proxy_programs_a_services_endpoint_in_iptables_and_nftables_mode() 
             (r.contains(&vip) && r.contains(ENDPOINT)).then_some(r)
         });
         assert!(programmed.contains("7101"), "{programmed}");
+        eprintln!("kube-proxy {}: the Service's rules after {:?}", mode.as_str(), started.elapsed());
         kp.stop();
         kp.cleanup().unwrap();
         let left = rules();

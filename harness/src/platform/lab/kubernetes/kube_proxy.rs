@@ -65,6 +65,8 @@ clusterCIDR: {cluster_cidr}
 bindAddress: {ip}
 metricsBindAddress: {ip}:{METRICS_PORT}
 healthzBindAddress: {ip}:{HEALTHZ_PORT}
+# NodePorts on the node's own address only, not on every address of the shared kernel.
+nodePortAddresses: [primary]
 # One kernel for every lab node: change no sysctl.
 conntrack:
   maxPerCore: 0

@@ -12,7 +12,8 @@
 //! - [`control_plane`]: etcd (on a tmpfs), kube-apiserver and kube-controller-manager as
 //!   processes in a namespace, started in order, ready when `/readyz` answers, stopped in
 //!   the order that does not hang;
-//! - [`kube_proxy`]: the real kube-proxy in a node namespace, iptables or nftables mode.
+//! - [`kube_proxy`]: the real kube-proxy in a node namespace, iptables or nftables mode;
+//! - [`nodes`]: the Node objects a kubelet would register (zone, addresses, CPU).
 
 use std::path::PathBuf;
 
@@ -20,6 +21,7 @@ pub mod api_forwarder;
 pub mod control_plane;
 pub mod kube_proxy;
 pub mod kubeconfig;
+pub mod nodes;
 pub mod pki;
 
 /// The pins of `scripts/kube-binaries.sh` (`KUBE_VERSION`, `ETCD_VERSION`) as its cache

@@ -17,7 +17,14 @@ pub enum LabCommand {
         scenario: String,
         #[arg(long = "set", value_name = "KEY.PATH=VALUE")]
         set: Vec<String>,
+        /// Make it a real Kubernetes cluster (`lab.kubernetes = true`): etcd, kube-apiserver,
+        /// kube-controller-manager and a kube-proxy per node (`scripts/kube-binaries.sh`
+        /// builds them). Prints the kubeconfig's path too.
+        #[arg(long)]
+        kubernetes: bool,
     },
+    /// Print the kubeconfig of a Kubernetes lab (`lab up --kubernetes`).
+    Kubeconfig { id: String },
     /// List labs on this host: namespaces present or missing, processes alive.
     Status {
         /// Print JSON instead of a table.
@@ -43,14 +50,27 @@ pub enum LabCommand {
 
 pub async fn lab(cmd: LabCommand) -> anyhow::Result<Exit> {
     match cmd {
-        LabCommand::Up { scenario, set } => {
+        LabCommand::Up { scenario, mut set, kubernetes } => {
+            if kubernetes {
+                set.push("lab.kubernetes=true".into());
+            }
             let scenario = Scenario::resolve(&scenario, &set).map_err(Usage::of)?;
             super::run::lab_available().map_err(|why| anyhow::anyhow!("the lab cannot run here: {why}"))?;
             let options = LabOptions { agent: Some(super::run::agent_program(None)?), ..Default::default() };
+            let kubernetes = scenario.lab.kubernetes;
             let id = tokio::task::spawn_blocking(move || lab::up(scenario.lab, options)).await??;
             println!("{id}");
+            if kubernetes {
+                println!("{}", lab::kubeconfig(id.as_str())?.display());
+                eprintln!(
+                    "Kubernetes lab {id} is up: KUBECONFIG=$(zonebench lab kubeconfig {id}) kubectl get nodes. \
+                     Pods do not run on it yet (the node agent, the kubelet's stand-in, is not built): \
+                     they stay Pending; Services, EndpointSlices, hints and kube-proxy's rules are real"
+                );
+            }
             eprintln!("lab {id} is up; `zonebench lab status` shows it, `zonebench lab down {id}` removes it");
         }
+        LabCommand::Kubeconfig { id } => println!("{}", lab::kubeconfig(&id)?.display()),
         LabCommand::Status { json } => {
             let labs = lab::status();
             if json {

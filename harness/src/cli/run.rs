@@ -86,6 +86,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
         let outcome = run_kube(&scenario, &args.cluster, targets, images, &opts, &cancel).await?;
         return Ok(report_outcome(&outcome));
     }
+    if scenario.lab.kubernetes && choice != PlatformChoice::Kube {
+        return Err(Usage(
+            "lab.kubernetes = true makes the lab a real cluster for the kube platform: `zonebench lab up --kubernetes`, \
+             then `zonebench run --backend kube --kubeconfig $(zonebench lab kubeconfig ID)`; pods do not run on it yet \
+             (the node agent is not built)"
+                .into(),
+        )
+        .into());
+    }
     let program = agent_program(args.agent_bin.as_deref())?;
     let lab_check = lab_available();
     let use_lab = match (choice, &lab_check) {

@@ -3,6 +3,7 @@
 //! Validated with the scenario, so a bad value is reported against `lab.<field>` before
 //! anything is built.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -30,6 +31,14 @@ pub struct LabConfig {
     /// `iptables-legacy`, `nftables` or `ebpf`.
     #[serde(default)]
     pub service_dataplane: DataplaneKind,
+    /// A real Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager) and
+    /// a real kube-proxy on every node (`zonebench lab up --kubernetes`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub kubernetes: bool,
+    /// Allocatable CPU of the Kubernetes lab's Node objects, by zone or by node name (a node
+    /// wins over its zone), e.g. `{ a = "8", b = "4", c = "4" }`; default 4 cores each.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_cpu: BTreeMap<String, String>,
 }
 
 impl Default for LabConfig {
@@ -41,6 +50,8 @@ impl Default for LabConfig {
             inter_zone_rate: None,
             inter_zone_delay: None,
             service_dataplane: DataplaneKind::default(),
+            kubernetes: false,
+            node_cpu: BTreeMap::new(),
         }
     }
 }
@@ -75,7 +86,48 @@ impl LabConfig {
                 return bad("inter_zone_delay", "must be at most 1s".into());
             }
         }
+        for (key, q) in &self.node_cpu {
+            let node = self.zones.iter().any(|z| {
+                key.strip_prefix(z.as_str())
+                    .and_then(|r| r.strip_prefix('-'))
+                    .and_then(|n| n.parse::<u32>().ok())
+                    .is_some_and(|n| n >= 1 && n <= self.nodes_per_zone)
+            });
+            if !self.zones.contains(key) && !node {
+                return bad("node_cpu", format!("{key:?} is neither a zone nor a node (nodes are named <zone>-<n>)"));
+            }
+            match crate::scenario::kube::parse_cpu_millis(q) {
+                Ok(m) if m > 0 => {}
+                Ok(_) => return bad("node_cpu", format!("{key} = {q:?}: must be above 0")),
+                Err(e) => return bad("node_cpu", format!("{key} = {q:?}: {e}")),
+            }
+        }
+        if !self.node_cpu.is_empty() && !self.kubernetes {
+            return bad(
+                "node_cpu",
+                "sets the CPU of the Kubernetes lab's Node objects: set lab.kubernetes = true".into(),
+            );
+        }
+        if self.kubernetes && !matches!(self.service_dataplane, DataplaneKind::Iptables | DataplaneKind::Nftables) {
+            return bad(
+                "service_dataplane",
+                format!(
+                    "{} is no kube-proxy mode: the Kubernetes lab runs the real kube-proxy, iptables or nftables",
+                    self.service_dataplane
+                ),
+            );
+        }
         Ok(())
+    }
+
+    /// The allocatable CPU (millicores) of node `name` in `zone`: `node_cpu` by node, then
+    /// by zone, else `default`.
+    pub fn cpu_millis_of(&self, name: &str, zone: &str, default: u64) -> u64 {
+        self.node_cpu
+            .get(name)
+            .or_else(|| self.node_cpu.get(zone))
+            .and_then(|q| crate::scenario::kube::parse_cpu_millis(q).ok())
+            .unwrap_or(default)
     }
 
     fn delay_of(&self, s: &str) -> Result<Duration, String> {

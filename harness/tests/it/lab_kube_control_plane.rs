@@ -111,6 +111,7 @@ fn cluster(tag: &str) -> Cluster {
             controller_manager_kubeconfig: kcm,
             admin_kubeconfig: admin.clone(),
         },
+        attached: true,
     };
     let cp = ControlPlane::start(spec).unwrap();
     eprintln!("control plane ready after {:?}", cp.ready_after);
@@ -257,6 +258,7 @@ fn real_kube_proxy_programs_a_services_endpoint_in_iptables_and_nftables_mode() 
             kubeconfig: c.kube_proxy.clone(),
             dir: c.dir.join(mode.as_str()),
             bin: c.bin.clone(),
+            attached: true,
         };
         let started = Instant::now();
         let mut kp = KubeProxy::start(spec, &spawner).unwrap();

@@ -50,6 +50,20 @@ pub fn up(config: LabConfig, options: LabOptions) -> anyhow::Result<LabId> {
     Ok(lab.release())
 }
 
+/// The user's kubeconfig of Kubernetes lab `id` (`lab up --kubernetes`).
+pub fn kubeconfig(id: &str) -> anyhow::Result<PathBuf> {
+    let id = LabId::parse(id).map_err(anyhow::Error::msg)?;
+    let st = LabState::load(&state_dir(), &id)?.with_context(|| format!("no lab {id} (no state file)"))?;
+    if !st.config.kubernetes {
+        anyhow::bail!("lab {id} is not a Kubernetes lab (it was built without --kubernetes)");
+    }
+    let path = super::kubernetes::cluster::kubeconfig_of(&st.run_dir);
+    if !path.is_file() {
+        anyhow::bail!("lab {id}'s kubeconfig {} is missing: its control plane did not come up", path.display());
+    }
+    Ok(path)
+}
+
 /// Every lab on this host, from state files and namespace names.
 pub fn status() -> Vec<LabStatus> {
     status_in(&state_dir())
@@ -169,6 +183,13 @@ pub(crate) fn remove_lab(id: &LabId, st: Option<&LabState>, dir: &Path) -> anyho
     for dir in &cgroups {
         super::cgroup::remove(dir).with_context(|| format!("removing the cgroups of lab {id}"))?;
     }
+    // The Kubernetes lab's etcd keeps its data on a tmpfs under the run directory: unmount
+    // whatever is mounted there (a crashed coordinator's too) before the directory goes.
+    if let Some(st) = st {
+        for m in mounts_under(&st.run_dir) {
+            super::kubernetes::control_plane::unmount(&m).with_context(|| format!("lab {id}"))?;
+        }
+    }
     if let Some(st) = st.filter(|s| s.owns_run_dir) {
         match std::fs::remove_dir_all(&st.run_dir) {
             Ok(()) => {}
@@ -177,4 +198,17 @@ pub(crate) fn remove_lab(id: &LabId, st: Option<&LabState>, dir: &Path) -> anyho
         }
     }
     LabState::remove(dir, id)
+}
+
+/// Mount points at or under `dir`, deepest first (from `/proc/mounts`).
+fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let mut v: Vec<PathBuf> = mounts
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .map(|p| PathBuf::from(p.replace("\\040", " ")))
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    v.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    v
 }

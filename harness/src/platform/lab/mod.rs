@@ -53,7 +53,7 @@ pub mod services;
 pub mod state;
 pub mod topology;
 
-pub use admin::{down, down_all, status, up, LabStatus};
+pub use admin::{down, down_all, kubeconfig, status, up, LabStatus};
 pub use delay::{forwarder_command, run_delay_forwarder, DelayForwarderArgs, ForwarderProgram, StopOn};
 pub use probe::ConnectProbeArgs;
 use services::{LabService, LabServices, ServiceEndpoint};
@@ -122,6 +122,8 @@ pub struct LabPlatform {
     /// unavailable, and nothing else changes.
     cgroup_mount: Option<PathBuf>,
     services: LabServices,
+    /// The Kubernetes lab's components (`lab.kubernetes`), once started.
+    kube: Option<kubernetes::cluster::KubeCluster>,
 }
 
 impl LabPlatform {
@@ -153,6 +155,7 @@ impl LabPlatform {
             detached: false,
             cgroup_mount: cgroup::mount_point(),
             services: LabServices::new(config_dataplane),
+            kube: None,
         })
     }
 
@@ -228,7 +231,29 @@ impl LabPlatform {
         if let Some(delay) = self.plan.delay {
             self.start_forwarder(delay)?;
         }
+        if self.plan.control_plane.is_some() {
+            let program = match &self.options.forwarder {
+                Some(p) => p.clone(),
+                None => ForwarderProgram::current_exe()?,
+            };
+            let spawner = self.spawner.as_ref().context("the lab is not built")?;
+            let kube = kubernetes::cluster::KubeCluster::start(
+                &self.plan,
+                &self.config,
+                &self.run_dir,
+                &program,
+                spawner,
+                !self.detached,
+            )?;
+            self.kube = Some(kube);
+            self.save_state()?;
+        }
         Ok(())
+    }
+
+    /// The Kubernetes lab's components, when `lab.kubernetes` is set and the lab is built.
+    pub fn kube(&self) -> Option<&kubernetes::cluster::KubeCluster> {
+        self.kube.as_ref()
     }
 
     fn start_forwarder(&mut self, delay: Duration) -> anyhow::Result<()> {
@@ -276,7 +301,10 @@ impl LabPlatform {
     }
 
     fn save_state(&mut self) -> anyhow::Result<()> {
-        let procs: Vec<ProcRecord> = self.procs.iter().map(|p| p.record.clone()).collect();
+        let mut procs: Vec<ProcRecord> = self.procs.iter().map(|p| p.record.clone()).collect();
+        if let Some(k) = &self.kube {
+            procs.extend(k.processes().into_iter().map(|(role, pid, netns)| ProcRecord::new(pid as i32, role, netns)));
+        }
         if let Some(st) = self.state.as_mut() {
             st.processes = procs;
             st.save(&self.state_dir)?;
@@ -586,6 +614,10 @@ impl LabPlatform {
         if let Err(e) = self.services.teardown() {
             tracing::warn!("lab {}: {e:#}", self.plan.id);
         }
+        // The Kubernetes lab's components first, the apiserver before etcd.
+        if let Some(mut k) = self.kube.take() {
+            k.stop();
+        }
         // Close the forwarder's stdin first: it exits on its own.
         for p in &mut self.procs {
             p._stdin = None;
@@ -611,6 +643,9 @@ impl LabPlatform {
     /// Leaves the lab running after this handle goes (for `lab up`).
     fn release(mut self) -> LabId {
         self.state = None;
+        if let Some(k) = self.kube.take() {
+            k.detach();
+        }
         for p in &mut self.procs {
             p._stdin = None;
         }

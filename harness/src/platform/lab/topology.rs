@@ -207,7 +207,27 @@ pub struct Plan {
     pub pod_mtu: u32,
     pub rate_bps: Option<u64>,
     pub delay: Option<Duration>,
+    /// The Kubernetes lab's control-plane namespace (`lab.kubernetes`).
+    pub control_plane: Option<ControlPlanePlan>,
 }
+
+/// The control-plane namespace: on its own subnet behind the router, as a zone of one
+/// host, so every node reaches the apiserver through the router like any other address.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ControlPlanePlan {
+    pub netns: String,
+    pub subnet: Cidr,
+    /// The router's side of the link.
+    pub gateway: Ipv4Addr,
+    /// The apiserver's address.
+    pub ip: Ipv4Addr,
+    /// The veth: `uplink` in the namespace, `router_port` in the router.
+    pub uplink: String,
+    pub router_port: String,
+}
+
+/// The control plane's subnet: below the Service range (198.18.128.0/17), above the zones.
+pub const CONTROL_PLANE_SUBNET: Cidr = Cidr::new(Ipv4Addr::new(198, 18, 100, 0), 24);
 
 impl Plan {
     pub fn new(id: LabId, config: &LabConfig) -> Result<Plan, String> {
@@ -274,6 +294,14 @@ impl Plan {
             pod_mtu,
             rate_bps,
             delay,
+            control_plane: config.kubernetes.then(|| ControlPlanePlan {
+                netns: format!("{p}cp"),
+                subnet: CONTROL_PLANE_SUBNET,
+                gateway: Ipv4Addr::new(198, 18, 100, 1),
+                ip: Ipv4Addr::new(198, 18, 100, 10),
+                uplink: format!("{p}up"),
+                router_port: format!("{p}cp"),
+            }),
         })
     }
 
@@ -285,6 +313,7 @@ impl Plan {
     pub fn namespaces(&self) -> Vec<String> {
         let mut v = vec![self.router_netns.clone()];
         v.extend(self.nodes.iter().map(|n| n.netns.clone()));
+        v.extend(self.control_plane.iter().map(|c| c.netns.clone()));
         v
     }
 
@@ -319,6 +348,9 @@ impl Plan {
         }
         for n in &self.nodes {
             c.extend(self.pod_route_commands(n));
+        }
+        if let Some(cp) = &self.control_plane {
+            c.extend(self.control_plane_commands(cp));
         }
         c.extend(self.router_route_commands());
         c.extend(self.shaping_commands());
@@ -360,6 +392,26 @@ impl Plan {
                 Cmd::ip(ns, &["link", "set", &n.vxlan_dev, "up"]),
             ]);
         }
+        c
+    }
+
+    /// The control plane's link to the router and its default route back through it.
+    fn control_plane_commands(&self, cp: &ControlPlanePlan) -> Vec<Cmd> {
+        let (ns, r) = (cp.netns.as_str(), self.router_netns.as_str());
+        let mtu = self.underlay_mtu.to_string();
+        let gw = format!("{}/{}", cp.gateway, cp.subnet.len);
+        let addr = format!("{}/{}", cp.ip, cp.subnet.len);
+        let via = cp.gateway.to_string();
+        #[rustfmt::skip]
+        let c = vec![
+            Cmd::ip(ns, &["link", "add", &cp.uplink, "mtu", &mtu, "type", "veth", "peer", "name", &cp.router_port,
+                "mtu", &mtu, "netns", r]),
+            Cmd::ip(ns, &["addr", "add", &addr, "dev", &cp.uplink]),
+            Cmd::ip(ns, &["link", "set", &cp.uplink, "up"]),
+            Cmd::ip(r, &["addr", "add", &gw, "dev", &cp.router_port]),
+            Cmd::ip(r, &["link", "set", &cp.router_port, "up"]),
+            Cmd::ip(ns, &["route", "add", "default", "via", &via, "dev", &cp.uplink]),
+        ];
         c
     }
 

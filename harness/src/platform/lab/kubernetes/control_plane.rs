@@ -61,6 +61,8 @@ pub struct ControlPlaneSpec {
     /// The range ClusterIPs are allocated from (`--service-cluster-ip-range`).
     pub service_cidr: String,
     pub files: ControlPlaneFiles,
+    /// Tied to the coordinator (killed when it dies); false for a lab left up by `lab up`.
+    pub attached: bool,
 }
 
 struct Proc {
@@ -178,11 +180,14 @@ impl ControlPlane {
         self.spawn("kube-controller-manager", cmd)
     }
 
-    /// `ip netns exec NETNS setpriv --pdeathsig KILL -- BIN/<name>`: the process dies with
-    /// the coordinator's spawner thread, crash included.
+    /// `ip netns exec NETNS setpriv --pdeathsig KILL -- BIN/<name>`: an attached process
+    /// dies with the coordinator's spawner thread, crash included.
     fn in_netns(&self, name: &str) -> Command {
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.spec.netns, "setpriv", "--pdeathsig", "KILL", "--"]);
+        cmd.args(["netns", "exec", &self.spec.netns]);
+        if self.spec.attached {
+            cmd.args(["setpriv", "--pdeathsig", "KILL", "--"]);
+        }
         cmd.arg(self.spec.bin.join(name));
         cmd.stdin(Stdio::null());
         cmd
@@ -242,6 +247,15 @@ impl ControlPlane {
         if let Some(dir) = self.tmpfs.take() {
             let _ = unmount(&dir);
         }
+    }
+}
+
+impl ControlPlane {
+    /// Leaves the processes and the tmpfs running after this handle goes (`lab up`); the
+    /// lab's removal (`lab down`) ends them from its state file.
+    pub fn detach(mut self) {
+        self.procs.clear();
+        self.tmpfs = None;
     }
 }
 

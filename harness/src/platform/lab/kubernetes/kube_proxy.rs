@@ -50,6 +50,8 @@ pub struct KubeProxySpec {
     pub dir: PathBuf,
     /// The directory holding the kube-proxy binary.
     pub bin: PathBuf,
+    /// Tied to the coordinator (killed when it dies); false for a lab left up by `lab up`.
+    pub attached: bool,
 }
 
 /// The `KubeProxyConfiguration` for `spec`.
@@ -90,9 +92,15 @@ pub struct KubeProxy {
     spec: KubeProxySpec,
     child: Child,
     log: PathBuf,
+    detached: bool,
 }
 
 impl KubeProxy {
+    /// Leaves the process running after this handle goes (`lab up`).
+    pub fn detach(mut self) {
+        self.detached = true;
+    }
+
     /// Starts kube-proxy in `spec.netns` through `spawner` (so it dies with the coordinator).
     pub fn start(spec: KubeProxySpec, spawner: &Spawner) -> anyhow::Result<KubeProxy> {
         let binary = spec.bin.join("kube-proxy");
@@ -105,14 +113,17 @@ impl KubeProxy {
         let log = spec.dir.join(format!("kube-proxy-{}.log", spec.node));
         let out = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &spec.netns, "setpriv", "--pdeathsig", "KILL", "--"])
-            .arg(&binary)
+        cmd.args(["netns", "exec", &spec.netns]);
+        if spec.attached {
+            cmd.args(["setpriv", "--pdeathsig", "KILL", "--"]);
+        }
+        cmd.arg(&binary)
             .arg(format!("--config={}", config.display()))
             .stdin(Stdio::null())
             .stdout(Stdio::from(out.try_clone()?))
             .stderr(Stdio::from(out));
         let child = spawner.spawn(cmd).with_context(|| format!("starting kube-proxy on node {}", spec.node))?;
-        Ok(KubeProxy { spec, child, log })
+        Ok(KubeProxy { spec, child, log, detached: false })
     }
 
     pub fn pid(&self) -> u32 {
@@ -156,7 +167,9 @@ impl KubeProxy {
 
 impl Drop for KubeProxy {
     fn drop(&mut self) {
-        self.stop();
+        if !self.detached {
+            self.stop();
+        }
     }
 }
 
@@ -175,6 +188,7 @@ mod tests {
             kubeconfig: "/run/zb/kube-proxy.kubeconfig".into(),
             dir: "/tmp".into(),
             bin: "/bin".into(),
+            attached: true,
         };
         let y = config_yaml(&spec);
         let v: serde_json::Value = serde_saphyr::from_str(&y).unwrap_or_default();

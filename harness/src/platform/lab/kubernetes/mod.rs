@@ -13,11 +13,13 @@
 //!   processes in a namespace, started in order, ready when `/readyz` answers, stopped in
 //!   the order that does not hang;
 //! - [`kube_proxy`]: the real kube-proxy in a node namespace, iptables or nftables mode;
-//! - [`nodes`]: the Node objects a kubelet would register (zone, addresses, CPU).
+//! - [`nodes`]: the Node objects a kubelet would register (zone, addresses, CPU);
+//! - [`cluster`]: all of it started on a built lab (`zonebench lab up --kubernetes`).
 
 use std::path::PathBuf;
 
 pub mod api_forwarder;
+pub mod cluster;
 pub mod control_plane;
 pub mod kube_proxy;
 pub mod kubeconfig;

@@ -10,7 +10,7 @@
 use std::fs::File;
 use std::io::{Read as _, Seek as _, SeekFrom};
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 
 use anyhow::Context as _;
@@ -115,4 +115,42 @@ pub fn stop_child(child: &mut std::process::Child) {
     }
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// `ip netns exec NETNS [setpriv --pdeathsig KILL --] PROGRAM`, or PROGRAM in the host's
+/// namespace when `netns` is None. `attached` ties the process to the coordinator: SIGKILL
+/// when the spawning thread dies (pdeathsig fires per thread: see [`Spawner`]); a lab left
+/// up (`lab up`) starts its processes detached.
+pub fn command_in(netns: Option<&str>, program: &Path, attached: bool) -> Command {
+    let mut c = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]);
+            if attached {
+                c.args(["setpriv", "--pdeathsig", "KILL", "--"]);
+            }
+            c.arg(program);
+            c
+        }
+        None if attached => {
+            let mut c = Command::new("setpriv");
+            c.args(["--pdeathsig", "KILL", "--"]).arg(program);
+            c
+        }
+        None => Command::new(program),
+    };
+    c.stdin(Stdio::null());
+    c
+}
+
+/// For a lab helper that takes `--watch-stdin`: attached, it gets a piped stdin and exits
+/// when the coordinator closes it; detached, it runs in its own process group with no stdin,
+/// so the shell that ran `lab up` does not signal it.
+pub fn watch_stdin(c: &mut Command, attached: bool) {
+    if attached {
+        c.arg("--watch-stdin").stdin(Stdio::piped());
+    } else {
+        use std::os::unix::process::CommandExt as _;
+        c.stdin(Stdio::null()).process_group(0);
+    }
 }

@@ -15,7 +15,7 @@
 
 use std::io::Read as _;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -203,19 +203,10 @@ pub fn forwarder_command(
     delay: Duration,
     attached: bool,
 ) -> Command {
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", netns]);
-    if attached {
-        c.args(["setpriv", "--pdeathsig", "KILL", "--"]);
-    }
-    c.arg(&program.path).args(&program.args);
+    let mut c = crate::platform::process::command_in(Some(netns), &program.path, attached);
+    c.args(&program.args);
     c.args(["--tun", tun, "--delay", &format!("{}ns", delay.as_nanos())]);
-    if attached {
-        c.arg("--watch-stdin").stdin(Stdio::piped());
-    } else {
-        use std::os::unix::process::CommandExt as _;
-        c.stdin(Stdio::null()).process_group(0);
-    }
+    crate::platform::process::watch_stdin(&mut c, attached);
     c
 }
 

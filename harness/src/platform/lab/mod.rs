@@ -558,9 +558,8 @@ impl LabPlatform {
             );
         }
         let _ = std::fs::remove_file(&socket);
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &pod.netns, "setpriv", "--pdeathsig", "KILL", "--"]);
-        cmd.arg(&program.path).args(&program.args).arg("serve");
+        let mut cmd = crate::platform::process::command_in(Some(&pod.netns), &program.path, true);
+        cmd.args(&program.args).arg("serve");
         cmd.args(["--listen", &pod.ip.to_string()]);
         cmd.args(["--tcp-port", &AGENT_TCP_PORT.to_string()]);
         cmd.args(["--udp-port", &AGENT_UDP_PORT.to_string()]);

@@ -20,7 +20,7 @@
 use std::io::Read as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
@@ -234,22 +234,11 @@ pub fn api_forwarder_command(
     port_file: &Path,
     attached: bool,
 ) -> Command {
-    let mut c;
-    if attached {
-        c = Command::new("setpriv");
-        c.args(["--pdeathsig", "KILL", "--"]).arg(&program.path);
-    } else {
-        c = Command::new(&program.path);
-    }
+    let mut c = crate::platform::process::command_in(None, &program.path, attached);
     c.args(&program.args);
     c.args(["--netns", netns, "--target", &target.to_string(), "--listen", &listen.to_string(), "--port-file"]);
     c.arg(port_file);
-    if attached {
-        c.arg("--watch-stdin").stdin(Stdio::piped());
-    } else {
-        use std::os::unix::process::CommandExt as _;
-        c.stdin(Stdio::null()).process_group(0);
-    }
+    crate::platform::process::watch_stdin(&mut c, attached);
     c
 }
 

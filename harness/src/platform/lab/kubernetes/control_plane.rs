@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 
-use crate::platform::process::{log_tail, stop_child, Spawner};
+use crate::platform::process::{command_in, log_tail, stop_child, Spawner};
 
 /// The apiserver's port in the control-plane namespace.
 pub const APISERVER_PORT: u16 = 6443;
@@ -180,17 +180,9 @@ impl ControlPlane {
         self.spawn("kube-controller-manager", cmd)
     }
 
-    /// `ip netns exec NETNS setpriv --pdeathsig KILL -- BIN/<name>`: an attached process
-    /// dies with the coordinator's spawner thread, crash included.
+    /// `BIN/<name>` in the control-plane namespace (see [`command_in`]).
     fn in_netns(&self, name: &str) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.spec.netns]);
-        if self.spec.attached {
-            cmd.args(["setpriv", "--pdeathsig", "KILL", "--"]);
-        }
-        cmd.arg(self.spec.bin.join(name));
-        cmd.stdin(Stdio::null());
-        cmd
+        command_in(Some(&self.spec.netns), &self.spec.bin.join(name), self.spec.attached)
     }
 
     fn spawn(&mut self, role: &'static str, mut cmd: Command) -> anyhow::Result<()> {

@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 
 use anyhow::{bail, Context as _};
 
-use crate::platform::process::{log_tail, stop_child, Spawner};
+use crate::platform::process::{command_in, log_tail, stop_child, Spawner};
 
 /// kube-proxy's metrics and health ports (its defaults), on the node's address.
 pub const METRICS_PORT: u16 = 10249;
@@ -112,14 +112,8 @@ impl KubeProxy {
         std::fs::write(&config, config_yaml(&spec)).with_context(|| format!("writing {}", config.display()))?;
         let log = spec.dir.join(format!("kube-proxy-{}.log", spec.node));
         let out = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &spec.netns]);
-        if spec.attached {
-            cmd.args(["setpriv", "--pdeathsig", "KILL", "--"]);
-        }
-        cmd.arg(&binary)
-            .arg(format!("--config={}", config.display()))
-            .stdin(Stdio::null())
+        let mut cmd = command_in(Some(&spec.netns), &binary, spec.attached);
+        cmd.arg(format!("--config={}", config.display()))
             .stdout(Stdio::from(out.try_clone()?))
             .stderr(Stdio::from(out));
         let child = spawner.spawn(cmd).with_context(|| format!("starting kube-proxy on node {}", spec.node))?;

@@ -116,3 +116,52 @@ fn lab_up_kubernetes_is_a_real_cluster_that_kubectl_reaches_and_lab_down_removes
     assert!(!Path::new(&format!("/run/zonebench/{id}")).exists());
     assert!(!Path::new(&format!("/run/zonebench/labs/{id}.json")).exists());
 }
+
+/// A `lab up --kubernetes` SIGKILLed while its control plane starts: `lab down` still
+/// removes every process (the ones in the lab's namespaces, and the host-side API forwarder
+/// if it had started), every namespace, etcd's tmpfs and the state file.
+#[test]
+fn lab_up_kubernetes_killed_mid_start_is_removed_whole_by_lab_down() {
+    let _lock = lab_lock(false);
+    kube_binaries();
+    let mut child = zonebench().args(["lab", "up", "--kubernetes"]).spawn().unwrap();
+    let pid = child.id();
+    // Our lab: the state file whose owner is the child (other tests build labs meanwhile).
+    let labs = Path::new("/run/zonebench/labs");
+    let mut id = None;
+    eventually("the lab's state file", Duration::from_secs(30), || {
+        id = std::fs::read_dir(labs).into_iter().flatten().flatten().find_map(|e| {
+            let st: serde_json::Value = serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok()?;
+            (st["owner_pid"] == pid).then(|| st["id"].as_str().map(String::from)).flatten()
+        });
+        id.is_some()
+    });
+    let id = id.unwrap();
+    // Into the control plane's start: its namespace exists, etcd or the apiserver is coming up.
+    eventually("the control-plane namespace", Duration::from_secs(30), || {
+        Path::new(&format!("/run/netns/{id}-cp")).exists()
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    child.wait().unwrap();
+
+    let o = run(zonebench().args(["lab", "down", &id]));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let namespaces =
+        String::from_utf8_lossy(&Command::new("ip").args(["netns", "list"]).output().unwrap().stdout).into_owned();
+    assert!(!namespaces.contains(&id), "{namespaces}");
+    let cp = format!("{id}-cp");
+    let mut left = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else { continue };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(&cp) || cmdline.contains(&format!("/run/zonebench/{id}/")) {
+            left.push(cmdline);
+        }
+    }
+    assert!(left.is_empty(), "processes of lab {id} are left: {left:#?}");
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    assert!(!mounts.contains(&format!("/run/zonebench/{id}")), "a mount of the lab is left");
+    assert!(!Path::new(&format!("/run/zonebench/{id}")).exists());
+    assert!(!labs.join(format!("{id}.json")).exists());
+}

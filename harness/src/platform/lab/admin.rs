@@ -161,6 +161,8 @@ pub(crate) fn remove_lab(id: &LabId, st: Option<&LabState>, dir: &Path) -> anyho
         }
     }
     namespaces.retain(|ns| ns.starts_with(&id.prefix()));
+    let entering: Vec<i32> = namespaces.iter().flat_map(|ns| netns::entering(ns)).collect();
+    netns::kill_and_wait(&entering, KILL_GRACE);
     netns::kill_all_in(&namespaces, KILL_GRACE);
     // Pods hang off nodes, nodes off the router: delete leaves first.
     namespaces.sort_by_key(|ns| (!ns.contains("-pod"), ns.ends_with("-router")));

@@ -75,6 +75,20 @@ pub fn pids(netns: &str) -> Vec<i32> {
     }
 }
 
+/// Processes in the host's namespace that enter `netns` themselves (the lab's API
+/// forwarder: `… --netns NETNS …` on its command line), found by their command line so a
+/// coordinator killed before it recorded one still leaves nothing behind.
+pub fn entering(netns: &str) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return vec![] };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+            let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+            args.windows(2).any(|w| w[0] == b"--netns" && w[1] == netns.as_bytes())
+        })
+        .collect()
+}
+
 /// Deletes a namespace; one already gone is fine.
 pub fn delete(netns: &str) -> anyhow::Result<()> {
     if !exists(netns) {

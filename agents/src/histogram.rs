@@ -130,4 +130,48 @@ mod tests {
     fn empty_histograms_have_no_summary() {
         assert!(summarize(&new()).is_none());
     }
+
+    mod props {
+        //! Merging is associative and keeps every count, through the encoded form too.
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        /// Latencies spread over the whole tracked range (and past it: clamped).
+        fn values() -> impl Strategy<Value = Vec<u64>> {
+            proptest::collection::vec((0u32..44, any::<u64>()).prop_map(|(bits, v)| v >> (63 - bits)), 0..200)
+        }
+
+        fn of(values: &[u64]) -> Histogram<u64> {
+            let mut h = new();
+            for &v in values {
+                record(&mut h, v);
+            }
+            h
+        }
+
+        fn merged(a: &Histogram<u64>, b: &Histogram<u64>) -> Histogram<u64> {
+            let mut out = a.clone();
+            merge(&mut out, b);
+            out
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn merge_is_associative_and_keeps_counts(a in values(), b in values(), c in values()) {
+                let (ha, hb, hc) = (of(&a), of(&b), of(&c));
+                let left = merged(&merged(&ha, &hb), &hc);
+                let right = merged(&ha, &merged(&hb, &hc));
+                prop_assert_eq!(&left, &right);
+                prop_assert_eq!(left.len(), (a.len() + b.len() + c.len()) as u64);
+                // Merging is the histogram of all the values at once.
+                prop_assert_eq!(&left, &of(&[a, b, c].concat()));
+                // Through results' encoded form, as the harness merges repeats.
+                let decoded = merged(&merged(&decode(&encode(&ha)).unwrap(), &decode(&encode(&hb)).unwrap()), &decode(&encode(&hc)).unwrap());
+                prop_assert_eq!(&decoded, &left);
+            }
+        }
+    }
 }

@@ -365,3 +365,72 @@ fn the_endpoints_given_away_are_the_first_ready_ones_of_created_then_updated_sli
     assert_eq!(r.outcomes[0].counts, counts(&[("a", 3), ("b", 3)]));
     assert_eq!(r.outcomes[0].hints[1][0], None, "the unready endpoint gets no hint");
 }
+
+mod props {
+    //! Random clusters and Services in Auto mode (a fresh sync): what the allocation
+    //! guarantees whatever the CPU and the endpoints' spread.
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Nodes (2..5 zones, 1..3 nodes each, any CPU) and ready endpoints in those zones.
+    fn cluster() -> impl Strategy<Value = (Vec<Node>, Vec<Endpoint>)> {
+        (2usize..6).prop_flat_map(|zones| {
+            let node = (0..zones, 1u64..16_000);
+            let endpoint = (0..zones, any::<bool>());
+            (proptest::collection::vec(node, zones..zones * 3), proptest::collection::vec(endpoint, 0..40))
+        })
+        .prop_map(|(nodes, eps)| {
+            let nodes: Vec<Node> = nodes
+                .into_iter()
+                .enumerate()
+                .map(|(i, (z, cpu))| Node::new(format!("node-{i}"), &format!("z{z}"), Cpu::from_millis(cpu)))
+                .collect();
+            let eps = eps
+                .into_iter()
+                .enumerate()
+                .map(|(i, (z, ready))| Endpoint {
+                    ready: Some(ready),
+                    ..Endpoint::ready(format!("10.0.{}.{}", i / 250, i % 250 + 1), format!("node-{z}"), &format!("z{z}"))
+                })
+                .collect();
+            (nodes, eps)
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn hints_conserve_endpoints_and_every_zone_gets_its_minimum((nodes, eps) in cluster(), split: prop::sample::Index) {
+            let ready = eps.iter().filter(|e| e.controller_ready()).count();
+            // The endpoints in two slices, cut anywhere.
+            let at = split.index(eps.len() + 1);
+            let slices = [Slice::new("s0", eps[..at].to_vec()), Slice::new("s1", eps[at..].to_vec())];
+            let r = predict(&nodes, &slices, &auto(), &ControllerOptions::default());
+            prop_assert!(!r.outcomes.is_empty());
+            for o in &r.outcomes {
+                let all = o.hints.iter().flatten().zip(slices.iter().flat_map(|s| &s.endpoints));
+                if !r.hints_enabled() {
+                    prop_assert!(o.hints.iter().flatten().all(Option::is_none), "hints written while disabled");
+                    prop_assert!(o.counts.is_empty());
+                    continue;
+                }
+                // Every ready endpoint is hinted for exactly one zone; unready ones for none.
+                for (h, e) in all {
+                    let zones = h.as_ref().map_or(0, |h| h.for_zones.len());
+                    prop_assert_eq!(zones, usize::from(e.controller_ready()), "{:?} {:?}", e, h);
+                }
+                prop_assert_eq!(o.counts.values().sum::<usize>(), ready, "endpoints are conserved");
+                let alloc = r.allocations.as_ref().expect("enabled Auto hints have allocations");
+                for (zone, a) in alloc {
+                    let got = o.counts.get(zone).copied().unwrap_or(0);
+                    prop_assert!(got >= a.minimum, "zone {} got {} below its minimum {} ({:?})", zone, got, a.minimum, o.counts);
+                    prop_assert!(got <= a.maximum, "zone {} got {} above its maximum {}", zone, got, a.maximum);
+                }
+                // Every hinted zone is one the allocation knows (all endpoints sit in node zones).
+                prop_assert!(o.counts.keys().all(|z| alloc.contains_key(z)));
+            }
+        }
+    }
+}

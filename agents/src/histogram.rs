@@ -36,7 +36,14 @@ pub enum HistogramError {
     Decode(hdrhistogram::serialization::DeserializeError),
     #[error("histogram values exceed the tracked range: {0:?}")]
     Range(hdrhistogram::AdditionError),
+    #[error("histogram holds more than {MAX_COUNT} values")]
+    TooManyValues,
 }
+
+/// Most values a decoded histogram may hold (2^48, a million years of samples at 10 M/s).
+/// The counts of anything larger can overflow when percentiles sum them (hdrhistogram adds
+/// them unchecked), and this bound keeps the merge of 65 536 decoded histograms exact.
+pub const MAX_COUNT: u64 = 1 << 48;
 
 /// base64 of the V2+DEFLATE encoding (the form Java's HistogramLogReader reads).
 pub fn encode(h: &Histogram<u64>) -> String {
@@ -58,6 +65,11 @@ pub fn decode(b64: &str) -> Result<Histogram<u64>, HistogramError> {
     // Re-home into the standard bounds so any two decoded histograms merge.
     let mut h = new();
     h.add(&decoded).map_err(HistogramError::Range)?;
+    // Each count saturates on its own, so the total must be summed here, checked.
+    let total = h.iter_recorded().try_fold(0u64, |sum, v| sum.checked_add(v.count_at_value()));
+    if total.is_none_or(|t| t > MAX_COUNT) {
+        return Err(HistogramError::TooManyValues);
+    }
     Ok(h)
 }
 
@@ -124,6 +136,31 @@ mod tests {
     fn garbage_is_an_error_not_a_panic() {
         assert!(matches!(decode("not base64!"), Err(HistogramError::Base64(_))));
         assert!(matches!(decode("AAAAAAAA"), Err(HistogramError::Decode(_))));
+    }
+
+    #[test]
+    fn a_histogram_whose_counts_overflow_is_refused() {
+        // Found by the `histogram` fuzz target: a V2 histogram whose counts sum past u64::MAX
+        // made summarize's percentiles overflow (a panic with debug assertions, garbage
+        // without). The fuzzer's input is the serialized bytes; results carry them in base64.
+        let found = include_bytes!("../tests/data/fuzz-histogram-count-overflow.bin");
+        let b64 = base64::engine::general_purpose::STANDARD.encode(found);
+        assert!(matches!(decode(&b64), Err(HistogramError::TooManyValues)));
+        // The smallest such histogram: three counts of i64::MAX (the most V2 can carry).
+        let mut h = new();
+        for v in [1_000, 2_000, 3_000] {
+            h.record_n(v, i64::MAX as u64).unwrap();
+        }
+        let mut bytes = Vec::new();
+        hdrhistogram::serialization::V2Serializer::new().serialize(&h, &mut bytes).unwrap();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&bytes);
+        assert!(matches!(decode(&b64), Err(HistogramError::TooManyValues)));
+        // The bound itself decodes; one value more does not.
+        let mut h = new();
+        h.record_n(1_000, MAX_COUNT).unwrap();
+        assert_eq!(decode(&encode(&h)).unwrap().len(), MAX_COUNT);
+        h.record(2_000).unwrap();
+        assert!(matches!(decode(&encode(&h)), Err(HistogramError::TooManyValues)));
     }
 
     #[test]

@@ -402,7 +402,7 @@ mod props {
         #![proptest_config(ProptestConfig::with_cases(256))]
 
         #[test]
-        fn hints_conserve_endpoints_and_every_zone_gets_its_minimum((nodes, eps) in cluster(), split: prop::sample::Index) {
+        fn hints_conserve_endpoints_and_zones_get_their_minimum_while_endpoints_are_spare((nodes, eps) in cluster(), split: prop::sample::Index) {
             let ready = eps.iter().filter(|e| e.controller_ready()).count();
             // The endpoints in two slices, cut anywhere.
             let at = split.index(eps.len() + 1);
@@ -423,14 +423,43 @@ mod props {
                 }
                 prop_assert_eq!(o.counts.values().sum::<usize>(), ready, "endpoints are conserved");
                 let alloc = r.allocations.as_ref().expect("enabled Auto hints have allocations");
+                // Go's stop rule (getGivingAndReceivingZones): endpoints move until no zone has
+                // half an endpoint to spare above its desired share, or none lacks half of one,
+                // or neither has a whole one. Slack for Go's repeated float decrements.
+                let gap = |z: &str, a: &Allocation| o.counts.get(z).copied().unwrap_or(0) as f64 - a.desired;
+                let spare = alloc.iter().map(|(z, a)| gap(z, a)).fold(0.0, f64::max);
+                let need = alloc.iter().map(|(z, a)| -gap(z, a)).fold(0.0, f64::max);
+                let eps = 1e-9;
+                prop_assert!(spare < 0.5 + eps || need < 0.5 + eps || (spare < 1.0 + eps && need < 1.0 + eps),
+                    "redistribution stopped early: spare {}, need {} ({:?})", spare, need, o.counts);
+                // So every zone gets its minimum unless no zone has half an endpoint to spare.
+                // (Not a guarantee: see the test after this module.)
                 for (zone, a) in alloc {
                     let got = o.counts.get(zone).copied().unwrap_or(0);
-                    prop_assert!(got >= a.minimum, "zone {} got {} below its minimum {} ({:?})", zone, got, a.minimum, o.counts);
-                    prop_assert!(got <= a.maximum, "zone {} got {} above its maximum {}", zone, got, a.maximum);
+                    prop_assert!(got >= a.minimum || spare < 0.5 + eps,
+                        "zone {} got {} below its minimum {} while {} was spare ({:?})", zone, got, a.minimum, spare, o.counts);
                 }
-                // Every hinted zone is one the allocation knows (all endpoints sit in node zones).
-                prop_assert!(o.counts.keys().all(|z| alloc.contains_key(z)));
+                // A moved endpoint goes to a zone the allocation knows; the others keep their own.
+                for (h, e) in o.hints.iter().flatten().zip(slices.iter().flat_map(|s| &s.endpoints)) {
+                    if let Some(z) = h.as_ref().and_then(|h| h.for_zones.first()) {
+                        prop_assert!(alloc.contains_key(z) || e.zone.as_ref() == Some(z), "{:?} hinted for {}", e, z);
+                    }
+                }
             }
         }
     }
+}
+
+#[test]
+fn a_zone_can_stay_below_its_minimum_when_no_zone_has_half_an_endpoint_to_spare() {
+    // Found by the property test above. z0 has 40.0003% of the CPU: 6 endpoints give it
+    // 2.40002, minimum ceil(2.00002) = 3, but it has 2; z1's 4 are 0.40003 above its 3.59997,
+    // under the 0.5 getGivingAndReceivingZones moves an endpoint for. Nothing moves.
+    let ns = nodes(&[("z1", 7983), ("z1", 13498), ("z0", 14321)]);
+    let r = run(&ns, eps(&[("z1", 4), ("z0", 2)]), &auto());
+    assert!(r.hints_enabled());
+    let alloc = r.allocations.as_ref().unwrap();
+    assert_eq!(alloc["z0"].minimum, 3);
+    assert!(4.0 - alloc["z1"].desired < 0.5, "{}", alloc["z1"].desired);
+    assert_eq!(r.outcomes[0].counts, counts(&[("z0", 2), ("z1", 4)]));
 }

@@ -16,7 +16,12 @@ fuzz_target!(|data: &[u8]| {
         let nodes = ["a", "b", "c"]
             .iter()
             .flat_map(|z| {
-                (0..2).map(move |i| Node { name: format!("node-{z}-{i}"), zone: z.to_string(), cpu_millis: 4000, ready: true })
+                (0..2).map(move |i| Node {
+                    name: format!("node-{z}-{i}"),
+                    zone: z.to_string(),
+                    cpu_millis: 4000,
+                    ready: true,
+                })
             })
             .collect();
         let cluster = ClusterTopology { nodes, fingerprint: Fingerprint::default() };

@@ -469,7 +469,10 @@ mod tests {
                     for (i, (kind, pairs, repeat)) in tests.into_iter().enumerate() {
                         // Cross-zone needs two zones; a one-zone case asks for the matrix instead.
                         let pairs = if zones.len() < 2 && pairs == 2 { 0 } else { pairs };
-                        text += &format!("[[tests]]\nname = \"t{i}\"\nkind = \"{}\"\npairs = \"{}\"\n", KINDS[kind], PAIRS[pairs]);
+                        text += &format!(
+                            "[[tests]]\nname = \"t{i}\"\nkind = \"{}\"\npairs = \"{}\"\n",
+                            KINDS[kind], PAIRS[pairs]
+                        );
                         if let Some(r) = repeat {
                             text += &format!("repeat = {r}\n");
                         }

@@ -375,27 +375,32 @@ mod props {
 
     /// Nodes (2..5 zones, 1..3 nodes each, any CPU) and ready endpoints in those zones.
     fn cluster() -> impl Strategy<Value = (Vec<Node>, Vec<Endpoint>)> {
-        (2usize..6).prop_flat_map(|zones| {
-            let node = (0..zones, 1u64..16_000);
-            let endpoint = (0..zones, any::<bool>());
-            (proptest::collection::vec(node, zones..zones * 3), proptest::collection::vec(endpoint, 0..40))
-        })
-        .prop_map(|(nodes, eps)| {
-            let nodes: Vec<Node> = nodes
-                .into_iter()
-                .enumerate()
-                .map(|(i, (z, cpu))| Node::new(format!("node-{i}"), &format!("z{z}"), Cpu::from_millis(cpu)))
-                .collect();
-            let eps = eps
-                .into_iter()
-                .enumerate()
-                .map(|(i, (z, ready))| Endpoint {
-                    ready: Some(ready),
-                    ..Endpoint::ready(format!("10.0.{}.{}", i / 250, i % 250 + 1), format!("node-{z}"), &format!("z{z}"))
-                })
-                .collect();
-            (nodes, eps)
-        })
+        (2usize..6)
+            .prop_flat_map(|zones| {
+                let node = (0..zones, 1u64..16_000);
+                let endpoint = (0..zones, any::<bool>());
+                (proptest::collection::vec(node, zones..zones * 3), proptest::collection::vec(endpoint, 0..40))
+            })
+            .prop_map(|(nodes, eps)| {
+                let nodes: Vec<Node> = nodes
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (z, cpu))| Node::new(format!("node-{i}"), &format!("z{z}"), Cpu::from_millis(cpu)))
+                    .collect();
+                let eps = eps
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (z, ready))| Endpoint {
+                        ready: Some(ready),
+                        ..Endpoint::ready(
+                            format!("10.0.{}.{}", i / 250, i % 250 + 1),
+                            format!("node-{z}"),
+                            &format!("z{z}"),
+                        )
+                    })
+                    .collect();
+                (nodes, eps)
+            })
     }
 
     proptest! {

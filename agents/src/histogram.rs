@@ -36,7 +36,14 @@ pub enum HistogramError {
     Decode(hdrhistogram::serialization::DeserializeError),
     #[error("histogram values exceed the tracked range: {0:?}")]
     Range(hdrhistogram::AdditionError),
+    #[error("histogram holds more than {MAX_COUNT} values")]
+    TooManyValues,
 }
+
+/// Most values a decoded histogram may hold (2^48, a million years of samples at 10 M/s).
+/// The counts of anything larger can overflow when percentiles sum them (hdrhistogram adds
+/// them unchecked), and this bound keeps the merge of 65 536 decoded histograms exact.
+pub const MAX_COUNT: u64 = 1 << 48;
 
 /// base64 of the V2+DEFLATE encoding (the form Java's HistogramLogReader reads).
 pub fn encode(h: &Histogram<u64>) -> String {
@@ -58,6 +65,11 @@ pub fn decode(b64: &str) -> Result<Histogram<u64>, HistogramError> {
     // Re-home into the standard bounds so any two decoded histograms merge.
     let mut h = new();
     h.add(&decoded).map_err(HistogramError::Range)?;
+    // Each count saturates on its own, so the total must be summed here, checked.
+    let total = h.iter_recorded().try_fold(0u64, |sum, v| sum.checked_add(v.count_at_value()));
+    if total.is_none_or(|t| t > MAX_COUNT) {
+        return Err(HistogramError::TooManyValues);
+    }
     Ok(h)
 }
 
@@ -127,7 +139,76 @@ mod tests {
     }
 
     #[test]
+    fn a_histogram_whose_counts_overflow_is_refused() {
+        // Found by the `histogram` fuzz target: a V2 histogram whose counts sum past u64::MAX
+        // made summarize's percentiles overflow (a panic with debug assertions, garbage
+        // without). The fuzzer's input is the serialized bytes; results carry them in base64.
+        let found = include_bytes!("../tests/data/fuzz-histogram-count-overflow.bin");
+        let b64 = base64::engine::general_purpose::STANDARD.encode(found);
+        assert!(matches!(decode(&b64), Err(HistogramError::TooManyValues)));
+        // The smallest such histogram: three counts of i64::MAX (the most V2 can carry).
+        let mut h = new();
+        for v in [1_000, 2_000, 3_000] {
+            h.record_n(v, i64::MAX as u64).unwrap();
+        }
+        let mut bytes = Vec::new();
+        hdrhistogram::serialization::V2Serializer::new().serialize(&h, &mut bytes).unwrap();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&bytes);
+        assert!(matches!(decode(&b64), Err(HistogramError::TooManyValues)));
+        // The bound itself decodes; one value more does not.
+        let mut h = new();
+        h.record_n(1_000, MAX_COUNT).unwrap();
+        assert_eq!(decode(&encode(&h)).unwrap().len(), MAX_COUNT);
+        h.record(2_000).unwrap();
+        assert!(matches!(decode(&encode(&h)), Err(HistogramError::TooManyValues)));
+    }
+
+    #[test]
     fn empty_histograms_have_no_summary() {
         assert!(summarize(&new()).is_none());
+    }
+
+    mod props {
+        //! Merging is associative and keeps every count, through the encoded form too.
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        /// Latencies spread over the whole tracked range (and past it: clamped).
+        fn values() -> impl Strategy<Value = Vec<u64>> {
+            proptest::collection::vec((0u32..44, any::<u64>()).prop_map(|(bits, v)| v >> (63 - bits)), 0..200)
+        }
+
+        fn of(values: &[u64]) -> Histogram<u64> {
+            let mut h = new();
+            for &v in values {
+                record(&mut h, v);
+            }
+            h
+        }
+
+        fn merged(a: &Histogram<u64>, b: &Histogram<u64>) -> Histogram<u64> {
+            let mut out = a.clone();
+            merge(&mut out, b);
+            out
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn merge_is_associative_and_keeps_counts(a in values(), b in values(), c in values()) {
+                let (ha, hb, hc) = (of(&a), of(&b), of(&c));
+                let left = merged(&merged(&ha, &hb), &hc);
+                let right = merged(&ha, &merged(&hb, &hc));
+                prop_assert_eq!(&left, &right);
+                prop_assert_eq!(left.len(), (a.len() + b.len() + c.len()) as u64);
+                // Merging is the histogram of all the values at once.
+                prop_assert_eq!(&left, &of(&[a, b, c].concat()));
+                // Through results' encoded form, as the harness merges repeats.
+                let decoded = merged(&merged(&decode(&encode(&ha)).unwrap(), &decode(&encode(&hb)).unwrap()), &decode(&encode(&hc)).unwrap());
+                prop_assert_eq!(&decoded, &left);
+            }
+        }
     }
 }

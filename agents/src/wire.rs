@@ -339,4 +339,73 @@ mod tests {
         assert!(cut.len() <= MAX_ID_LEN);
         assert_eq!(encode_hello(&long).len(), 5 + cut.len());
     }
+
+    mod props {
+        //! Encode then decode gives the same value, for every valid frame.
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        fn mode() -> impl Strategy<Value = TcpMode> {
+            prop_oneof![Just(TcpMode::Sink), Just(TcpMode::Source), Just(TcpMode::Echo)]
+        }
+
+        fn kind() -> impl Strategy<Value = UdpKind> {
+            prop_oneof![
+                Just(UdpKind::Data),
+                Just(UdpKind::Request),
+                Just(UdpKind::Response),
+                Just(UdpKind::StatsRequest),
+                Just(UdpKind::StatsReply),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn preambles_round_trip(mode in mode(), request_size in 1..=MAX_MESSAGE_SIZE, response_size in 1..=MAX_MESSAGE_SIZE) {
+                let p = Preamble { mode, request_size, response_size };
+                prop_assert_eq!(Preamble::decode(&p.encode()), Ok(p));
+            }
+
+            #[test]
+            fn hellos_round_trip(id in "\\PC{0,80}") {
+                let b = encode_hello(&id);
+                let head: &[u8; 5] = b.first_chunk().expect("a hello has 5 fixed bytes");
+                let len = decode_hello_head(head).expect("an encoded hello decodes");
+                prop_assert_eq!(len, b.len() - 5);
+                prop_assert_eq!(std::str::from_utf8(&b[5..]), Ok(truncate_id(&id)));
+            }
+
+            #[test]
+            fn udp_headers_round_trip(
+                kind in kind(),
+                flags: u8,
+                id in "[a-z0-9-]{0,64}",
+                response_size: u32,
+                flow: u64,
+                seq: u64,
+                ts_ns: u64,
+                payload in proptest::collection::vec(any::<u8>(), 0..64),
+            ) {
+                let h = UdpHeader { kind, flags, id_len: id.len() as u8, response_size, flow, seq, ts_ns };
+                let mut b = vec![0u8; UDP_HEADER_LEN];
+                h.encode_into(&mut b);
+                b.extend_from_slice(id.as_bytes());
+                b.extend_from_slice(&payload);
+                let back = UdpHeader::decode(&b);
+                prop_assert_eq!(back, Ok(h));
+                prop_assert_eq!(h.server_id(&b), Ok(id.as_str()));
+            }
+
+            #[test]
+            fn flow_stats_round_trip(v: [u64; 6]) {
+                let s = FlowStats {
+                    received: v[0], bytes: v[1], out_of_order: v[2], duplicates: v[3], jitter_ns: v[4], next_seq: v[5],
+                };
+                prop_assert_eq!(FlowStats::decode(&s.encode()), Ok(s));
+            }
+        }
+    }
 }

@@ -443,4 +443,75 @@ mod tests {
         c.nodes[1].ready = false;
         assert!(matches!(expand(&s, &c), Err(PlanError::EmptyZone(z)) if z == "b"));
     }
+
+    mod props {
+        //! Any valid pod scenario on any cluster expands the same way twice, and every step's
+        //! agents are placed in zones the cluster has, on the pairs the test asked for.
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::scenario::Pairs;
+
+        const KINDS: [&str; 6] = ["tcp-rr", "tcp-crr", "http", "tcp-stream", "udp-rr", "udp-stream"];
+        const PAIRS: [&str; 3] = ["zone-matrix", "same-zone", "cross-zone"];
+
+        /// Zones, nodes per zone, and the scenario's text for them.
+        fn case() -> impl Strategy<Value = (Vec<String>, usize, String)> {
+            let test = (0..KINDS.len(), 0..PAIRS.len(), proptest::option::of(1u32..4));
+            (1usize..5, 1usize..4, 1u32..4, 1u32..3, 1u32..3, proptest::collection::vec(test, 1..5)).prop_map(
+                |(zones, per_zone, servers, clients, repeat, tests)| {
+                    let zones: Vec<String> = ["a", "b", "c", "d"][..zones].iter().map(|z| z.to_string()).collect();
+                    let mut text = format!(
+                        "[lab]\nzones = \"{}\"\n[agents]\nservers_per_zone = {servers}\nclients_per_zone = {clients}\n\
+                         [defaults]\nrepeat = {repeat}\n",
+                        zones.join(",")
+                    );
+                    for (i, (kind, pairs, repeat)) in tests.into_iter().enumerate() {
+                        // Cross-zone needs two zones; a one-zone case asks for the matrix instead.
+                        let pairs = if zones.len() < 2 && pairs == 2 { 0 } else { pairs };
+                        text += &format!(
+                            "[[tests]]\nname = \"t{i}\"\nkind = \"{}\"\npairs = \"{}\"\n",
+                            KINDS[kind], PAIRS[pairs]
+                        );
+                        if let Some(r) = repeat {
+                            text += &format!("repeat = {r}\n");
+                        }
+                    }
+                    (zones, per_zone, text)
+                },
+            )
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn expansion_is_deterministic_and_every_step_is_in_a_cluster_zone((zones, per_zone, text) in case()) {
+                let zone_refs: Vec<&str> = zones.iter().map(String::as_str).collect();
+                let s = scenario(&text);
+                let c = cluster(&zone_refs, per_zone);
+                let plan = expand(&s, &c).expect("a valid scenario expands on a cluster with every zone");
+                prop_assert_eq!(&plan, &expand(&s, &c).expect("again"));
+                prop_assert!(!plan.steps.is_empty());
+                let zone_of = |id: &str| plan.placement(id).map(|p| p.zone.clone());
+                for p in &plan.placements {
+                    prop_assert!(zones.contains(&p.zone), "{} placed in unknown zone {}", p.id, p.zone);
+                    prop_assert!(c.nodes.iter().any(|n| n.name == p.node && n.zone == p.zone), "{} on {}", p.id, p.node);
+                }
+                for step in &plan.steps {
+                    let cz = zone_of(&step.client);
+                    let sz = zone_of(&step.server);
+                    prop_assert!(cz.is_some() && sz.is_some(), "step {} {}→{} has no placement", step.name, step.client, step.server);
+                    let t = &s.tests[step.test_index];
+                    match t.pairs.unwrap_or(s.defaults.pairs) {
+                        Pairs::SameZone => prop_assert_eq!(&cz, &sz),
+                        Pairs::CrossZone => prop_assert_ne!(&cz, &sz),
+                        Pairs::ZoneMatrix => {}
+                    }
+                    prop_assert!(step.repeat < t.repeat.unwrap_or(s.defaults.repeat));
+                }
+                prop_assert!(repeats_interleave(&plan.steps));
+            }
+        }
+    }
 }

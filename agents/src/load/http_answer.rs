@@ -105,14 +105,14 @@ enum Chunk {
 /// is parsed in place when it arrives in one read (the usual case); only a head split across
 /// reads is copied, into a buffer reused by every answer.
 #[derive(Default)]
-pub(super) struct AnswerParser {
+pub struct AnswerParser {
     stage: Stage,
     head: Vec<u8>,
-    pub(super) status: u16,
-    pub(super) body_bytes: u64,
+    pub status: u16,
+    pub body_bytes: u64,
     /// The server asked to close (or spoke HTTP/1.0 without keep-alive, or sent a
     /// close-delimited body).
-    pub(super) close: bool,
+    pub close: bool,
     /// The last answer's `x-zonebench-server` value; only rewritten when it changes.
     id: Vec<u8>,
     has_id: bool,
@@ -126,7 +126,7 @@ struct Head {
 }
 
 impl AnswerParser {
-    pub(super) fn start(&mut self) {
+    pub fn start(&mut self) {
         self.stage = Stage::Head;
         self.head.clear();
         self.body_bytes = 0;
@@ -135,7 +135,7 @@ impl AnswerParser {
 
     /// Consumes `data`; `Ok(true)` when the answer is complete. Bytes beyond the answer are
     /// an error: with one request in flight the server has nothing else to say.
-    pub(super) fn feed(&mut self, mut data: &[u8]) -> Result<bool, &'static str> {
+    pub fn feed(&mut self, mut data: &[u8]) -> Result<bool, &'static str> {
         while !data.is_empty() {
             match self.stage {
                 Stage::Head => {
@@ -182,7 +182,7 @@ impl AnswerParser {
     }
 
     /// The server closed the connection: fine only for a close-delimited body.
-    pub(super) fn end_of_stream(&mut self) -> Result<(), &'static str> {
+    pub fn end_of_stream(&mut self) -> Result<(), &'static str> {
         match self.stage {
             Stage::UntilClose => {
                 self.stage = Stage::Done;

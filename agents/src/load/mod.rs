@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::spec::{SpecError, TestKind, TestResult, TestSpec};
 
 pub mod http;
-mod http_answer;
+pub mod http_answer;
 mod tcp_client;
 pub mod tcp_crr;
 pub mod tcp_rr;

@@ -348,4 +348,43 @@ mod tests {
         assert_eq!(g[0].1.len(), 2);
         assert_eq!(g[0].0.to_string(), "tcp-rr a→b");
     }
+
+    mod props {
+        //! Repeats merge in any grouping to the same histogram, with every count.
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn repeats() -> impl Strategy<Value = Vec<Vec<u64>>> {
+            let value = (0u32..44, any::<u64>()).prop_map(|(bits, v)| v >> (63 - bits));
+            proptest::collection::vec(proptest::collection::vec(value, 1..50), 1..6)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(128))]
+
+            #[test]
+            fn merged_repeats_are_associative_and_keep_counts(values in repeats(), split: prop::sample::Index) {
+                let ms: Vec<Measurement> = values
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| latency(TestKind::TcpRr, "a", "b", i as u32, v))
+                    .collect();
+                let all = merged(&ms, latency_of).expect("every repeat has a histogram");
+                prop_assert_eq!(all.len(), values.iter().map(Vec::len).sum::<usize>() as u64);
+                // (first k) + (the rest) is the merge of all, whatever k.
+                let k = split.index(ms.len() + 1);
+                let mut grouped = histogram::new();
+                for part in [&ms[..k], &ms[k..]] {
+                    if let Some(h) = merged(part, latency_of) {
+                        histogram::merge(&mut grouped, &h);
+                    }
+                }
+                prop_assert_eq!(&grouped, &all);
+                let mut reversed = ms.clone();
+                reversed.reverse();
+                prop_assert_eq!(&merged(&reversed, latency_of).expect("histograms"), &all);
+            }
+        }
+    }
 }

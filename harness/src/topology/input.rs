@@ -68,19 +68,22 @@ fn kind_hint(expected: &str) -> &'static str {
     }
 }
 
-/// The objects of `path`, each checked to be of `kind`.
-fn read_objects(path: &Path, kind: &'static str) -> Result<Vec<Raw>, InputError> {
-    let text = std::fs::read_to_string(path).map_err(|source| InputError::Read { path: path.into(), source })?;
+fn read_text(path: &Path) -> Result<String, InputError> {
+    std::fs::read_to_string(path).map_err(|source| InputError::Read { path: path.into(), source })
+}
+
+/// The objects of `text` (read from `path`, which errors name), each checked to be of `kind`.
+fn read_objects(path: &Path, text: &str, kind: &'static str) -> Result<Vec<Raw>, InputError> {
     let trimmed = text.trim_start();
     let docs: Vec<Value> = if trimmed.starts_with('{') || trimmed.starts_with('[') {
-        let v: Value = serde_json::from_str(&text).map_err(|e| InputError::Syntax {
+        let v: Value = serde_json::from_str(text).map_err(|e| InputError::Syntax {
             path: path.into(),
             format: "JSON",
             message: e.to_string(),
         })?;
         vec![v]
     } else {
-        serde_saphyr::from_multiple::<Value>(&text).map_err(|e| InputError::Syntax {
+        serde_saphyr::from_multiple::<Value>(text).map_err(|e| InputError::Syntax {
             path: path.into(),
             format: "YAML",
             message: e.to_string().trim_start_matches("error: ").to_string(),
@@ -221,8 +224,13 @@ fn quantities_as_strings(v: &mut Value) {
 
 /// Nodes from `kubectl get nodes -o yaml`.
 pub fn load_nodes(path: &Path) -> Result<Vec<Node>, InputError> {
+    parse_nodes_str(&read_text(path)?, path)
+}
+
+/// [`load_nodes`] of text already read; `path` names it in errors.
+pub fn parse_nodes_str(text: &str, path: &Path) -> Result<Vec<Node>, InputError> {
     let mut out = Vec::new();
-    for mut raw in read_objects(path, "Node")? {
+    for mut raw in read_objects(path, text, "Node")? {
         quantities_as_strings(&mut raw.value);
         let (label, n): (String, core::Node) = typed(path, raw)?;
         out.push(node_from_api(&n).map_err(|e| e.at(path, &label))?);
@@ -235,8 +243,13 @@ pub fn load_nodes(path: &Path) -> Result<Vec<Node>, InputError> {
 
 /// EndpointSlices from `kubectl get endpointslices -o yaml`, in file order.
 pub fn load_slices(path: &Path) -> Result<Vec<SliceObject>, InputError> {
+    parse_slices_str(&read_text(path)?, path)
+}
+
+/// [`load_slices`] of text already read; `path` names it in errors.
+pub fn parse_slices_str(text: &str, path: &Path) -> Result<Vec<SliceObject>, InputError> {
     let mut out = Vec::new();
-    for raw in read_objects(path, "EndpointSlice")? {
+    for raw in read_objects(path, text, "EndpointSlice")? {
         let (label, s): (String, discovery::EndpointSlice) = typed(path, raw)?;
         out.push(slice_from_api(&s).map_err(|e| e.at(path, &label))?);
     }
@@ -245,7 +258,12 @@ pub fn load_slices(path: &Path) -> Result<Vec<SliceObject>, InputError> {
 
 /// The Service from `kubectl get service NAME -o yaml` (exactly one).
 pub fn load_service(path: &Path) -> Result<ServiceObject, InputError> {
-    let mut raws = read_objects(path, "Service")?;
+    parse_service_str(&read_text(path)?, path)
+}
+
+/// [`load_service`] of text already read; `path` names it in errors.
+pub fn parse_service_str(text: &str, path: &Path) -> Result<ServiceObject, InputError> {
+    let mut raws = read_objects(path, text, "Service")?;
     if raws.len() != 1 {
         let names: Vec<&str> = raws.iter().map(|r| r.label.as_str()).collect();
         return Err(InputError::File {

@@ -102,15 +102,7 @@ fn cluster(tag: &str) -> Cluster {
         dir: dir.join("cp"),
         bin: bin.clone(),
         service_cidr: SERVICE_CIDR.into(),
-        files: ControlPlaneFiles {
-            ca_crt: pki.ca.cert.clone(),
-            apiserver_crt: pki.apiserver.cert.clone(),
-            apiserver_key: pki.apiserver.key.clone(),
-            sa_key: pki.service_account_key.clone(),
-            sa_pub: pki.service_account_pub.clone(),
-            controller_manager_kubeconfig: kcm,
-            admin_kubeconfig: admin.clone(),
-        },
+        files: ControlPlaneFiles::of(&pki, kcm, admin.clone()),
         attached: true,
     };
     let cp = ControlPlane::start(spec).unwrap();

@@ -95,15 +95,7 @@ impl KubeCluster {
             dir: dir.join("control-plane"),
             bin: bin.clone(),
             service_cidr: SERVICE_CIDR.to_string(),
-            files: ControlPlaneFiles {
-                ca_crt: pki.ca.cert.clone(),
-                apiserver_crt: pki.apiserver.cert.clone(),
-                apiserver_key: pki.apiserver.key.clone(),
-                sa_key: pki.service_account_key.clone(),
-                sa_pub: pki.service_account_pub.clone(),
-                controller_manager_kubeconfig: kcm,
-                admin_kubeconfig: admin.clone(),
-            },
+            files: ControlPlaneFiles::of(&pki, kcm, admin.clone()),
             attached,
         })?;
 

@@ -47,6 +47,21 @@ pub struct ControlPlaneFiles {
     pub admin_kubeconfig: PathBuf,
 }
 
+impl ControlPlaneFiles {
+    /// The files of `pki`, with the controller-manager's and an admin kubeconfig.
+    pub fn of(pki: &super::pki::Pki, controller_manager_kubeconfig: PathBuf, admin_kubeconfig: PathBuf) -> Self {
+        ControlPlaneFiles {
+            ca_crt: pki.ca.cert.clone(),
+            apiserver_crt: pki.apiserver.cert.clone(),
+            apiserver_key: pki.apiserver.key.clone(),
+            sa_key: pki.service_account_key.clone(),
+            sa_pub: pki.service_account_pub.clone(),
+            controller_manager_kubeconfig,
+            admin_kubeconfig,
+        }
+    }
+}
+
 /// Where and with what the control plane runs.
 #[derive(Debug, Clone)]
 pub struct ControlPlaneSpec {

@@ -432,4 +432,11 @@ async fn a_label_value_the_real_apiserver_refuses_is_refused_naming_it() {
     let slices: Api<EndpointSlice> = Api::namespaced(c, &run.namespace());
     let slice = manifests::run_endpoint_slice(&run, "zb-scale-0", &ALL_PORTS, &[]);
     slices.create(&post(), &slice).await.unwrap();
+    // A patch is validated like a create, and a refused one changes nothing.
+    let bad = serde_json::json!({"metadata": {"labels": {"tier": "a/b"}}});
+    let params = ::kube::api::PatchParams::default();
+    let e = slices.patch("zb-scale-0", &params, &::kube::api::Patch::Merge(&bad)).await.unwrap_err().to_string();
+    assert!(e.contains("Invalid value: \"a/b\""), "{e}");
+    let kept = slices.get("zb-scale-0").await.unwrap();
+    assert!(kept.metadata.labels.unwrap_or_default().get("tier").is_none());
 }

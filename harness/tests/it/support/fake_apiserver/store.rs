@@ -268,9 +268,6 @@ pub(super) fn replace(
     ev: Events,
 ) -> Response<Body> {
     let Some(mut o) = body else { return status(400, "BadRequest", "body is not JSON") };
-    if let Some(why) = invalid_label(&o) {
-        return status(422, "Invalid", &why);
-    }
     let key = (t.prefix.clone(), t.namespace.clone().unwrap_or_default(), t.resource.clone());
     let mut g = st.lock().unwrap();
     let Some(old) = g.objects.get(&key).and_then(|m| m.get(name)).cloned() else {
@@ -287,12 +284,30 @@ pub(super) fn replace(
         o["spec"]["clusterIP"] = old["spec"]["clusterIP"].clone();
         o["spec"]["clusterIPs"] = old["spec"]["clusterIPs"].clone();
     }
+    modified(&mut g, &st, &ev, &key, name, &old, o)
+}
+
+/// Stores `o` as the new version of `name` (replaced or patched from `old`), as the
+/// apiserver does after validating it: a label value it refuses is refused here too, and the
+/// stored object is left as it was.
+fn modified(
+    g: &mut State,
+    st: &Arc<Mutex<State>>,
+    ev: &Events,
+    key: &(String, String, String),
+    name: &str,
+    old: &Value,
+    mut o: Value,
+) -> Response<Body> {
+    if let Some(why) = invalid_label(&o) {
+        return status(422, "Invalid", &why);
+    }
     g.rv += 1;
     o["metadata"]["resourceVersion"] = json!(g.rv.to_string());
-    g.objects.get_mut(&key).unwrap().insert(name.to_string(), o.clone());
-    emit(&ev, &key, "MODIFIED", &o);
-    let touched = proxied_services(&key, [&old, &o]);
-    reconcile(&mut g, &st, touched);
+    g.objects.get_mut(key).unwrap().insert(name.to_string(), o.clone());
+    emit(ev, key, "MODIFIED", &o);
+    let touched = proxied_services(key, [old, &o]);
+    reconcile(g, st, touched);
     json_response(StatusCode::OK, &o)
 }
 
@@ -429,11 +444,5 @@ pub(super) fn merge_patch(
     };
     let mut o = old.clone();
     merge(&mut o, &patch);
-    g.rv += 1;
-    o["metadata"]["resourceVersion"] = json!(g.rv.to_string());
-    g.objects.get_mut(&key).unwrap().insert(name.to_string(), o.clone());
-    emit(&ev, &key, "MODIFIED", &o);
-    let touched = proxied_services(&key, [&old, &o]);
-    reconcile(&mut g, &st, touched);
-    json_response(StatusCode::OK, &o)
+    modified(&mut g, &st, &ev, &key, name, &old, o)
 }

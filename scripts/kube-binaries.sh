@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the Kubernetes binaries of the kube lab from their Go modules, at the pins below:
-# etcd, kube-apiserver, kube-controller-manager, kube-proxy and kubectl. Each comes from a
+# etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kube-proxy and kubectl. Each comes from a
 # wrapper Go module in scripts/kube/ (etcd/ and kubernetes/), whose committed go.mod and
 # go.sum fix every dependency. The binaries go to a cache outside the repository,
 #
@@ -10,7 +10,7 @@
 # The bin directory is the last line on stdout, everything else goes to stderr:
 #
 #   BIN=$(scripts/kube-binaries.sh)       # build what is missing, print the bin directory
-#   scripts/kube-binaries.sh --force      # rebuild all five
+#   scripts/kube-binaries.sh --force      # rebuild all six
 #   scripts/kube-binaries.sh --regen      # after changing a pin below: regenerate
 #                                         # scripts/kube/*/go.mod and go.sum (no build)
 #
@@ -39,6 +39,7 @@ binaries=(
   "etcd $etcd_dir go.etcd.io/etcd/server/v3"
   "kube-apiserver $kube_dir k8s.io/kubernetes/cmd/kube-apiserver"
   "kube-controller-manager $kube_dir k8s.io/kubernetes/cmd/kube-controller-manager"
+  "kube-scheduler $kube_dir k8s.io/kubernetes/cmd/kube-scheduler"
   "kube-proxy $kube_dir k8s.io/kubernetes/cmd/kube-proxy"
   "kubectl $kube_dir k8s.io/kubernetes/cmd/kubectl"
 )
@@ -216,6 +217,7 @@ tool (
 	k8s.io/kubernetes/cmd/kube-apiserver
 	k8s.io/kubernetes/cmd/kube-controller-manager
 	k8s.io/kubernetes/cmd/kube-proxy
+	k8s.io/kubernetes/cmd/kube-scheduler
 	k8s.io/kubernetes/cmd/kubectl
 )
 

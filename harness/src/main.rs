@@ -28,6 +28,7 @@ fn main() -> ExitCode {
         Command::Hints(a) if !a.is_live() => return exit(cli::hints::files(&a)).into(),
         Command::Lab(cli::lab::LabCommand::DelayForwarder(a)) => return exit(cli::lab::delay_forwarder(&a)).into(),
         Command::Lab(cli::lab::LabCommand::ApiForwarder(a)) => return exit(cli::lab::api_forwarder(&a)).into(),
+        Command::Lab(cli::lab::LabCommand::NodeAgent(a)) => return exit(cli::lab::node_agent(&a)).into(),
         Command::Lab(cli::lab::LabCommand::ConnectProbe(a)) => return exit(cli::lab::connect_probe(&a)).into(),
         Command::Scenarios => return exit(cli::scenarios::list()).into(),
         Command::Report(a) => return exit(cli::report::report(a)).into(),

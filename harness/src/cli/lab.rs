@@ -43,6 +43,9 @@ pub enum LabCommand {
     /// Lab internals: forward a host loopback port into a lab namespace (the kube lab's apiserver).
     #[command(hide = true)]
     ApiForwarder(zonebench::platform::lab::kubernetes::api_forwarder::ApiForwarderArgs),
+    /// Lab internals: the kubelet's stand-in on one node of a Kubernetes lab.
+    #[command(hide = true)]
+    NodeAgent(zonebench::platform::lab::kubernetes::node_agent::NodeAgentArgs),
     /// Lab internals: time until a connect to a Service first succeeds.
     #[command(hide = true)]
     ConnectProbe(zonebench::platform::lab::ConnectProbeArgs),
@@ -63,9 +66,8 @@ pub async fn lab(cmd: LabCommand) -> anyhow::Result<Exit> {
             if kubernetes {
                 println!("{}", lab::kubeconfig(id.as_str())?.display());
                 eprintln!(
-                    "Kubernetes lab {id} is up: KUBECONFIG=$(zonebench lab kubeconfig {id}) kubectl get nodes. \
-                     Pods do not run on it yet (the node agent, the kubelet's stand-in, is not built): \
-                     they stay Pending; Services, EndpointSlices, hints and kube-proxy's rules are real"
+                    "Kubernetes lab {id} is up: KUBECONFIG=$(zonebench lab kubeconfig {id}) kubectl get nodes; \
+                     zonebench run --backend kube --kubeconfig $(zonebench lab kubeconfig {id}) runs a scenario on it"
                 );
             }
             eprintln!("lab {id} is up; `zonebench lab status` shows it, `zonebench lab down {id}` removes it");
@@ -114,7 +116,10 @@ pub async fn lab(cmd: LabCommand) -> anyhow::Result<Exit> {
                 return Err(Usage("name a lab id (see `zonebench lab status`) or pass --all".into()).into());
             }
         },
-        LabCommand::DelayForwarder(_) | LabCommand::ApiForwarder(_) | LabCommand::ConnectProbe(_) => {
+        LabCommand::DelayForwarder(_)
+        | LabCommand::ApiForwarder(_)
+        | LabCommand::NodeAgent(_)
+        | LabCommand::ConnectProbe(_) => {
             unreachable!("handled before the runtime starts")
         }
     }
@@ -130,6 +135,12 @@ pub fn delay_forwarder(a: &lab::DelayForwarderArgs) -> anyhow::Result<Exit> {
 /// `lab api-forwarder`: forward a host loopback port to an address inside a lab namespace.
 pub fn api_forwarder(a: &lab::kubernetes::api_forwarder::ApiForwarderArgs) -> anyhow::Result<Exit> {
     lab::kubernetes::api_forwarder::run(a).context("api forwarder")?;
+    Ok(Exit::Success)
+}
+
+/// `lab node-agent`: run the pods bound to one node of a Kubernetes lab.
+pub fn node_agent(a: &lab::kubernetes::node_agent::NodeAgentArgs) -> anyhow::Result<Exit> {
+    lab::kubernetes::node_agent::run(a).with_context(|| format!("node agent of {}", a.node))?;
     Ok(Exit::Success)
 }
 

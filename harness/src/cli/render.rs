@@ -94,6 +94,7 @@ async fn render_run(args: &RenderArgs) -> anyhow::Result<Exit> {
         inspector_image: args.inspect_nodes.then(|| args.inspect_image.clone()),
         run_id: Some("render".into()),
         variants: Vec::new(),
+        control: Default::default(),
     };
     let (topology, whence) = if args.discover {
         let cluster = kube::client::connect(&options.source).await?;

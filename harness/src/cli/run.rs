@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use tokio_util::sync::CancellationToken;
 use zonebench::model::{AgentProgram, RunStatus};
-use zonebench::platform::kube::{ClusterSource, KubeOptions, KubePlatform};
+use zonebench::platform::kube::{ClusterSource, ControlMode, KubeOptions, KubePlatform};
 use zonebench::platform::lab::{LabOptions, LabPlatform};
 use zonebench::platform::local::LocalPlatform;
 use zonebench::present;
@@ -23,6 +23,24 @@ pub enum PlatformArg {
     Lab,
     Local,
     Kube,
+}
+
+/// `--control`: how a kube run reaches its agents.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+pub enum ControlArg {
+    Auto,
+    Direct,
+    PortForward,
+}
+
+impl From<ControlArg> for ControlMode {
+    fn from(c: ControlArg) -> ControlMode {
+        match c {
+            ControlArg::Auto => ControlMode::Auto,
+            ControlArg::Direct => ControlMode::Direct,
+            ControlArg::PortForward => ControlMode::PortForward,
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -46,6 +64,11 @@ pub struct RunArgs {
     /// them per point). The run's namespace then allows privileged pods.
     #[arg(long)]
     inspect_nodes: bool,
+    /// On a cluster, how to reach the agents' control APIs: `direct` to pod IPs (inside the
+    /// cluster, or the Kubernetes lab), `port-forward` through the API server (a laptop), or
+    /// `auto`: direct where the first agent's pod IP answers, else port-forward.
+    #[arg(long, value_enum, default_value = "auto")]
+    control: ControlArg,
     /// Image of the node inspector (bash, iptables-save, nft).
     #[arg(long, default_value = DEFAULT_INSPECTOR_IMAGE, requires = "inspect_nodes")]
     inspect_image: String,
@@ -69,8 +92,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
         None => scenario.platform,
     };
     let targets = args.cluster.targets().map_err(Usage)?;
-    if choice != PlatformChoice::Kube && (args.cluster.given() || args.image.is_some() || args.inspect_nodes) {
-        return Err(Usage("--kubeconfig, --context, --image and --inspect-nodes need --backend kube".into()).into());
+    if choice != PlatformChoice::Kube
+        && (args.cluster.given() || args.image.is_some() || args.inspect_nodes || args.control != ControlArg::Auto)
+    {
+        return Err(Usage(
+            "--kubeconfig, --context, --image, --inspect-nodes and --control need --backend kube".into(),
+        )
+        .into());
     }
     let out_dir = args.out.clone().unwrap_or_else(|| {
         let stamp = zonebench::model::now_rfc3339().replace([':', '-'], "");
@@ -82,7 +110,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
 
     if choice == PlatformChoice::Kube {
         let inspector = args.inspect_nodes.then(|| args.inspect_image.clone());
-        let images = Images { agent: args.image.clone(), inspector };
+        let images = Images { agent: args.image.clone(), inspector, control: args.control.into() };
         let outcome = run_kube(&scenario, &args.cluster, targets, images, &opts, &cancel).await?;
         return Ok(report_outcome(&outcome));
     }
@@ -204,6 +232,8 @@ pub fn lab_available() -> Result<(), String> {
 pub struct Images {
     pub agent: Option<String>,
     pub inspector: Option<String>,
+    /// `--control` (not an image, but as much a per-run choice of how agents run).
+    pub control: ControlMode,
 }
 
 /// `zonebench run --backend kube`: one cluster, or each labelled `--context` in turn.
@@ -223,6 +253,7 @@ pub async fn run_kube(
         inspector_image: images.inspector.clone(),
         run_id: None,
         variants: Vec::new(),
+        control: images.control,
     };
     let kubeconfig =
         cluster.kubeconfig.as_ref().map_or("the default kubeconfig".to_string(), |p| p.display().to_string());

@@ -5,10 +5,12 @@
 use serde::{Deserialize, Serialize};
 
 /// Private ranges (RFC 1918, CGNAT, IPv6 ULA): where pod and Service addresses live on
-/// almost every cluster. An agent started through the control API may only aim tests at
-/// these, so a leaked token still cannot turn it into a load generator against the internet.
-pub const DEFAULT_ALLOW_CIDRS: [&str; 5] =
-    ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fd00::/8"];
+/// almost every cluster; and the benchmarking range (RFC 2544, never routed on the
+/// internet), where the Kubernetes lab puts its pods and Services. An agent started through
+/// the control API may only aim tests at these, so a leaked token still cannot turn it into
+/// a load generator against the internet.
+pub const DEFAULT_ALLOW_CIDRS: [&str; 6] =
+    ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "198.18.0.0/15", "fd00::/8"];
 
 /// The `[kube]` table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -208,7 +208,7 @@ fn real_kube_proxy_programs_a_services_endpoint_in_iptables_and_nftables_mode() 
     // The Node as the lab registers it: kube-proxy waits for its InternalIP.
     let node = LabNode { name: "a-1".into(), zone: "a".into(), ip: NODE_IP, cpu_millis: 4000 };
     apply(&c, nodes::object(&node));
-    let status = serde_json::to_string(&nodes::status(&node)).unwrap();
+    let status = serde_json::to_string(&nodes::status(&node, &zonebench::model::now_rfc3339())).unwrap();
     let out = kubectl(
         &c.bin,
         &c.netns.0,

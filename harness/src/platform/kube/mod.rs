@@ -9,7 +9,8 @@
 //! - [`manifests`]: every object a run creates, as pure functions (`zonebench render`);
 //! - [`pss`]: the restricted Pod Security Standard checked on pod specs;
 //! - [`pods`]: creating the run's objects and waiting for agents to become ready;
-//! - [`portforward`]: loopback listeners bridged to port-forwards, for the control API;
+//! - [`portforward`]: loopback listeners bridged to port-forwards, for the control API
+//!   (`--control port-forward`; `direct` connects to pod IPs, `auto` picks: [`ControlMode`]);
 //! - [`services`]: Services per routing variant, EndpointSlice hints, batched creation and
 //!   deletion of selector-less Services, and what the live hints doctor reads;
 //! - [`run_services`]: the Services of `via = "service"` steps and of sweeps (`apply_services`);
@@ -76,6 +77,32 @@ pub enum KubeError {
     Manifest(#[from] manifests::ManifestError),
 }
 
+/// How the coordinator reaches the agents' control APIs (`--control`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ControlMode {
+    /// Direct where the first agent's pod IP answers, else port-forward.
+    #[default]
+    Auto,
+    /// TCP to each pod IP: inside the cluster (the nightly CronJob), or where pod IPs are
+    /// routed to the coordinator (the Kubernetes lab, whose node agents have no port-forward).
+    Direct,
+    /// Through the API server, as `kubectl port-forward` (a laptop outside the cluster).
+    PortForward,
+}
+
+impl ControlMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ControlMode::Auto => "auto",
+            ControlMode::Direct => "direct",
+            ControlMode::PortForward => "port-forward",
+        }
+    }
+}
+
+/// How long `--control auto` waits for a TCP connect to the first agent's pod IP.
+const DIRECT_PROBE_WITHIN: Duration = Duration::from_secs(1);
+
 /// What a kube run needs besides the scenario's tests.
 #[derive(Debug, Clone, Default)]
 pub struct KubeOptions {
@@ -90,6 +117,8 @@ pub struct KubeOptions {
     pub run_id: Option<String>,
     /// Echo Services to create with the agents, one per routing variant (for `via = "service"`).
     pub variants: Vec<RoutingVariant>,
+    /// `--control`.
+    pub control: ControlMode,
 }
 
 impl KubeOptions {
@@ -114,6 +143,8 @@ pub struct KubePlatform {
     /// create's answer was lost to a signal.
     namespace_requested: bool,
     bridges: Vec<portforward::Bridge>,
+    /// How agents are reached, once `deploy` has decided (auto picks then).
+    control: Option<ControlMode>,
     /// The agents as deployed, for their control APIs (the programming probe runs in one).
     agents: BTreeMap<String, DeployedAgent>,
     /// The Services `apply_services` made, so a later call changes only what differs.
@@ -140,6 +171,7 @@ impl KubePlatform {
             nodes: Vec::new(),
             namespace_requested: false,
             bridges: Vec::new(),
+            control: None,
             agents: BTreeMap::new(),
             services: run_services::State::default(),
             dataplane: String::new(),
@@ -186,6 +218,39 @@ impl KubePlatform {
             out.push(h);
         }
         Ok(out)
+    }
+
+    /// `--control`, with auto decided by one TCP connect to `ip` (the first agent's).
+    async fn choose_control(&self, ip: IpAddr) -> ControlMode {
+        let mode = match self.options.control {
+            ControlMode::Auto => {
+                let addr = std::net::SocketAddr::new(ip, manifests::AGENT_CONTROL_PORT);
+                match tokio::time::timeout(DIRECT_PROBE_WITHIN, tokio::net::TcpStream::connect(addr)).await {
+                    Ok(Ok(_)) => ControlMode::Direct,
+                    _ => ControlMode::PortForward,
+                }
+            }
+            m => m,
+        };
+        let why = match (self.options.control, mode) {
+            (ControlMode::Auto, ControlMode::Direct) => " (auto: pod IPs answer from here)",
+            (ControlMode::Auto, _) => " (auto: pod IPs do not answer from here)",
+            _ => "",
+        };
+        self.say(format!("control: {}{why}", mode.as_str()));
+        mode
+    }
+
+    fn say(&self, message: String) {
+        match &self.progress {
+            Some(p) => p.message(format!("kube: {message}")),
+            None => eprintln!("kube: {message}"),
+        }
+    }
+
+    /// How agents were reached (after `deploy`).
+    pub fn control(&self) -> Option<ControlMode> {
+        self.control
     }
 
     fn connected(&self) -> anyhow::Result<&Cluster> {
@@ -279,17 +344,38 @@ impl Platform for KubePlatform {
                 .with_context(|| format!("pod {name} is ready but has no IP"))?
                 .parse()
                 .with_context(|| format!("pod {name}'s IP"))?;
-            let bridge = portforward::Bridge::start(pod_api.clone(), &name, manifests::AGENT_CONTROL_PORT)
-                .await
-                .context("listening on loopback for a port-forward")?;
-            let control = ControlEndpoint::Tcp(bridge.addr());
+            let mode = match self.control {
+                Some(m) => m,
+                None => {
+                    let m = self.choose_control(ip).await;
+                    self.control = Some(m);
+                    m
+                }
+            };
+            let control = if mode == ControlMode::Direct {
+                let control = ControlEndpoint::Tcp(std::net::SocketAddr::new(ip, manifests::AGENT_CONTROL_PORT));
+                let client = ControlClient::new(control.clone(), self.token.clone());
+                if let Err(e) = client.wait_healthy(HEALTHY_WITHIN).await {
+                    anyhow::bail!(
+                        "agent {id} in pod {ns}/{name} does not answer at its pod IP {ip} (--control direct): {e:#}"
+                    );
+                }
+                control
+            } else {
+                let bridge = portforward::Bridge::start(pod_api.clone(), &name, manifests::AGENT_CONTROL_PORT)
+                    .await
+                    .context("listening on loopback for a port-forward")?;
+                let control = ControlEndpoint::Tcp(bridge.addr());
+                let client = ControlClient::new(control.clone(), self.token.clone());
+                if let Err(e) = client.wait_healthy(HEALTHY_WITHIN).await {
+                    let why = bridge.last_error().map(|w| format!(" ({w})")).unwrap_or_default();
+                    anyhow::bail!("agent {id} in pod {ns}/{name} does not answer through port-forward{why}: {e:#}");
+                }
+                self.bridges.push(bridge);
+                control
+            };
             let client = ControlClient::new(control.clone(), self.token.clone());
-            if let Err(e) = client.wait_healthy(HEALTHY_WITHIN).await {
-                let why = bridge.last_error().map(|w| format!(" ({w})")).unwrap_or_default();
-                anyhow::bail!("agent {id} in pod {ns}/{name} does not answer through port-forward{why}: {e:#}");
-            }
             let info = client.info().await.with_context(|| format!("agent {id}'s /v1/info"))?;
-            self.bridges.push(bridge);
             let port = |n: &str| -> anyhow::Result<u16> {
                 crate::control_client::info_port(&info, n)
                     .with_context(|| format!("agent {id}'s /v1/info has no {n} port"))
@@ -384,6 +470,7 @@ impl Platform for KubePlatform {
 
     async fn teardown(&mut self) -> anyhow::Result<()> {
         self.bridges.clear();
+        self.control = None;
         self.agents.clear();
         self.services = run_services::State::default();
         if !self.namespace_requested {

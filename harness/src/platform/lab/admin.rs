@@ -161,6 +161,12 @@ pub(crate) fn remove_lab(id: &LabId, st: Option<&LabState>, dir: &Path) -> anyho
         }
     }
     namespaces.retain(|ns| ns.starts_with(&id.prefix()));
+    // A Kubernetes lab's host link, first and explicitly: a namespace's removal frees its
+    // devices asynchronously, and the host's route to the pod network must be gone on return.
+    for link in netns::host_links(id) {
+        netns::run_argv(&["ip".into(), "link".into(), "del".into(), link.clone()])
+            .with_context(|| format!("removing lab {id}'s host link {link}"))?;
+    }
     let entering: Vec<i32> = namespaces.iter().flat_map(|ns| netns::entering(ns)).collect();
     netns::kill_and_wait(&entering, KILL_GRACE);
     netns::kill_all_in(&namespaces, KILL_GRACE);

@@ -195,6 +195,9 @@ impl LabPlatform {
         if netns::exists(&self.plan.router_netns) {
             bail!("lab {id} already exists; remove it with `zonebench lab down {id}`");
         }
+        if self.plan.host_link.is_some() {
+            host_link_free()?;
+        }
         let created_unix = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         self.state = Some(LabState {
             id: id.to_string(),
@@ -236,12 +239,20 @@ impl LabPlatform {
                 Some(p) => p.clone(),
                 None => ForwarderProgram::current_exe()?,
             };
+            let agent =
+                self.options.agent.clone().context(
+                    "no agent program configured for the lab: the Kubernetes lab's node agents run it in pods",
+                )?;
+            let cgroups: HashMap<String, PathBuf> =
+                self.plan.nodes.iter().filter_map(|n| Some((n.name.clone(), self.node_cgroup(&n.name)?))).collect();
             let spawner = self.spawner.as_ref().context("the lab is not built")?;
             let kube = kubernetes::cluster::KubeCluster::start(
                 &self.plan,
                 &self.config,
                 &self.run_dir,
                 &program,
+                &agent,
+                &|node| cgroups.get(node).cloned(),
                 spawner,
                 !self.detached,
             )?;
@@ -764,4 +775,18 @@ fn fresh_id(state_dir: &Path) -> anyhow::Result<LabId> {
         }
     }
     bail!("no free lab id after 100 tries; remove old labs with `zonebench lab down --all`")
+}
+
+/// A Kubernetes lab routes the pod supernet from the host's namespace (its host link), and
+/// only one route can: refuse a second one, naming what holds the route now.
+fn host_link_free() -> anyhow::Result<()> {
+    let supernet = topology::POD_SUPERNET.to_string();
+    let out = netns::run_argv(&["ip".into(), "route".into(), "show".into(), "exact".into(), supernet.clone()])?;
+    if let Some(route) = out.lines().map(str::trim).find(|l| !l.is_empty()) {
+        bail!(
+            "the host already routes the lab's pod network ({route}): another Kubernetes lab is up \
+             (`zonebench lab status`; one Kubernetes lab per host), or something else uses {supernet}"
+        );
+    }
+    Ok(())
 }

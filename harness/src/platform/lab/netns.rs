@@ -43,6 +43,19 @@ pub fn run_argv(argv: &[String]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// The host's network interfaces named for lab `id` (a Kubernetes lab's host link).
+pub fn host_links(id: &LabId) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/sys/class/net") else { return vec![] };
+    let prefix = id.prefix();
+    let mut v: Vec<String> = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    v.sort();
+    v
+}
+
 pub fn exists(netns: &str) -> bool {
     Path::new(NETNS_DIR).join(netns).exists()
 }

@@ -156,7 +156,8 @@ pub struct PodPlan {
 }
 
 /// One command of the build: `program` (`ip`, `tc`, `bridge` or `sysctl`) run in `netns`
-/// (`None` only for `ip netns add/del`, which act on the host's namespace list).
+/// (`None` only for `ip netns add/del`, which act on the host's namespace list, and for a
+/// Kubernetes lab's host link, [`HostLinkPlan`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cmd {
     pub program: &'static str,
@@ -209,7 +210,31 @@ pub struct Plan {
     pub delay: Option<Duration>,
     /// The Kubernetes lab's control-plane namespace (`lab.kubernetes`).
     pub control_plane: Option<ControlPlanePlan>,
+    /// The Kubernetes lab's link from the host's namespace into the router (`lab.kubernetes`).
+    pub host_link: Option<HostLinkPlan>,
 }
+
+/// The one thing a Kubernetes lab puts in the host's namespace: a veth into the router and a
+/// route to the pod supernet through it, so a coordinator on the host reaches agents at
+/// their pod IPs, as one inside a cluster does (the lab's node agents have no port-forward).
+/// The router routes pod CIDRs for packets from this link only (its table
+/// [`HOST_LINK_TABLE`]): pod-to-pod traffic keeps the routes of the lab's routing mode, so
+/// VXLAN modes still fail loudly on unencapsulated cross-zone pod traffic. Removing the
+/// router namespace removes the veth, and with it the host's route.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostLinkPlan {
+    /// The veth's end in the host's namespace, holding [`HOST_LINK_SUBNET`]`.1`.
+    pub host_if: String,
+    /// Its end in the router, holding `.2`.
+    pub router_if: String,
+    pub host_ip: Ipv4Addr,
+    pub router_ip: Ipv4Addr,
+}
+
+/// The host link's subnet: beside the control plane's, below the Service range.
+pub const HOST_LINK_SUBNET: Cidr = Cidr::new(Ipv4Addr::new(198, 18, 101, 0), 30);
+/// The router's routing table for packets from the host link.
+pub const HOST_LINK_TABLE: u32 = 101;
 
 /// The control-plane namespace: on its own subnet behind the router, as a zone of one
 /// host, so every node reaches the apiserver through the router like any other address.
@@ -302,6 +327,12 @@ impl Plan {
                 uplink: format!("{p}up"),
                 router_port: format!("{p}cp"),
             }),
+            host_link: config.kubernetes.then(|| HostLinkPlan {
+                host_if: format!("{p}host"),
+                router_if: format!("{p}hostr"),
+                host_ip: Ipv4Addr::new(198, 18, 101, 1),
+                router_ip: Ipv4Addr::new(198, 18, 101, 2),
+            }),
         })
     }
 
@@ -351,6 +382,9 @@ impl Plan {
         }
         if let Some(cp) = &self.control_plane {
             c.extend(self.control_plane_commands(cp));
+        }
+        if let Some(h) = &self.host_link {
+            c.extend(self.host_link_commands(h));
         }
         c.extend(self.router_route_commands());
         c.extend(self.shaping_commands());
@@ -412,6 +446,31 @@ impl Plan {
             Cmd::ip(r, &["link", "set", &cp.router_port, "up"]),
             Cmd::ip(ns, &["route", "add", "default", "via", &via, "dev", &cp.uplink]),
         ];
+        c
+    }
+
+    /// The host link (see [`HostLinkPlan`]): the only commands run in the host's namespace
+    /// besides `ip netns add`.
+    fn host_link_commands(&self, h: &HostLinkPlan) -> Vec<Cmd> {
+        let r = self.router_netns.as_str();
+        let len = HOST_LINK_SUBNET.len;
+        let (host_addr, router_addr) = (format!("{}/{len}", h.host_ip), format!("{}/{len}", h.router_ip));
+        let table = HOST_LINK_TABLE.to_string();
+        let (via, supernet) = (h.router_ip.to_string(), POD_SUPERNET.to_string());
+        #[rustfmt::skip]
+        let mut c = vec![
+            Cmd::new("ip", None, &["link", "add", &h.host_if, "type", "veth", "peer", "name", &h.router_if, "netns", r]),
+            Cmd::new("ip", None, &["addr", "add", &host_addr, "dev", &h.host_if]),
+            Cmd::new("ip", None, &["link", "set", &h.host_if, "up"]),
+            Cmd::ip(r, &["addr", "add", &router_addr, "dev", &h.router_if]),
+            Cmd::ip(r, &["link", "set", &h.router_if, "up"]),
+            Cmd::ip(r, &["rule", "add", "iif", &h.router_if, "lookup", &table, "pref", "90"]),
+        ];
+        for n in &self.nodes {
+            let (dst, via) = (n.pod_cidr.to_string(), n.underlay_ip.to_string());
+            c.push(Cmd::ip(r, &["route", "add", &dst, "via", &via, "table", &table]));
+        }
+        c.push(Cmd::new("ip", None, &["route", "add", &supernet, "via", &via, "dev", &h.host_if]));
         c
     }
 

@@ -88,6 +88,8 @@ impl FakeCluster {
             inspector_image: None,
             run_id: Some(run_id.into()),
             variants: Vec::new(),
+            // The fake serves port-forward; its pod IPs are not where its agents listen.
+            control: zonebench::platform::kube::ControlMode::PortForward,
         }
     }
 

@@ -177,7 +177,7 @@ pub fn valid_results(dir: &Path) -> serde_json::Value {
 /// fails without them, naming the script (CI builds them), never skips.
 pub fn kube_binaries() -> PathBuf {
     let bin = zonebench::platform::lab::kubernetes::bin_dir();
-    for b in ["etcd", "kube-apiserver", "kube-controller-manager", "kube-proxy", "kubectl"] {
+    for b in ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube-proxy", "kubectl"] {
         assert!(
             bin.join(b).is_file(),
             "{} is missing: run scripts/kube-binaries.sh to build the Kubernetes binaries (pinned at {})",

@@ -1,15 +1,14 @@
 //! The Kubernetes lab as one piece: on a built lab (namespaces, router, links), the
-//! certificates and kubeconfigs, the control plane in its namespace, the lab's Node objects,
-//! a real kube-proxy in every node namespace, and the API forwarder that gives the user's
-//! kubectl a loopback address for the apiserver, with a kubeconfig that uses it.
-//!
-//! What is not here yet: a node agent (the kubelet's stand-in) that runs the pods bound to
-//! each node. Until it exists, pods stay Pending on this cluster; everything that needs no
-//! running pod (Services, EndpointSlices, hints, kube-proxy's rules) is real.
+//! certificates and kubeconfigs, the control plane in its namespace, a node agent (the
+//! kubelet's stand-in, which registers the node's Node object and runs the pods bound to
+//! it) and a real kube-proxy in every node namespace, and the API forwarder that gives the
+//! user's kubectl a loopback address for the apiserver, with a kubeconfig that uses it.
+//! [`KubeCluster::start`] returns once every node agent has registered its node and watches
+//! its pods.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
@@ -18,11 +17,11 @@ use super::api_forwarder::{api_forwarder_command, read_port_file, SUBCOMMAND};
 use super::control_plane::{ControlPlane, ControlPlaneFiles, ControlPlaneSpec, APISERVER_PORT};
 use super::kube_proxy::{KubeProxy, KubeProxySpec, ProxyMode};
 use super::kubeconfig::{self, KubeconfigSpec};
-use super::nodes::{self, LabNode};
+use super::node_agent::{self, LabFile, NodeAgentArgs};
 use super::pki::Pki;
-use crate::model::DataplaneKind;
+use crate::model::{AgentProgram, DataplaneKind};
 use crate::platform::lab::delay::ForwarderProgram;
-use crate::platform::lab::services::{LAB_NODE_CPU_MILLIS, SERVICE_CIDR};
+use crate::platform::lab::services::SERVICE_CIDR;
 use crate::platform::lab::topology::{Plan, POD_SUPERNET};
 use crate::platform::process::{log_tail, stop_child, Spawner};
 use crate::scenario::LabConfig;
@@ -30,18 +29,29 @@ use crate::scenario::LabConfig;
 /// The `kubernetes` Service's ClusterIP: the first address of the lab's Service range.
 pub const KUBERNETES_SERVICE_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 128, 1);
 const FORWARDER_READY_WITHIN: Duration = Duration::from_secs(10);
+/// How long node agents may take to register their nodes and list their pods.
+const NODE_AGENTS_READY_WITHIN: Duration = Duration::from_secs(30);
+
+/// A node agent as started: its process, node and log.
+struct NodeAgentProc {
+    node: String,
+    netns: String,
+    child: Child,
+    log: PathBuf,
+}
 
 /// A running Kubernetes lab's components (the lab's namespaces are its owner's).
 pub struct KubeCluster {
     pub control_plane: ControlPlane,
     pub proxies: Vec<KubeProxy>,
+    node_agents: Vec<NodeAgentProc>,
     forwarder: Child,
     forwarder_log: PathBuf,
     /// The user's kubeconfig: the apiserver through the forwarder on 127.0.0.1.
     pub kubeconfig: PathBuf,
     /// The admin kubeconfig as the lab's namespaces reach the apiserver.
     pub admin_kubeconfig: PathBuf,
-    /// From the start of the control plane to every kube-proxy running.
+    /// From the start of the control plane to every node registered and its agent watching.
     pub ready_after: Duration,
 }
 
@@ -56,12 +66,17 @@ pub fn kubeconfig_of(run_dir: &Path) -> PathBuf {
 }
 
 impl KubeCluster {
-    /// Starts everything on the built lab `plan` (whose `control_plane` is set).
+    /// Starts everything on the built lab `plan` (whose `control_plane` is set). Pods run
+    /// `agent` for the zonebench agent image; `cgroup_of(node)` is the cgroup a node's pod
+    /// processes join.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         plan: &Plan,
         config: &LabConfig,
         run_dir: &Path,
         program: &ForwarderProgram,
+        agent: &AgentProgram,
+        cgroup_of: &dyn Fn(&str) -> Option<PathBuf>,
         spawner: &Spawner,
         attached: bool,
     ) -> anyhow::Result<KubeCluster> {
@@ -88,6 +103,7 @@ impl KubeCluster {
         let kcm =
             write("kube-controller-manager.kubeconfig", "kube-controller-manager", &pki.controller_manager, &server)?;
         let kube_proxy = write("kube-proxy.kubeconfig", "kube-proxy", &pki.kube_proxy, &server)?;
+        let scheduler = write("kube-scheduler.kubeconfig", "kube-scheduler", &pki.scheduler, &server)?;
 
         let control_plane = ControlPlane::start(ControlPlaneSpec {
             netns: cp_plan.netns.clone(),
@@ -95,18 +111,38 @@ impl KubeCluster {
             dir: dir.join("control-plane"),
             bin: bin.clone(),
             service_cidr: SERVICE_CIDR.to_string(),
-            files: ControlPlaneFiles::of(&pki, kcm, admin.clone()),
+            files: ControlPlaneFiles::of(&pki, kcm, admin.clone()).with_node_agents(scheduler),
             attached,
         })?;
 
+        // The node agents register the nodes, as kubelets do.
+        let lab_file = dir.join("lab.json");
+        std::fs::write(&lab_file, serde_json::to_vec(&LabFile { id: id.clone(), config: config.clone() })?)?;
+        let agent_program = program.with_args(&node_agent::SUBCOMMAND);
+        let mut node_agents = Vec::new();
         for n in &plan.nodes {
-            let node = LabNode {
-                name: n.name.clone(),
-                zone: n.zone.clone(),
-                ip: n.underlay_ip,
-                cpu_millis: config.cpu_millis_of(&n.name, &n.zone, LAB_NODE_CPU_MILLIS),
+            let cert = pki.node(&n.name).with_context(|| format!("no certificate for node {}", n.name))?;
+            let user = format!("node-{}", n.name);
+            let kubeconfig = write(&format!("node-{}.kubeconfig", n.name), &user, cert, &server)?;
+            let ready_file = dir.join(format!("node-agent-{}.ready", n.name));
+            let _ = std::fs::remove_file(&ready_file);
+            let args = NodeAgentArgs {
+                node: n.name.clone(),
+                lab: lab_file.clone(),
+                kubeconfig,
+                agent: agent.path.clone(),
+                agent_args: agent.args.clone(),
+                pods_dir: dir.join("pods"),
+                cgroup: cgroup_of(&n.name),
+                ready_file: Some(ready_file),
+                watch_stdin: attached,
             };
-            register(&bin, &cp_plan.netns, &admin, &dir, &node)?;
+            let mut cmd = node_agent::command(&agent_program, &args, attached);
+            let log = dir.join(format!("node-agent-{}.log", n.name));
+            let out = std::fs::File::create(&log)?;
+            cmd.stdout(Stdio::from(out.try_clone()?)).stderr(Stdio::from(out));
+            let child = spawner.spawn(cmd).with_context(|| format!("starting the node agent of {}", n.name))?;
+            node_agents.push(NodeAgentProc { node: n.name.clone(), netns: n.netns.clone(), child, log });
         }
         let mut proxies = Vec::new();
         for n in &plan.nodes {
@@ -155,15 +191,41 @@ impl KubeCluster {
             std::thread::sleep(Duration::from_millis(20));
         };
         let kubeconfig = write("kubeconfig", "admin", &pki.admin, &format!("https://127.0.0.1:{port}"))?;
-        Ok(KubeCluster {
+        let mut cluster = KubeCluster {
             control_plane,
             proxies,
+            node_agents,
             forwarder,
             forwarder_log,
             kubeconfig,
             admin_kubeconfig: admin,
-            ready_after: started.elapsed(),
-        })
+            ready_after: Duration::ZERO,
+        };
+        cluster.wait_node_agents(&dir)?;
+        cluster.ready_after = started.elapsed();
+        Ok(cluster)
+    }
+
+    /// Waits for every node agent's ready file; one that exits is reported with its log.
+    fn wait_node_agents(&mut self, dir: &Path) -> anyhow::Result<()> {
+        let deadline = Instant::now() + NODE_AGENTS_READY_WITHIN;
+        for a in &mut self.node_agents {
+            let ready = dir.join(format!("node-agent-{}.ready", a.node));
+            while !ready.is_file() {
+                if let Ok(Some(st)) = a.child.try_wait() {
+                    bail!("the node agent of {} exited ({st}): {}", a.node, log_tail(&a.log));
+                }
+                if Instant::now() > deadline {
+                    bail!(
+                        "the node agent of {} was not ready within {NODE_AGENTS_READY_WITHIN:?}: {}",
+                        a.node,
+                        log_tail(&a.log)
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(())
     }
 
     /// `(role, pid, netns)` of every process, for the lab's state file (the forwarder runs in
@@ -175,6 +237,9 @@ impl KubeCluster {
         for p in &self.proxies {
             v.push((format!("kube-proxy:{}", p.spec().node), p.pid(), p.spec().netns.clone()));
         }
+        for a in &self.node_agents {
+            v.push((format!("node-agent:{}", a.node), a.child.id(), a.netns.clone()));
+        }
         v.push(("api-forwarder".into(), self.forwarder.id(), String::new()));
         v
     }
@@ -184,15 +249,27 @@ impl KubeCluster {
         for p in &mut self.proxies {
             p.check_alive()?;
         }
+        for a in &mut self.node_agents {
+            if let Ok(Some(st)) = a.child.try_wait() {
+                bail!("the node agent of {} exited ({st}): {}", a.node, log_tail(&a.log));
+            }
+        }
         if let Ok(Some(st)) = self.forwarder.try_wait() {
             bail!("the API forwarder exited ({st}): {}", log_tail(&self.forwarder_log));
         }
         Ok(())
     }
 
-    /// Stops the forwarder, every kube-proxy, then the control plane in its order.
+    /// Stops the forwarder, every node agent (each ends its pods), every kube-proxy, then the
+    /// control plane in its order.
     pub fn stop(&mut self) {
         stop_child(&mut self.forwarder);
+        for a in &mut self.node_agents {
+            crate::sys::terminate(&a.child);
+        }
+        for a in &mut self.node_agents {
+            stop_child(&mut a.child);
+        }
         for p in &mut self.proxies {
             p.stop();
         }
@@ -201,35 +278,12 @@ impl KubeCluster {
 
     /// Leaves every process running (`lab up`); `lab down` ends them from the state file.
     pub fn detach(self) {
-        let KubeCluster { control_plane, proxies, forwarder, .. } = self;
+        let KubeCluster { control_plane, proxies, forwarder, node_agents, .. } = self;
+        drop(node_agents);
         control_plane.detach();
         for p in proxies {
             p.detach();
         }
         drop(forwarder);
     }
-}
-
-/// Writes node `n`'s Node object and its status (through the `status` subresource), with
-/// the lab's kubectl in the control-plane namespace.
-fn register(bin: &Path, netns: &str, admin: &Path, dir: &Path, n: &LabNode) -> anyhow::Result<()> {
-    let file = dir.join(format!("node-{}.json", n.name));
-    std::fs::write(&file, serde_json::to_vec(&nodes::object(n))?)?;
-    let status = serde_json::to_string(&nodes::status(n))?;
-    let kubectl = |args: &[&str]| -> anyhow::Result<()> {
-        let out = Command::new("ip")
-            .args(["netns", "exec", netns])
-            .arg(bin.join("kubectl"))
-            .arg(format!("--kubeconfig={}", admin.display()))
-            .args(args)
-            .output()
-            .context("running kubectl")?;
-        if !out.status.success() {
-            bail!("kubectl {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
-        }
-        Ok(())
-    };
-    kubectl(&["apply", "-f", &file.display().to_string()])
-        .and_then(|()| kubectl(&["patch", "node", &n.name, "--subresource=status", "--type=merge", "-p", &status]))
-        .with_context(|| format!("registering node {}", n.name))
 }

@@ -1,15 +1,18 @@
-//! The Kubernetes lab's control plane: the real etcd, kube-apiserver and
-//! kube-controller-manager, as processes in the lab's control-plane network namespace.
+//! The Kubernetes lab's control plane: the real etcd, kube-apiserver,
+//! kube-controller-manager and kube-scheduler, as processes in the lab's control-plane
+//! network namespace.
 //!
 //! etcd keeps its data on a tmpfs of its own, so a lab leaves nothing on disk and syncs
 //! cost nothing. The apiserver has RBAC (with the Node authorizer) and PodSecurity
 //! admission on, serving with the certificates `pki` generated. The controller-manager runs
 //! the controllers a benchmark's objects need and no more: EndpointSlices (and their
-//! mirroring), ServiceAccounts and their tokens, Namespace deletion and garbage collection.
-//! Nothing here schedules pods: the lab's node agents bind and run them.
+//! mirroring), ServiceAccounts and their tokens, Namespace deletion and garbage collection,
+//! and, with node agents, node lifecycle (node health from their Leases, and its taints).
+//! The scheduler binds pods to nodes (the kube platform pins agents with required node
+//! affinity, which the scheduler honours); the lab's node agents run what is bound.
 //!
 //! Shutdown order matters: the apiserver first (it waits on etcd while stopping), then the
-//! controller-manager, then etcd, then the tmpfs.
+//! controller-manager and scheduler, then etcd, then the tmpfs.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -28,6 +31,8 @@ const ETCD_PEER: &str = "http://127.0.0.1:2380";
 /// The controllers the lab's cluster runs (kube-controller-manager `--controllers`).
 pub const CONTROLLERS: &str = "endpointslice-controller,endpointslice-mirroring-controller,serviceaccount-controller,\
 serviceaccount-token-controller,namespace-controller,garbage-collector-controller";
+/// The controller that follows node health (the node agents' Leases), with node agents only.
+const NODE_LIFECYCLE_CONTROLLER: &str = "node-lifecycle-controller";
 /// How long the apiserver may take to answer `/readyz` (about 4 s warm on 2 cores).
 const READY_WITHIN: Duration = Duration::from_secs(60);
 /// The tmpfs etcd writes to: its 64 MiB write-ahead log and the lab's objects.
@@ -45,6 +50,10 @@ pub struct ControlPlaneFiles {
     pub controller_manager_kubeconfig: PathBuf,
     /// An admin kubeconfig, used here to wait for readiness.
     pub admin_kubeconfig: PathBuf,
+    /// The scheduler's kubeconfig, for a cluster with node agents ([`Self::with_node_agents`]);
+    /// without one, neither the scheduler nor the node-lifecycle controller runs (pods then
+    /// need `spec.nodeName`, and nodes stay as written).
+    pub scheduler_kubeconfig: Option<PathBuf>,
 }
 
 impl ControlPlaneFiles {
@@ -58,7 +67,16 @@ impl ControlPlaneFiles {
             sa_pub: pki.service_account_pub.clone(),
             controller_manager_kubeconfig,
             admin_kubeconfig,
+            scheduler_kubeconfig: None,
         }
+    }
+
+    /// The same files, for a cluster whose nodes have node agents: the scheduler (with
+    /// `kubeconfig`) places pods, and the node-lifecycle controller follows the agents'
+    /// Leases (it lifts the not-ready taint of new nodes, and marks silent ones).
+    pub fn with_node_agents(mut self, kubeconfig: PathBuf) -> Self {
+        self.scheduler_kubeconfig = Some(kubeconfig);
+        self
     }
 }
 
@@ -71,7 +89,7 @@ pub struct ControlPlaneSpec {
     pub ip: Ipv4Addr,
     /// The control plane's directory: logs, the apiserver's cert dir, the etcd tmpfs.
     pub dir: PathBuf,
-    /// Where etcd, kube-apiserver, kube-controller-manager and kubectl are.
+    /// Where etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kubectl are.
     pub bin: PathBuf,
     /// The range ClusterIPs are allocated from (`--service-cluster-ip-range`).
     pub service_cidr: String,
@@ -100,7 +118,9 @@ impl ControlPlane {
     /// Starts etcd, the apiserver and the controller-manager in `spec.netns` and returns once
     /// the apiserver is ready. A binary that is missing names the script that builds it.
     pub fn start(spec: ControlPlaneSpec) -> anyhow::Result<ControlPlane> {
-        for b in ["etcd", "kube-apiserver", "kube-controller-manager", "kubectl"] {
+        let scheduler = spec.files.scheduler_kubeconfig.is_some();
+        let binaries = ["etcd", "kube-apiserver", "kube-controller-manager", "kubectl", "kube-scheduler"];
+        for b in &binaries[..if scheduler { 5 } else { 4 }] {
             let p = spec.bin.join(b);
             if !p.is_file() {
                 bail!("{} is missing: build the Kubernetes binaries with scripts/kube-binaries.sh", p.display());
@@ -119,6 +139,9 @@ impl ControlPlane {
         cp.start_apiserver()?;
         cp.wait_ready(started)?;
         cp.start_controller_manager()?;
+        if scheduler {
+            cp.start_scheduler()?;
+        }
         cp.ready_after = started.elapsed();
         Ok(cp)
     }
@@ -187,12 +210,29 @@ impl ControlPlane {
             .arg(format!("--authentication-kubeconfig={}", f.controller_manager_kubeconfig.display()))
             .arg(format!("--authorization-kubeconfig={}", f.controller_manager_kubeconfig.display()))
             .arg("--bind-address=127.0.0.1")
-            .arg(format!("--controllers={CONTROLLERS}"))
+            .arg(match f.scheduler_kubeconfig {
+                Some(_) => format!("--controllers={CONTROLLERS},{NODE_LIFECYCLE_CONTROLLER}"),
+                None => format!("--controllers={CONTROLLERS}"),
+            })
             .arg(format!("--service-account-private-key-file={}", f.sa_key.display()))
             .arg(format!("--root-ca-file={}", f.ca_crt.display()))
             .arg("--use-service-account-credentials=true")
+            // Nodes become schedulable (the not-ready taint lifted) within a second of
+            // registering, not five.
+            .arg("--node-monitor-period=1s")
             .arg("--leader-elect=false");
         self.spawn("kube-controller-manager", cmd)
+    }
+
+    fn start_scheduler(&mut self) -> anyhow::Result<()> {
+        let Some(kubeconfig) = self.spec.files.scheduler_kubeconfig.clone() else { return Ok(()) };
+        let mut cmd = self.in_netns("kube-scheduler");
+        cmd.arg(format!("--kubeconfig={}", kubeconfig.display()))
+            .arg(format!("--authentication-kubeconfig={}", kubeconfig.display()))
+            .arg(format!("--authorization-kubeconfig={}", kubeconfig.display()))
+            .arg("--bind-address=127.0.0.1")
+            .arg("--leader-elect=false");
+        self.spawn("kube-scheduler", cmd)
     }
 
     /// `BIN/<name>` in the control-plane namespace (see [`command_in`]).
@@ -241,10 +281,10 @@ impl ControlPlane {
         }
     }
 
-    /// Stops the apiserver, then the controller-manager, then etcd, and unmounts etcd's
+    /// Stops the apiserver, then the controller-manager and scheduler, then etcd, and unmounts etcd's
     /// tmpfs. Safe to call twice.
     pub fn stop(&mut self) {
-        for role in ["kube-apiserver", "kube-controller-manager", "etcd"] {
+        for role in ["kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd"] {
             for p in self.procs.iter_mut().filter(|p| p.role == role) {
                 stop_child(&mut p.child);
             }

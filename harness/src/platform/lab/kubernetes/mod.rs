@@ -1,5 +1,5 @@
-//! The pieces that make the lab a real Kubernetes cluster (etcd, kube-apiserver and
-//! kube-controller-manager in a control-plane namespace of the lab, built by
+//! The pieces that make the lab a real Kubernetes cluster (etcd, kube-apiserver,
+//! kube-controller-manager and kube-scheduler in a control-plane namespace of the lab, built by
 //! `scripts/kube-binaries.sh`), each self-contained so the control-plane launcher only
 //! composes them:
 //!
@@ -14,6 +14,8 @@
 //!   the order that does not hang;
 //! - [`kube_proxy`]: the real kube-proxy in a node namespace, iptables or nftables mode;
 //! - [`nodes`]: the Node objects a kubelet would register (zone, addresses, CPU);
+//! - [`node_agent`]: the kubelet's stand-in on each node (`zonebench lab node-agent`):
+//!   registers the Node and runs the pods bound to it as processes in pod namespaces;
 //! - [`cluster`]: all of it started on a built lab (`zonebench lab up --kubernetes`).
 
 use std::path::PathBuf;
@@ -23,6 +25,7 @@ pub mod cluster;
 pub mod control_plane;
 pub mod kube_proxy;
 pub mod kubeconfig;
+pub mod node_agent;
 pub mod nodes;
 pub mod pki;
 

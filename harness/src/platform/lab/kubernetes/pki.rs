@@ -18,7 +18,7 @@
 //! | `apiserver.crt`, `apiserver.key` | apiserver `--tls-cert-file`/`--tls-private-key-file` |
 //! | `sa.pub` | apiserver `--service-account-key-file` |
 //! | `sa.key` | apiserver `--service-account-signing-key-file`; controller-manager `--service-account-private-key-file` |
-//! | `admin.*`, `kube-controller-manager.*`, `kube-proxy.*`, `node-<name>.*` | client certificates, in kubeconfigs ([`super::kubeconfig`]) |
+//! | `admin.*`, `kube-controller-manager.*`, `kube-scheduler.*`, `kube-proxy.*`, `node-<name>.*` | client certificates, in kubeconfigs ([`super::kubeconfig`]) |
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -49,6 +49,8 @@ pub const ADMIN_GROUP: &str = "system:masters";
 /// The names the default RBAC roles bind (system:kube-controller-manager, system:node-proxier).
 pub const CONTROLLER_MANAGER_CN: &str = "system:kube-controller-manager";
 pub const KUBE_PROXY_CN: &str = "system:kube-proxy";
+/// The user the default RBAC role system:kube-scheduler binds.
+pub const SCHEDULER_CN: &str = "system:kube-scheduler";
 /// A node agent is `system:node:<name>` in `system:nodes`, which the Node authorizer knows.
 pub const NODE_CN_PREFIX: &str = "system:node:";
 pub const NODES_GROUP: &str = "system:nodes";
@@ -77,6 +79,8 @@ pub struct Pki {
     pub controller_manager: CertKey,
     /// `kube-proxy.crt`: CN [`KUBE_PROXY_CN`].
     pub kube_proxy: CertKey,
+    /// `kube-scheduler.crt`: CN [`SCHEDULER_CN`].
+    pub scheduler: CertKey,
     /// `node-<name>.crt` for each node: CN `system:node:<name>`, O [`NODES_GROUP`].
     pub nodes: BTreeMap<String, CertKey>,
     /// `sa.key`: the service-account token signing key (PKCS#8 PEM).
@@ -149,6 +153,7 @@ impl Pki {
         let admin = client("admin", ADMIN_CN, Some(ADMIN_GROUP))?;
         let controller_manager = client("kube-controller-manager", CONTROLLER_MANAGER_CN, None)?;
         let kube_proxy = client("kube-proxy", KUBE_PROXY_CN, None)?;
+        let scheduler = client("kube-scheduler", SCHEDULER_CN, None)?;
         let mut node_files = BTreeMap::new();
         for n in nodes {
             let files = client(&format!("node-{n}"), &format!("{NODE_CN_PREFIX}{n}"), Some(NODES_GROUP))?;
@@ -168,6 +173,7 @@ impl Pki {
             admin,
             controller_manager,
             kube_proxy,
+            scheduler,
             nodes: node_files,
             service_account_key,
             service_account_pub,
@@ -280,6 +286,7 @@ mod tests {
             (&pki.admin, "O=system:masters,CN=zonebench-admin", "TLS Web Client Authentication"),
             (&pki.controller_manager, "CN=system:kube-controller-manager", "TLS Web Client Authentication"),
             (&pki.kube_proxy, "CN=system:kube-proxy", "TLS Web Client Authentication"),
+            (&pki.scheduler, "CN=system:kube-scheduler", "TLS Web Client Authentication"),
         ];
         let a1 = pki.node("a-1").unwrap();
         leaves.push((a1, "O=system:nodes,CN=system:node:a-1", "TLS Web Client Authentication"));

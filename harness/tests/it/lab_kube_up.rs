@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::support::{kube_binaries, lab_lock, run, scratch, zonebench};
+use crate::support::{kube_binaries, kube_lab_lock, lab_lock, run, scratch, zonebench};
 
 fn kubectl(kubeconfig: &Path, args: &[&str]) -> String {
     let o = Command::new(kube_binaries().join("kubectl"))
@@ -33,6 +33,7 @@ fn eventually(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
 #[test]
 fn lab_up_kubernetes_is_a_real_cluster_that_kubectl_reaches_and_lab_down_removes() {
     let _lock = lab_lock(false);
+    let _kube = kube_lab_lock();
     kube_binaries();
     let tmp = scratch("kube-up");
     let scenario = tmp.join("kube.toml");
@@ -57,7 +58,7 @@ fn lab_up_kubernetes_is_a_real_cluster_that_kubectl_reaches_and_lab_down_removes
     }
     let down = Down(id.clone());
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("Pods do not run on it yet"), "{err}");
+    assert!(err.contains("zonebench run --backend kube --kubeconfig"), "{err}");
     let again = run(zonebench().args(["lab", "kubeconfig", &id]));
     assert_eq!(String::from_utf8_lossy(&again.stdout).trim(), kubeconfig.to_str().unwrap());
 
@@ -98,7 +99,9 @@ fn lab_up_kubernetes_is_a_real_cluster_that_kubectl_reaches_and_lab_down_removes
     let pids: Vec<i64> = lab["processes"].as_array().unwrap().iter().map(|p| p["pid"].as_i64().unwrap()).collect();
     let roles: Vec<&str> = lab["processes"].as_array().unwrap().iter().map(|p| p["role"].as_str().unwrap()).collect();
     for role in
-        ["etcd", "kube-apiserver", "kube-controller-manager", "kube-proxy:a-1", "kube-proxy:b-1", "api-forwarder"]
+        ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube-proxy:a-1", "kube-proxy:b-1"]
+            .into_iter()
+            .chain(["node-agent:a-1", "node-agent:b-1", "api-forwarder"])
     {
         assert!(roles.contains(&role), "{role} in {roles:?}");
     }
@@ -111,6 +114,12 @@ fn lab_up_kubernetes_is_a_real_cluster_that_kubectl_reaches_and_lab_down_removes
     let namespaces =
         String::from_utf8_lossy(&Command::new("ip").args(["netns", "list"]).output().unwrap().stdout).into_owned();
     assert!(!namespaces.contains(&id), "{namespaces}");
+    let links =
+        String::from_utf8_lossy(&Command::new("ip").args(["link", "show"]).output().unwrap().stdout).into_owned();
+    assert!(!links.contains(&id), "the lab's host link is left: {links}");
+    let routes =
+        String::from_utf8_lossy(&Command::new("ip").args(["route", "show"]).output().unwrap().stdout).into_owned();
+    assert!(!routes.contains("198.19.0.0/16"), "the route to the lab's pods is left: {routes}");
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
     assert!(!mounts.contains(&format!("/run/zonebench/{id}")), "a mount of the lab is left");
     assert!(!Path::new(&format!("/run/zonebench/{id}")).exists());
@@ -123,6 +132,7 @@ fn lab_up_kubernetes_is_a_real_cluster_that_kubectl_reaches_and_lab_down_removes
 #[test]
 fn lab_up_kubernetes_killed_mid_start_is_removed_whole_by_lab_down() {
     let _lock = lab_lock(false);
+    let _kube = kube_lab_lock();
     kube_binaries();
     let mut child = zonebench().args(["lab", "up", "--kubernetes"]).spawn().unwrap();
     let pid = child.id();
@@ -150,6 +160,9 @@ fn lab_up_kubernetes_killed_mid_start_is_removed_whole_by_lab_down() {
     let namespaces =
         String::from_utf8_lossy(&Command::new("ip").args(["netns", "list"]).output().unwrap().stdout).into_owned();
     assert!(!namespaces.contains(&id), "{namespaces}");
+    let links =
+        String::from_utf8_lossy(&Command::new("ip").args(["link", "show"]).output().unwrap().stdout).into_owned();
+    assert!(!links.contains(&id), "the lab's host link is left: {links}");
     let cp = format!("{id}-cp");
     let mut left = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {

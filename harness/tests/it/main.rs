@@ -26,6 +26,7 @@ mod lab;
 mod lab_api_forwarder;
 mod lab_kube_control_plane;
 mod lab_kube_pki;
+mod lab_kube_run;
 mod lab_kube_up;
 mod nightly;
 mod probe;

@@ -112,18 +112,22 @@ pub fn detect_cni(daemonsets: &[DaemonSet]) -> String {
 
 /// kube-proxy's mode: from its configuration (kubeadm's `kube-proxy` ConfigMap, key
 /// `config.conf`; EKS's `kube-proxy-config`, key `config`), `none` when kube-proxy does not
-/// run (a kube-proxy replacement such as Cilium's handles Services).
+/// run (no DaemonSet and no configuration, or a kube-proxy replacement such as Cilium's
+/// handles Services).
 pub fn kube_proxy_mode(
     daemonsets: &[DaemonSet],
     config_maps: &[ConfigMap],
     cilium_config: Option<&ConfigMap>,
 ) -> String {
-    let runs = daemonsets.iter().any(|d| d.metadata.name.as_deref() == Some("kube-proxy"));
+    // kube-proxy runs as a DaemonSet, or outside one (static pods, system services, the
+    // Kubernetes lab's processes) with its configuration published kubeadm's way.
+    let daemonset = daemonsets.iter().any(|d| d.metadata.name.as_deref() == Some("kube-proxy"));
+    let replaced = cilium_config
+        .and_then(|c| c.data.as_ref())
+        .and_then(|d| d.get("kube-proxy-replacement"))
+        .is_some_and(|v| matches!(v.as_str(), "true" | "strict"));
+    let runs = daemonset || (!replaced && !config_maps.is_empty());
     if !runs {
-        let replaced = cilium_config
-            .and_then(|c| c.data.as_ref())
-            .and_then(|d| d.get("kube-proxy-replacement"))
-            .is_some_and(|v| matches!(v.as_str(), "true" | "strict"));
         return if replaced { "none (cilium kube-proxy replacement)" } else { "none" }.into();
     }
     #[derive(serde::Deserialize)]

@@ -153,6 +153,19 @@ pub fn lab_lock(exclusive: bool) -> nix::fcntl::Flock<std::fs::File> {
     nix::fcntl::Flock::lock(f, arg).map_err(|(_, e)| e).unwrap()
 }
 
+/// Held by every test that brings up a whole Kubernetes lab (besides [`lab_lock`]): such a
+/// lab routes the pod network from the host, which only one lab at a time can.
+pub fn kube_lab_lock() -> nix::fcntl::Flock<std::fs::File> {
+    std::fs::create_dir_all("/run/zonebench").unwrap();
+    let f = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open("/run/zonebench/kube-lab-tests.lock")
+        .unwrap();
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| e).unwrap()
+}
+
 /// A run directory's results.json, checked against the checked-in schema.
 pub fn valid_results(dir: &Path) -> serde_json::Value {
     let schemas = Path::new(env!("CARGO_MANIFEST_DIR")).join("../results/schema");

@@ -8,7 +8,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
@@ -162,6 +162,9 @@ impl KubeCluster {
             )?);
         }
 
+        // As kubeadm publishes it, so the kube platform's discovery finds the mode.
+        publish_proxy_config(&bin, &cp_plan.netns, &admin, &dir, mode)?;
+
         let port_file = dir.join("api-forwarder.port");
         let _ = std::fs::remove_file(&port_file);
         let program = program.with_args(&SUBCOMMAND);
@@ -286,4 +289,27 @@ impl KubeCluster {
         }
         drop(forwarder);
     }
+}
+
+/// Writes `kube-system/kube-proxy` (key `config.conf`) as kubeadm does: the configuration the
+/// lab's kube-proxies share (each adds its node's name and addresses).
+fn publish_proxy_config(bin: &Path, netns: &str, admin: &Path, dir: &Path, mode: ProxyMode) -> anyhow::Result<()> {
+    let config = format!(
+        "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: {}\nclusterCIDR: {POD_SUPERNET}\n",
+        mode.as_str()
+    );
+    let file = dir.join("kube-proxy-config.conf");
+    std::fs::write(&file, config)?;
+    let out = Command::new("ip")
+        .args(["netns", "exec", netns])
+        .arg(bin.join("kubectl"))
+        .arg(format!("--kubeconfig={}", admin.display()))
+        .args(["create", "configmap", "kube-proxy", "--namespace=kube-system"])
+        .arg(format!("--from-file=config.conf={}", file.display()))
+        .output()
+        .context("running kubectl")?;
+    if !out.status.success() {
+        bail!("publishing kube-system/kube-proxy: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
 }

@@ -152,6 +152,16 @@ pub struct Unrunnable {
     pub message: String,
 }
 
+fn image_not_in_lab(image: &str) -> Unrunnable {
+    Unrunnable {
+        reason: "ImageNotInLab",
+        message: format!(
+            "image {image:?} cannot run here: the Kubernetes lab runs pods as processes, and only the \
+             {AGENT_IMAGE_NAME} image has a program in the lab"
+        ),
+    }
+}
+
 fn config_error(message: impl Into<String>) -> Unrunnable {
     Unrunnable { reason: "CreateContainerConfigError", message: message.into() }
 }
@@ -164,6 +174,13 @@ pub fn plan(pod: &Pod, images: &Images) -> Result<PodRun, Unrunnable> {
     }
     if spec.host_network == Some(true) || spec.host_pid == Some(true) || spec.host_ipc == Some(true) {
         return Err(config_error("hostNetwork, hostPID and hostIPC are not supported by the lab's node agent"));
+    }
+    // What the image is decides first: nothing else matters for one the lab cannot run.
+    for c in &spec.containers {
+        let image = c.image.clone().unwrap_or_default();
+        if images.program(&image).is_none() {
+            return Err(image_not_in_lab(&image));
+        }
     }
     let volumes = volumes(spec)?;
     let psc = spec.security_context.as_ref();
@@ -230,15 +247,7 @@ fn container(
     fs_group: Option<u32>,
 ) -> Result<ContainerRun, Unrunnable> {
     let image = c.image.clone().unwrap_or_default();
-    let Some((program, mut args, image_user)) = images.program(&image) else {
-        return Err(Unrunnable {
-            reason: "ImageNotInLab",
-            message: format!(
-                "image {image:?} cannot run here: the Kubernetes lab runs pods as processes, and only the \
-                 {AGENT_IMAGE_NAME} image has a program in the lab"
-            ),
-        });
-    };
+    let Some((program, mut args, image_user)) = images.program(&image) else { return Err(image_not_in_lab(&image)) };
     if let Some(command) = c.command.as_ref().filter(|c| !c.is_empty()) {
         // The image's entrypoint named explicitly is fine; another program is not.
         let first = command[0].rsplit('/').next().unwrap_or_default();

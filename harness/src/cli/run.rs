@@ -114,16 +114,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
         let outcome = run_kube(&scenario, &args.cluster, targets, images, &opts, &cancel).await?;
         return Ok(report_outcome(&outcome));
     }
-    if scenario.lab.kubernetes && choice != PlatformChoice::Kube {
-        return Err(Usage(
-            "lab.kubernetes = true makes the lab a real cluster for the kube platform: `zonebench lab up --kubernetes`, \
-             then `zonebench run --backend kube --kubeconfig $(zonebench lab kubeconfig ID)`; pods do not run on it yet \
-             (the node agent is not built)"
-                .into(),
-        )
-        .into());
-    }
     let program = agent_program(args.agent_bin.as_deref())?;
+    if scenario.lab.kubernetes {
+        // Local has no Kubernetes; auto and lab mean this lab, made a cluster for this run.
+        if choice == PlatformChoice::Local {
+            return Err(Usage("lab.kubernetes = true needs the lab (root), not --platform local".into()).into());
+        }
+        lab_available().map_err(|why| anyhow::anyhow!("the Kubernetes lab cannot run here: {why}"))?;
+        let outcome = run_on_kube_lab(&scenario, program, args.control.into(), &opts, &cancel).await?;
+        return Ok(report_outcome(&outcome));
+    }
     let lab_check = lab_available();
     let use_lab = match (choice, &lab_check) {
         (PlatformChoice::Lab, Err(why)) => anyhow::bail!("the lab cannot run here: {why}"),
@@ -157,6 +157,39 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
         run::run(&mut p, &scenario, &opts, &cancel).await?
     };
     Ok(report_outcome(&outcome))
+}
+
+/// A scenario with `lab.kubernetes = true`: its lab is built as a Kubernetes cluster, the
+/// kube platform runs the scenario on it as on any cluster, and the lab goes at the end
+/// (what `lab up --kubernetes` and `run --backend kube` do in two steps, in one).
+async fn run_on_kube_lab(
+    scenario: &Scenario,
+    program: AgentProgram,
+    control: ControlMode,
+    opts: &RunOptions,
+    cancel: &CancellationToken,
+) -> anyhow::Result<RunOutcome> {
+    let options = LabOptions { agent: Some(program), ..Default::default() };
+    let mut lab = LabPlatform::new(scenario.lab.clone(), options)?;
+    lab.build()?;
+    let kubeconfig = lab.kube().context("the lab has no Kubernetes components")?.kubeconfig.clone();
+    let l = &scenario.lab;
+    eprintln!(
+        "platform: kube on Kubernetes lab {} ({} zones × {} nodes, kube-proxy {}; kubeconfig {})",
+        lab.id(),
+        l.zones.len(),
+        l.nodes_per_zone,
+        l.service_dataplane,
+        kubeconfig.display()
+    );
+    let cluster = ClusterArgs { kubeconfig: Some(kubeconfig), contexts: vec![] };
+    let images = Images { agent: None, inspector: None, control };
+    let outcome = run_kube(scenario, &cluster, vec![], images, opts, cancel).await;
+    // The run's own teardown has deleted its namespace; the lab goes now, whatever happened.
+    let down = lab.teardown_sync();
+    let outcome = outcome?;
+    down.context("removing the Kubernetes lab")?;
+    Ok(outcome)
 }
 
 /// Prints a run's summary and says where its results are; the exit code of its status.

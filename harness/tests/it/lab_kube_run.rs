@@ -245,3 +245,54 @@ fn a_kube_run_killed_mid_run_leaves_nothing_after_lab_down_all() {
     assert!(!links.contains(&lab.id), "{links}");
     assert!(!Path::new(&format!("/run/zonebench/{}", lab.id)).exists());
 }
+
+/// `lab.kubernetes = true` in a scenario: `zonebench run` builds the Kubernetes lab, runs the
+/// kube platform on it, and removes it at the end. Interrupted (SIGINT) mid-measurement, it
+/// still saves what it measured and removes the run's objects and the whole lab.
+#[test]
+fn a_kubernetes_lab_scenario_runs_in_one_command_and_sigint_leaves_nothing() {
+    let _lock = lab_lock(false);
+    let _kube = kube_lab_lock();
+    kube_binaries();
+    let tmp = scratch("kube-lab-one-command");
+    let scenario = tmp.join("kube.toml");
+    std::fs::write(
+        &scenario,
+        "name = \"kube-one\"\n[lab]\nzones = \"a,b\"\nnodes_per_zone = 1\nkubernetes = true\n\
+         [defaults]\nduration = \"1s\"\nwarmup = \"100ms\"\n[[tests]]\nkind = \"tcp-rr\"\n[[tests]]\nkind = \"tcp-stream\"\nduration = \"20s\"\n",
+    )
+    .unwrap();
+    let out = tmp.join("run");
+    let mut child = zonebench().arg("run").arg(&scenario).arg("--out").arg(&out).spawn().unwrap();
+    let pid = child.id();
+    // Our lab: the state file this run owns (other tests' labs come and go meanwhile).
+    let mut id = None;
+    eventually("the run's lab and its first measurements", Duration::from_secs(120), || {
+        id = std::fs::read_dir("/run/zonebench/labs").into_iter().flatten().flatten().find_map(|e| {
+            let st: serde_json::Value = serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok()?;
+            (st["owner_pid"] == pid).then(|| st["id"].as_str().map(String::from)).flatten()
+        });
+        let measured = std::fs::read(out.join("results.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .is_some_and(|r| r["measurements"].as_array().is_some_and(|m| !m.is_empty()));
+        id.is_some() && measured
+    });
+    let id = id.unwrap();
+    assert!(!sandboxes(&id).is_empty(), "the agents run in the lab's pod sandboxes");
+    std::thread::sleep(Duration::from_secs(2));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "an interrupted run exits 130");
+    let r = valid_results(&out);
+    assert_eq!(r["status"], "interrupted");
+    assert!(!r["measurements"].as_array().unwrap().is_empty(), "what was measured is kept");
+    let namespaces =
+        String::from_utf8_lossy(&Command::new("ip").args(["netns", "list"]).output().unwrap().stdout).into_owned();
+    assert!(!namespaces.contains(&id), "{namespaces}");
+    let links =
+        String::from_utf8_lossy(&Command::new("ip").args(["link", "show"]).output().unwrap().stdout).into_owned();
+    assert!(!links.contains(&id), "{links}");
+    assert!(!Path::new(&format!("/run/zonebench/{id}")).exists());
+    assert!(!Path::new(&format!("/run/zonebench/labs/{id}.json")).exists());
+}

@@ -448,7 +448,9 @@ mod tests {
         assert_eq!(plan(&pod, &images()).unwrap_err().reason, "CreateContainerError");
 
         let mut pod = the_kube_platforms_agent_pod();
-        pod.spec.as_mut().unwrap().security_context.as_mut().unwrap().run_as_user = Some(0);
+        let spec = pod.spec.as_mut().unwrap();
+        spec.security_context.as_mut().unwrap().run_as_user = Some(0);
+        spec.containers[0].security_context.as_mut().unwrap().run_as_user = None;
         assert!(plan(&pod, &images()).unwrap_err().message.contains("runAsNonRoot"));
 
         let mut pod = the_kube_platforms_agent_pod();

@@ -153,6 +153,13 @@ fn quick_runs_end_to_end_on_the_kubernetes_lab_and_leaves_the_cluster_clean() {
     assert!(!node.is_empty(), "the scheduler bound it");
     lab.kubectl_ok(&["delete", "pod", "other", "--wait=true", "--timeout=30s"]);
 
+    // A run whose image the lab cannot run fails at once, saying why, and leaves nothing.
+    let o = lab.run("quick", &["--image", "nicolaka/netshoot:v0.13"], &tmp.join("bad-image"));
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("ImageNotInLab") && err.contains("netshoot"), "{err}");
+    assert!(run_namespaces(&lab).is_empty(), "the failed run's namespace is left");
+
     // The Node authorizer: a node reads no Secret that no pod of its own uses.
     lab.kubectl_ok(&["create", "secret", "generic", "s1", "--from-literal=k=v"]);
     let node_kubeconfig = lab.kubeconfig.parent().unwrap().join("node-a-1.kubeconfig");

@@ -65,8 +65,10 @@ pub enum PodState {
     Failed(String),
 }
 
-/// Container waiting reasons that do not clear up by themselves.
-const FATAL_WAITING: [&str; 6] = [
+/// Container waiting reasons that do not clear up by themselves (`ImageNotInLab`: the
+/// Kubernetes lab's node agent has no program for the image).
+const FATAL_WAITING: [&str; 7] = [
+    "ImageNotInLab",
     "ImagePullBackOff",
     "InvalidImageName",
     "ErrImageNeverPull",

@@ -670,6 +670,33 @@ mod tests {
     }
 
     #[test]
+    fn only_a_kubernetes_lab_links_the_host_and_its_router_routes_pods_for_the_host_alone() {
+        let p = plan(Routing::Vxlan, &["a", "b"], 1);
+        assert!(p.host_link.is_none());
+        assert!(p.build_commands().iter().all(|c| c.netns.is_some() || c.args[0] == "netns"));
+
+        let config = LabConfig {
+            zones: vec!["a".into(), "b".into()],
+            kubernetes: true,
+            routing: Routing::Vxlan,
+            ..LabConfig::default()
+        };
+        let p = Plan::new(LabId::from_bits(0x3f2a), &config).unwrap();
+        let h = p.host_link.clone().unwrap();
+        let cmds = p.build_commands();
+        let host: Vec<String> =
+            cmds.iter().filter(|c| c.netns.is_none() && c.args[0] != "netns").map(|c| c.args.join(" ")).collect();
+        assert_eq!(host.last().unwrap(), &format!("route add 198.19.0.0/16 via 198.18.101.2 dev {}", h.host_if));
+        let r = p.router_netns.as_str();
+        assert!(has(&cmds, r, &format!("rule add iif {} lookup 101 pref 90", h.router_if)));
+        assert!(has(&cmds, r, "route add 198.19.16.0/24 via 198.18.1.10 table 101"));
+        // VXLAN: the main table of the router still knows no pod CIDR.
+        assert!(!cmds
+            .iter()
+            .any(|c| c.netns.as_deref() == Some(r) && c.args.join(" ") == "route add 198.19.16.0/24 via 198.18.1.10"));
+    }
+
+    #[test]
     fn lab_ids_are_zb_and_four_hex_digits() {
         assert_eq!(LabId::from_bits(0xab).as_str(), "zb00ab");
         assert!(LabId::parse("zb3f2a").is_ok());

@@ -208,6 +208,10 @@ fn report_outcome(outcome: &run::RunOutcome) -> Exit {
     } else {
         print!("{}", present::matrix::render(&outcome.results));
     }
+    // A run that failed as a whole (before or between steps) says why, not only where.
+    if let Some(error) = &outcome.results.error {
+        eprintln!("error: {error}");
+    }
     eprintln!("results: {}", outcome.dir.join("results.json").display());
     match outcome.status {
         RunStatus::Complete if outcome.results.failures.is_empty() => Exit::Success,

@@ -303,3 +303,85 @@ fn a_kubernetes_lab_scenario_runs_in_one_command_and_sigint_leaves_nothing() {
     assert!(!Path::new(&format!("/run/zonebench/{id}")).exists());
     assert!(!Path::new(&format!("/run/zonebench/labs/{id}.json")).exists());
 }
+
+/// The API server killed mid-run and started again once the run is in its teardown:
+/// measurements go to the agents directly and carry on; teardown waits for the server and
+/// then removes the run's namespace.
+#[test]
+fn a_kube_run_survives_the_api_server_restarting_and_tears_down_once_it_is_back() {
+    let _lock = lab_lock(false);
+    let _kube = kube_lab_lock();
+    kube_binaries();
+    let lab = KubeLab::up("quick", &["--set", "lab.zones=a,b", "--set", "lab.nodes_per_zone=1"]);
+    let tmp = scratch("kube-lab-apiserver-restart");
+    let scenario = tmp.join("s.toml");
+    std::fs::write(
+        &scenario,
+        "name = \"restart\"\n[lab]\nzones = \"a,b\"\nnodes_per_zone = 1\n[defaults]\nduration = \"1s\"\n\
+         warmup = \"100ms\"\n[[tests]]\nkind = \"tcp-rr\"\n[[tests]]\nkind = \"tcp-stream\"\nduration = \"4s\"\n",
+    )
+    .unwrap();
+    let out = tmp.join("run");
+    let mut child = zonebench()
+        .arg("run")
+        .arg(&scenario)
+        .args(["--backend", "kube", "--kubeconfig"])
+        .arg(&lab.kubeconfig)
+        .arg("--out")
+        .arg(&out)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    eventually("the first measurement", Duration::from_secs(120), || {
+        std::fs::read(out.join("results.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .is_some_and(|r| r["measurements"].as_array().is_some_and(|m| !m.is_empty()))
+    });
+
+    // Stop the apiserver (its command line kept to start it again, as a supervisor would).
+    let status: serde_json::Value =
+        serde_json::from_slice(&run(zonebench().args(["lab", "status", "--json"])).stdout).unwrap();
+    let me = status.as_array().unwrap().iter().find(|l| l["id"] == lab.id.as_str()).unwrap();
+    let pid = me["processes"].as_array().unwrap().iter().find(|p| p["role"] == "kube-apiserver").unwrap()["pid"]
+        .as_i64()
+        .unwrap() as i32;
+    let argv: Vec<String> = String::from_utf8(std::fs::read(format!("/proc/{pid}/cmdline")).unwrap())
+        .unwrap()
+        .split('\0')
+        .filter(|a| !a.is_empty())
+        .map(String::from)
+        .collect();
+    let at = argv.iter().position(|a| a.ends_with("/kube-apiserver")).unwrap();
+    // Killed outright, as in a crash (its graceful stop waits out open watches).
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    // Its parent (`lab up`) is gone: it may stay a zombie until init reaps it.
+    eventually("the apiserver gone", Duration::from_secs(30), || !zonebench::platform::lab::netns::alive(pid));
+    // Down until every measurement is made (2 tests × 2 × 2 zones) and teardown has begun.
+    eventually("every measurement without the API server", Duration::from_secs(120), || {
+        std::fs::read(out.join("results.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .is_some_and(|r| r["measurements"].as_array().is_some_and(|m| m.len() == 8))
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let log = std::fs::File::create(tmp.join("apiserver-again.log")).unwrap();
+    let mut again = Command::new("ip");
+    again.args(["netns", "exec", &format!("{}-cp", lab.id)]).args(&argv[at..]);
+    again.stdout(log.try_clone().unwrap()).stderr(log).stdin(std::process::Stdio::null());
+    std::os::unix::process::CommandExt::process_group(&mut again, 0);
+    let _restarted = again.spawn().unwrap();
+
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    let r = valid_results(&out);
+    // Either it went on (the agents need no API server to measure) or it says what failed.
+    match r["status"].as_str() {
+        Some("complete") => assert!(o.status.success(), "{err}"),
+        Some("failed") => assert!(!r["error"].is_null() || !r["failures"].as_array().unwrap().is_empty(), "{r:#}"),
+        other => panic!("status {other:?}: {err}"),
+    }
+    assert_eq!(r["measurements"].as_array().unwrap().len(), 8, "the measurements around the restart are kept");
+    assert!(err.contains("deleting namespace") && err.contains("once it is back"), "{err}");
+    assert!(run_namespaces(&lab).is_empty(), "teardown completed once the server was back: {err}");
+}

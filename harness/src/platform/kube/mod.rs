@@ -488,15 +488,32 @@ impl Platform for KubePlatform {
 }
 
 /// Deletes a namespace (and so everything in it) and waits until it is gone or `within`
-/// passes; a namespace still terminating then is left to the cluster, with a warning.
+/// passes; a namespace still terminating then is left to the cluster, with a warning. An API
+/// server that does not answer (restarting, say) is retried until `within` passes, so
+/// teardown completes once it is back; a refusal is an error at once.
 pub async fn delete_namespace(cluster: &Cluster, name: &str, within: Duration) -> Result<(), KubeError> {
     let api: Api<Namespace> = Api::all(cluster.client.clone());
-    match api.delete(name, &DeleteParams::background()).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
-        Err(e) => return Err(cluster.api_error(format!("deleting namespace {name}"), &e)),
-    }
     let deadline = tokio::time::Instant::now() + within;
+    let unreachable = |e: &kube::Error| !matches!(e, kube::Error::Api(_));
+    let mut said = false;
+    let mut waiting_for_api = |e: &kube::Error| -> bool {
+        if !unreachable(e) || tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        if !said {
+            eprintln!("kube: the API server does not answer ({e}); deleting namespace {name} once it is back");
+            said = true;
+        }
+        true
+    };
+    loop {
+        match api.delete(name, &DeleteParams::background()).await {
+            Ok(_) => break,
+            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
+            Err(e) if waiting_for_api(&e) => tokio::time::sleep(Duration::from_millis(500)).await,
+            Err(e) => return Err(cluster.api_error(format!("deleting namespace {name}"), &e)),
+        }
+    }
     loop {
         match api.get_opt(name).await {
             Ok(None) => return Ok(()),
@@ -507,6 +524,7 @@ pub async fn delete_namespace(cluster: &Cluster, name: &str, within: Duration) -
                 return Ok(());
             }
             Ok(Some(_)) => tokio::time::sleep(Duration::from_millis(500)).await,
+            Err(e) if waiting_for_api(&e) => tokio::time::sleep(Duration::from_millis(500)).await,
             Err(e) => return Err(cluster.api_error(format!("waiting for namespace {name} to go"), &e)),
         }
     }

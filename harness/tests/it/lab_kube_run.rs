@@ -322,7 +322,7 @@ fn a_kube_run_survives_the_api_server_restarting_and_tears_down_once_it_is_back(
     )
     .unwrap();
     let out = tmp.join("run");
-    let mut child = zonebench()
+    let child = zonebench()
         .arg("run")
         .arg(&scenario)
         .args(["--backend", "kube", "--kubeconfig"])
@@ -370,7 +370,7 @@ fn a_kube_run_survives_the_api_server_restarting_and_tears_down_once_it_is_back(
     again.args(["netns", "exec", &format!("{}-cp", lab.id)]).args(&argv[at..]);
     again.stdout(log.try_clone().unwrap()).stderr(log).stdin(std::process::Stdio::null());
     std::os::unix::process::CommandExt::process_group(&mut again, 0);
-    let _restarted = again.spawn().unwrap();
+    let mut restarted = again.spawn().unwrap();
 
     let o = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
@@ -384,4 +384,7 @@ fn a_kube_run_survives_the_api_server_restarting_and_tears_down_once_it_is_back(
     assert_eq!(r["measurements"].as_array().unwrap().len(), 8, "the measurements around the restart are kept");
     assert!(err.contains("deleting namespace") && err.contains("once it is back"), "{err}");
     assert!(run_namespaces(&lab).is_empty(), "teardown completed once the server was back: {err}");
+    // The lab's removal ends the restarted apiserver with every process in its namespaces.
+    drop(lab);
+    restarted.wait().unwrap();
 }

@@ -241,3 +241,31 @@ pub async fn discover(cluster: &Cluster) -> Result<ClusterTopology, KubeError> {
     });
     topology(cluster, &nodes, &daemonsets, &proxy_configs, cilium.as_ref())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::kube_proxy_mode;
+    use k8s_openapi::api::core::v1::ConfigMap;
+
+    fn config(text: &str) -> ConfigMap {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "kube-proxy", "namespace": "kube-system"},
+            "data": {"config.conf": text},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn kube_proxy_outside_a_daemonset_is_found_by_its_published_configuration() {
+        // The Kubernetes lab (and static-pod clusters): no DaemonSet, kubeadm's ConfigMap.
+        let cm = config("apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: nftables\n");
+        assert_eq!(kube_proxy_mode(&[], std::slice::from_ref(&cm), None), "nftables");
+        assert_eq!(kube_proxy_mode(&[], &[], None), "none");
+        // A leftover ConfigMap beside Cilium's replacement is not a running kube-proxy.
+        let cilium: ConfigMap = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "cilium-config"}, "data": {"kube-proxy-replacement": "true"},
+        }))
+        .unwrap();
+        assert_eq!(kube_proxy_mode(&[], &[cm], Some(&cilium)), "none (cilium kube-proxy replacement)");
+    }
+}

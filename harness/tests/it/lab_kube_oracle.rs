@@ -22,9 +22,11 @@
 //! test then re-syncs that Service from scratch (deleting its slice) and reports both, so a
 //! failure says whether the fresh sync disagrees too.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures::future::try_join_all;
@@ -35,12 +37,17 @@ use nix::sched::CloneFlags;
 use serde_json::{json, Value};
 
 use zonebench::platform::kube::{client, services, Cluster as KubeCluster, ClusterSource};
+use zonebench::platform::lab::kubernetes::kube_proxy::{KubeProxy, KubeProxySpec, ProxyMode};
+use zonebench::platform::process::Spawner;
 use zonebench::topology::doctor::{self, Analysis, Settings};
 use zonebench::topology::hints::{EndpointRef, Reconciliation};
 use zonebench::topology::live::{self, gate_default, minor_version, LiveContext, RecordedEvent};
-use zonebench::topology::{Hints, RoutingMode, TOPOLOGY_AWARE_HINTS_ANNOTATION, TOPOLOGY_MODE_ANNOTATION, ZONE_LABEL};
+use zonebench::topology::proxy::{self, Decision, ProxyNode, ProxyOptions};
+use zonebench::topology::{
+    Endpoint, Hints, RoutingMode, TOPOLOGY_AWARE_HINTS_ANNOTATION, TOPOLOGY_MODE_ANNOTATION, ZONE_LABEL,
+};
 
-use crate::lab_kube_control_plane::{cluster, Cluster};
+use crate::lab_kube_control_plane::{cluster, Cluster, Netns};
 use crate::support::lab_lock;
 
 /// How many topologies run (the issue asks for at least 200).
@@ -61,6 +68,26 @@ const EVENT_WITHIN: Duration = Duration::from_secs(10);
 const TOPOLOGY_LABEL: &str = "oracle.zonebench.dev/topology";
 /// Holds a deleted pod in Terminating (no kubelet will ever finish it).
 const FINALIZER: &str = "oracle.zonebench.dev/hold";
+
+/// A node that stays for the whole run, with a real kube-proxy in a namespace of its own:
+/// the endpoints it programs for each Service must be `topology::proxy`'s choice. Labelled
+/// control-plane, so the controller's CPU ratios leave it out; now and then a pod is bound
+/// to it (a local endpoint, and node hints naming it with PreferSameNode).
+struct Observer {
+    name: &'static str,
+    zone: &'static str,
+    mode: ProxyMode,
+    ip: Ipv4Addr,
+}
+
+const OBSERVERS: &[Observer] = &[
+    Observer { name: "observer-a", zone: "zone-a", mode: ProxyMode::Iptables, ip: Ipv4Addr::new(198, 18, 250, 21) },
+    Observer { name: "observer-b", zone: "zone-b", mode: ProxyMode::Nftables, ip: Ipv4Addr::new(198, 18, 250, 22) },
+    Observer { name: "observer-x", zone: "zone-x", mode: ProxyMode::Nftables, ip: Ipv4Addr::new(198, 18, 250, 23) },
+];
+/// How long an observer's kube-proxy may take to program a batch's Services (its minimum
+/// sync period is 1 s).
+const PROGRAM_WITHIN: Duration = Duration::from_secs(20);
 
 /// splitmix64: small, deterministic, good enough to spread topologies.
 struct Rng(u64);
@@ -110,8 +137,9 @@ enum PodState {
 #[derive(Debug, Clone)]
 struct GenPod {
     name: String,
-    /// Index into the batch's nodes.
-    node: usize,
+    /// The node it is bound to: one of the batch's, or an observer.
+    node: String,
+    zone: Option<String>,
     ip: String,
     state: PodState,
 }
@@ -152,8 +180,8 @@ fn namespace(slot: usize) -> String {
 
 /// One batch: its nodes, and one topology per mode on them.
 fn generate_batch(rng: &mut Rng, b: usize) -> Batch {
-    let prefix = ["", "us-east-1", "zone-"][b % 3];
-    let zones: Vec<String> = (0..rng.range(2, 5)).map(|z| format!("{prefix}{}", (b'a' + z as u8) as char)).collect();
+    // Fixed zone names, so the observers' zones are in every batch (a and b) or in some (x).
+    let zones: Vec<String> = (0..rng.range(2, 5)).map(|z| format!("zone-{}", (b'a' + z as u8) as char)).collect();
     let uniform = rng.chance(0.5);
     let base_cpu = rng.pick(CPUS);
     let base_nodes = rng.range(1, 3);
@@ -173,7 +201,7 @@ fn generate_batch(rng: &mut Rng, b: usize) -> Batch {
         }
     }
     // The nodes the controller leaves out of its ratios, in a zone of their own or not.
-    let extra_zone = format!("{prefix}x");
+    let extra_zone = "zone-x".to_string();
     if rng.chance(0.15) {
         let z = if rng.chance(0.5) { extra_zone.clone() } else { rng.pick(&zones.iter().collect::<Vec<_>>()).clone() };
         nodes.push(node(format!("b{b}-{z}-down"), Some(&z), rng.pick(CPUS), false, false));
@@ -191,9 +219,9 @@ fn generate_batch(rng: &mut Rng, b: usize) -> Batch {
         _ => {}
     }
     // Every zone label the nodes carry (and the nodes without one), each with its nodes.
-    let mut groups: BTreeMap<Option<String>, Vec<usize>> = BTreeMap::new();
-    for (i, n) in nodes.iter().enumerate() {
-        groups.entry(n.zone.clone()).or_default().push(i);
+    let mut groups: BTreeMap<Option<String>, Vec<String>> = BTreeMap::new();
+    for n in &nodes {
+        groups.entry(n.zone.clone()).or_default().push(n.name.clone());
     }
     let topologies = MODES
         .iter()
@@ -211,9 +239,17 @@ fn generate_batch(rng: &mut Rng, b: usize) -> Batch {
                         _ => PodState::Terminating { serving: r % 2 == 0 },
                     };
                     let i = pods.len();
+                    // Now and then on the observer of the zone: its kube-proxy then has a
+                    // local endpoint (and, with PreferSameNode, node hints naming it).
+                    let observer = OBSERVERS.iter().find(|o| zone.as_deref() == Some(o.zone));
+                    let node = match observer {
+                        Some(o) if rng.chance(0.12) => o.name.to_string(),
+                        _ => members[rng.range(0, members.len() - 1)].clone(),
+                    };
                     pods.push(GenPod {
                         name: format!("t{index}-{i}"),
-                        node: rng.pick(members),
+                        node,
+                        zone: zone.clone(),
                         ip: format!("10.{}.{}.{}", 100 + index / 250, index % 250, i + 1),
                         state,
                     });
@@ -294,7 +330,7 @@ fn describe_topology(b: &Batch, t: &GenTopology) -> String {
         describe_batch(b)
     );
     for p in &t.pods {
-        let _ = write!(s, " {}@{}={:?}", p.ip, b.nodes[p.node].name, p.state);
+        let _ = write!(s, " {}@{}={:?}", p.ip, p.node, p.state);
     }
     s
 }
@@ -303,7 +339,7 @@ fn describe_topology(b: &Batch, t: &GenTopology) -> String {
 /// node, zone).
 type EndpointKey = (bool, bool, bool, String, Option<String>);
 
-fn expected_endpoints(b: &Batch, t: &GenTopology) -> BTreeMap<String, EndpointKey> {
+fn expected_endpoints(t: &GenTopology) -> BTreeMap<String, EndpointKey> {
     t.pods
         .iter()
         .map(|p| {
@@ -312,8 +348,7 @@ fn expected_endpoints(b: &Batch, t: &GenTopology) -> BTreeMap<String, EndpointKe
                 PodState::Unready => (false, false, false),
                 PodState::Terminating { serving } => (false, serving, true),
             };
-            let n = &b.nodes[p.node];
-            (p.ip.clone(), (ready, serving, terminating, n.name.clone(), n.zone.clone()))
+            (p.ip.clone(), (ready, serving, terminating, p.node.clone(), p.zone.clone()))
         })
         .collect()
 }
@@ -368,13 +403,13 @@ fn node_status(n: &GenNode, i: usize) -> Value {
     }})
 }
 
-fn pod_object(b: &Batch, t: &GenTopology, p: &GenPod) -> Pod {
+fn pod_object(t: &GenTopology, p: &GenPod) -> Pod {
     let finalizers: Vec<&str> = if matches!(p.state, PodState::Terminating { .. }) { vec![FINALIZER] } else { vec![] };
     serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": p.name, "namespace": t.namespace, "labels": {TOPOLOGY_LABEL: format!("t{}", t.index)}, "finalizers": finalizers},
         "spec": {
-            "nodeName": b.nodes[p.node].name,
+            "nodeName": p.node,
             "automountServiceAccountToken": false,
             "containers": [{"name": "c", "image": "zonebench.invalid/none", "ports": [{"containerPort": 8080, "name": "tcp"}]}],
         },
@@ -406,6 +441,102 @@ fn service_object(t: &GenTopology) -> Service {
         "spec": spec,
     }))
     .unwrap()
+}
+
+fn observer_node(o: &Observer) -> (Node, Value) {
+    let n =
+        GenNode { name: o.name.into(), zone: Some(o.zone.into()), cpu_millis: 2000, ready: true, control_plane: true };
+    let mut status = node_status(&n, 0);
+    status["status"]["addresses"][0]["address"] = json!(o.ip.to_string());
+    (node_object(&n), status)
+}
+
+fn ip(args: &[&str]) {
+    let st = Command::new("ip").args(args).status().unwrap();
+    assert!(st.success(), "ip {args:?}");
+}
+
+/// The observer's namespace, joined to the control plane's by a veth (as the kube-proxy
+/// test's node is).
+fn observer_netns(cp: &str, i: usize, o: &Observer) -> Netns {
+    let name = format!("{cp}-{}", o.name);
+    ip(&["netns", "add", &name]);
+    let ns = Netns(name.clone());
+    let (near, far) = (format!("ob{i}0"), format!("ob{i}1"));
+    ip(&["-n", &name, "link", "set", "lo", "up"]);
+    ip(&["-n", cp, "link", "add", &near, "type", "veth", "peer", "name", &far, "netns", &name]);
+    ip(&["-n", cp, "link", "set", &near, "up"]);
+    ip(&["-n", cp, "route", "add", &format!("{}/32", o.ip), "dev", &near]);
+    ip(&["-n", &name, "addr", "add", &format!("{}/32", o.ip), "dev", &far]);
+    ip(&["-n", &name, "link", "set", &far, "up"]);
+    ip(&["-n", &name, "route", "add", "198.18.250.10/32", "dev", &far]);
+    ns
+}
+
+/// The endpoint addresses each Service's ClusterIP goes to in a node's ruleset, by
+/// `namespace/name`: kube-proxy's KUBE-SVC chains (iptables-save, their comments name the
+/// endpoint) or its `service-…` chains (nftables, whose vmap names the endpoint chains).
+fn programmed(mode: ProxyMode, rules: &str) -> BTreeMap<String, BTreeSet<String>> {
+    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    match mode {
+        ProxyMode::Iptables => {
+            // -A KUBE-SVC-X -m comment --comment "ns/svc:tcp -> 10.1.2.3:8080" ... -j KUBE-SEP-Y
+            for line in rules.lines().filter(|l| l.starts_with("-A KUBE-SVC-")) {
+                let Some(comment) = line.split("--comment \"").nth(1).and_then(|c| c.split('"').next()) else {
+                    continue;
+                };
+                let Some((svc, ep)) = comment.split_once(" -> ") else { continue };
+                let svc = svc.rsplit_once(':').map_or(svc, |(s, _)| s);
+                let ip = ep.rsplit_once(':').map_or(ep, |(a, _)| a);
+                out.entry(svc.to_string()).or_default().insert(ip.to_string());
+            }
+        }
+        ProxyMode::Nftables => {
+            // chain service-HASH-ns/svc/port/proto { … vmap { 0 : goto endpoint-HASH-ns/svc/port/proto__10.1.2.3/8080 … } }
+            let mut current: Option<String> = None;
+            for line in rules.lines().map(str::trim) {
+                if let Some(name) = line.strip_prefix("chain ").and_then(|l| l.strip_suffix(" {")) {
+                    current = name.strip_prefix("service-").and_then(|n| n.split_once('-')).and_then(|(_, rest)| {
+                        let parts: Vec<&str> = rest.split('/').collect();
+                        (parts.len() == 4).then(|| format!("{}/{}", parts[0], parts[1]))
+                    });
+                    continue;
+                }
+                if line == "}" {
+                    current = None;
+                    continue;
+                }
+                let Some(svc) = &current else { continue };
+                let set = out.entry(svc.clone()).or_default();
+                // Endpoint chains: `goto endpoint-HASH-ns/svc/port/proto__10.1.2.3/8080`.
+                for piece in line.split("__").skip(1) {
+                    if let Some((ip, _)) = piece.split_once('/') {
+                        set.insert(ip.to_string());
+                    }
+                }
+                // Or straight to the address (1.36): `dnat ip to numgen random mod 2 map { 0 : 10.1.2.3 . 8080, … }`.
+                if let Some(map) = line.split_once("map {").map(|(_, m)| m.trim_end_matches('}')) {
+                    for element in map.split(',') {
+                        if let Some(ip) = element.split_once(" : ").and_then(|(_, v)| v.split(" . ").next()) {
+                            set.insert(ip.trim().to_string());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The observer's ruleset as `programmed` reads it.
+async fn ruleset(netns: &str, mode: ProxyMode) -> anyhow::Result<String> {
+    let argv: &[&str] = match mode {
+        ProxyMode::Iptables => &["iptables-save", "-t", "nat"],
+        ProxyMode::Nftables => &["nft", "list", "table", "ip", "kube-proxy"],
+    };
+    let out = tokio::process::Command::new("ip").args(["netns", "exec", netns]).args(argv).output().await?;
+    // nftables: no table before kube-proxy's first sync.
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// `None` for absent or empty hints, zones and nodes sorted.
@@ -505,6 +636,11 @@ struct Tally {
     events_checked: usize,
     binary_runs: usize,
     mismatches: Vec<String>,
+    /// kube-proxy: Services checked on an observer, by how `topology::proxy` decided.
+    proxy_checks: BTreeMap<String, usize>,
+    /// … of which the observer had a local endpoint.
+    proxy_local: usize,
+    proxy_mismatches: Vec<String>,
 }
 
 /// The client, and what the checks need besides it.
@@ -513,6 +649,8 @@ struct Oracle {
     admin: PathBuf,
     gate: bool,
     bin: PathBuf,
+    /// The observers' network namespaces, in [`OBSERVERS`]' order.
+    observer_netns: Vec<String>,
 }
 
 impl Oracle {
@@ -543,12 +681,12 @@ impl Oracle {
     }
 
     /// The pods with their status, the terminating ones deleted, then the Service.
-    async fn apply_topology(&self, b: &Batch, t: &GenTopology) -> anyhow::Result<()> {
+    async fn apply_topology(&self, t: &GenTopology) -> anyhow::Result<()> {
         let pods = self.pods(&t.namespace);
         try_join_all(t.pods.iter().map(|p| {
             let pods = pods.clone();
             async move {
-                pods.create(&PostParams::default(), &pod_object(b, t, p)).await?;
+                pods.create(&PostParams::default(), &pod_object(t, p)).await?;
                 pods.patch_status(&p.name, &PatchParams::default(), &Patch::Merge(pod_status(p))).await?;
                 if matches!(p.state, PodState::Terminating { .. }) {
                     pods.delete(&p.name, &DeleteParams::default()).await?;
@@ -568,7 +706,7 @@ impl Oracle {
 
     /// Waits until the Service's slices hold exactly the pods' endpoints.
     async fn settle(&self, b: &Batch, t: &GenTopology) -> anyhow::Result<()> {
-        let want = expected_endpoints(b, t);
+        let want = expected_endpoints(t);
         let deadline = Instant::now() + SETTLE_WITHIN;
         loop {
             let slices = self.service_slices(t).await?;
@@ -622,7 +760,7 @@ impl Oracle {
     }
 
     /// Checks one topology; a mismatch is returned in words.
-    async fn check(&self, b: &Batch, t: &GenTopology, tally: &mut Tally) -> anyhow::Result<Option<String>> {
+    async fn check(&self, b: &Batch, t: &GenTopology, tally: &mut Tally) -> anyhow::Result<(Option<String>, Analysis)> {
         let (a, mut events) = self.analyse(t).await?;
         let rec = &a.reconciliation;
         let actual: Vec<Vec<Option<Hints>>> =
@@ -715,9 +853,92 @@ impl Oracle {
             }
         }
         if problems.is_empty() {
-            return Ok(None);
+            return Ok((None, a));
         }
-        Ok(Some(format!("{}\n  {}\n{}", describe_topology(b, t), problems.join("\n  "), describe_mismatch(&a))))
+        let m = format!("{}\n  {}\n{}", describe_topology(b, t), problems.join("\n  "), describe_mismatch(&a));
+        Ok((Some(m), a))
+    }
+
+    /// Each observer's kube-proxy programs, for every Service of the batch, the endpoints
+    /// `topology::proxy` chooses for that node from the slices as written.
+    async fn check_proxies(&self, b: &Batch, written: &[(GenTopology, Analysis)], tally: &mut Tally) {
+        let opts = ProxyOptions { prefer_same_traffic_distribution: self.gate };
+        for (o, netns) in OBSERVERS.iter().zip(&self.observer_netns) {
+            let node = ProxyNode::new(o.name, Some(o.zone));
+            let want: Vec<(String, BTreeSet<String>, String)> = written
+                .iter()
+                .map(|(t, a)| {
+                    let eps: Vec<Endpoint> =
+                        a.reconciliation.input.iter().flat_map(|s| s.endpoints.iter().cloned()).collect();
+                    let c = proxy::categorize(&eps, &a.service, &node, &opts);
+                    let set: BTreeSet<String> = c.internal().iter().map(|&i| eps[i].address.clone()).collect();
+                    let decision = match &c.decision {
+                        Decision::EndpointWithoutHint { .. } => "endpoint-without-hint".to_string(),
+                        d => serde_json::to_value(d).unwrap()["kind"].as_str().unwrap_or("?").to_string(),
+                    };
+                    *tally.proxy_checks.entry(format!("{} {decision}", o.mode.as_str())).or_insert(0) += 1;
+                    if eps.iter().any(|e| e.node.as_deref() == Some(o.name)) {
+                        tally.proxy_local += 1;
+                    }
+                    (format!("{}/{}", t.namespace, t.service), set, decision)
+                })
+                .collect();
+            let deadline = Instant::now() + PROGRAM_WITHIN;
+            loop {
+                let rules = ruleset(netns, o.mode).await.unwrap_or_else(|e| panic!("reading {netns}'s rules: {e:#}"));
+                let got = programmed(o.mode, &rules);
+                let wrong: Vec<String> = want
+                    .iter()
+                    .filter(|(svc, set, _)| got.get(svc).cloned().unwrap_or_default() != *set)
+                    .map(|(svc, set, decision)| {
+                        format!(
+                            "{svc}: kube-proxy on {} ({}, zone {}) programs {:?}, topology::proxy chooses {set:?} ({decision})",
+                            o.name,
+                            o.mode.as_str(),
+                            o.zone,
+                            got.get(svc).cloned().unwrap_or_default()
+                        )
+                    })
+                    .collect();
+                if wrong.is_empty() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    for w in wrong {
+                        let (t, a) = written
+                            .iter()
+                            .find(|(t, _)| w.starts_with(&format!("{}/{}:", t.namespace, t.service)))
+                            .unwrap();
+                        // The rules that name the Service, for a look.
+                        let svc = format!("{}/{}", t.namespace, t.service);
+                        let mut inside = false;
+                        let lines: Vec<&str> = rules
+                            .lines()
+                            .filter(|l| {
+                                if l.trim_start().starts_with("chain ") {
+                                    inside = l.contains(&svc);
+                                }
+                                let keep = inside || l.contains(&svc);
+                                if l.trim() == "}" {
+                                    inside = false;
+                                }
+                                keep
+                            })
+                            .collect();
+                        let m = format!(
+                            "{w}\n{}\n{}  the observer's rules for {svc}:\n    {}",
+                            describe_topology(b, t),
+                            describe_mismatch(a),
+                            lines.join("\n    ")
+                        );
+                        eprintln!("PROXY MISMATCH {m}");
+                        tally.proxy_mismatches.push(m);
+                    }
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
     }
 
     /// A fresh sync of `t`'s Service: its slices deleted, the controller writes new ones.
@@ -761,7 +982,18 @@ impl Oracle {
         .await?;
         // The next batch's ratios must not count these nodes.
         let deadline = Instant::now() + SETTLE_WITHIN;
-        while !self.nodes().list(&ListParams::default()).await?.items.is_empty() {
+        let batch_nodes = || async {
+            let names: Vec<String> = self
+                .nodes()
+                .list(&ListParams::default())
+                .await?
+                .items
+                .into_iter()
+                .filter_map(|n| n.metadata.name)
+                .collect();
+            anyhow::Ok(names.into_iter().filter(|n| !n.starts_with("observer-")).count())
+        };
+        while batch_nodes().await? > 0 {
             anyhow::ensure!(Instant::now() < deadline, "batch {}'s nodes were not deleted", b.index);
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -782,7 +1014,21 @@ fn in_netns<T: Send + 'static>(netns: &str, f: impl FnOnce() -> T + Send + 'stat
     .unwrap_or_else(|e| std::panic::resume_unwind(e))
 }
 
-async fn run_oracle(admin: PathBuf, bin: PathBuf) -> Tally {
+/// What the run needs from the test's cluster.
+struct Setup {
+    admin: PathBuf,
+    /// kube-proxy's kubeconfig.
+    kube_proxy: PathBuf,
+    /// The Kubernetes binaries.
+    kube_bin: PathBuf,
+    /// `zonebench`.
+    zonebench: PathBuf,
+    dir: PathBuf,
+    observer_netns: Vec<String>,
+}
+
+async fn run_oracle(setup: Setup) -> Tally {
+    let Setup { admin, kube_proxy, kube_bin, zonebench: bin, dir, observer_netns } = setup;
     let kube = client::connect(&ClusterSource { kubeconfig: Some(admin.clone()), context: None }).await.unwrap();
     let gate = gate_default(minor_version(&kube.version));
     eprintln!(
@@ -790,7 +1036,32 @@ async fn run_oracle(admin: PathBuf, bin: PathBuf) -> Tally {
         kube.describe(),
         kube.version
     );
-    let oracle = Oracle { kube, admin, gate, bin };
+    let oracle = Oracle { kube, admin, gate, bin, observer_netns };
+    // The observers: their Nodes, then a real kube-proxy on each.
+    for o in OBSERVERS {
+        let (node, status) = observer_node(o);
+        oracle.nodes().create(&PostParams::default(), &node).await.unwrap();
+        oracle.nodes().patch_status(o.name, &PatchParams::default(), &Patch::Merge(status)).await.unwrap();
+    }
+    let spawner = Spawner::new("zbt-oracle").unwrap();
+    let mut proxies: Vec<KubeProxy> = OBSERVERS
+        .iter()
+        .zip(&oracle.observer_netns)
+        .map(|(o, netns)| {
+            let spec = KubeProxySpec {
+                netns: netns.clone(),
+                node: o.name.into(),
+                node_ip: o.ip,
+                mode: o.mode,
+                cluster_cidr: "10.0.0.0/8".into(),
+                kubeconfig: kube_proxy.clone(),
+                dir: dir.join(o.name),
+                bin: kube_bin.clone(),
+                attached: true,
+            };
+            KubeProxy::start(spec, &spawner).unwrap()
+        })
+        .collect();
     // One namespace per slot, made once: a new namespace's pods wait for its ServiceAccount.
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(oracle.kube.client.clone());
     for slot in 0..PER_BATCH {
@@ -811,19 +1082,28 @@ async fn run_oracle(admin: PathBuf, bin: PathBuf) -> Tally {
     for b in generate().iter() {
         let started = Instant::now();
         oracle.apply_nodes(b).await.unwrap_or_else(|e| panic!("{}: applying nodes: {e:#}", describe_batch(b)));
-        try_join_all(b.topologies.iter().map(|t| oracle.apply_topology(b, t)))
+        try_join_all(b.topologies.iter().map(|t| oracle.apply_topology(t)))
             .await
             .unwrap_or_else(|e| panic!("{}: applying: {e:#}", describe_batch(b)));
         try_join_all(b.topologies.iter().map(|t| oracle.settle(b, t))).await.unwrap_or_else(|e| panic!("{e:#}"));
+        let mut written = Vec::new();
         for t in &b.topologies {
-            let found = oracle.check(b, t, &mut tally).await.unwrap_or_else(|e| panic!("topology {}: {e:#}", t.index));
-            if let Some(m) = found {
-                let again = oracle.resync(b, t).await.unwrap_or_else(|e| format!("re-sync failed: {e:#}"));
-                eprintln!("MISMATCH {m}  {again}");
-                tally.mismatches.push(format!("{m}  {again}"));
+            let (found, a) =
+                oracle.check(b, t, &mut tally).await.unwrap_or_else(|e| panic!("topology {}: {e:#}", t.index));
+            match found {
+                None => written.push((t.clone(), a)),
+                Some(m) => {
+                    let again = oracle.resync(b, t).await.unwrap_or_else(|e| format!("re-sync failed: {e:#}"));
+                    eprintln!("MISMATCH {m}  {again}");
+                    tally.mismatches.push(format!("{m}  {again}"));
+                }
             }
         }
+        oracle.check_proxies(b, &written, &mut tally).await;
         oracle.clean(b).await.unwrap_or_else(|e| panic!("{}: cleaning up: {e:#}", describe_batch(b)));
+        for p in &mut proxies {
+            p.check_alive().unwrap_or_else(|e| panic!("{e:#}"));
+        }
         eprintln!("batch {} ({} topologies) in {:?}", b.index, b.topologies.len(), started.elapsed());
     }
     tally
@@ -833,17 +1113,23 @@ async fn run_oracle(admin: PathBuf, bin: PathBuf) -> Tally {
 fn the_real_endpointslice_controller_writes_hints_the_doctor_predicts() {
     let _lock = lab_lock(false);
     let started = Instant::now();
-    let Cluster { cp: _cp, netns, dir: _dir, bin: _bin, admin, kube_proxy: _kp } = cluster("kube-oracle");
-    let zonebench = PathBuf::from(env!("CARGO_BIN_EXE_zonebench"));
-    let tally = in_netns(&netns.0, move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(run_oracle(admin, zonebench))
+    // Its fields drop in order (the control plane stops before its directory goes).
+    let c: Cluster = cluster("kube-oracle");
+    // Removed before the control plane stops (the kube-proxies in them stopped already).
+    let observers: Vec<Netns> = OBSERVERS.iter().enumerate().map(|(i, o)| observer_netns(&c.netns.0, i, o)).collect();
+    let setup = Setup {
+        admin: c.admin.clone(),
+        kube_proxy: c.kube_proxy.clone(),
+        kube_bin: c.bin.clone(),
+        zonebench: PathBuf::from(env!("CARGO_BIN_EXE_zonebench")),
+        dir: c.dir.to_path_buf(),
+        observer_netns: observers.iter().map(|n| n.0.clone()).collect(),
+    };
+    let tally = in_netns(&c.netns.0.clone(), move || {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(run_oracle(setup))
     });
     let summary = format!(
-        "{} topologies ({} endpoints) in {:?}: modes {:?}; Auto: {} with hints, refused {:?}, {} with moved endpoints; {} not deterministic; {} PreferSameNode node hints, {} PreferSameZone zone hints; {} events checked; {} runs of zonebench hints; {} mismatches",
+        "{} topologies ({} endpoints) in {:?}: modes {:?}; Auto: {} with hints, refused {:?}, {} with moved endpoints; {} not deterministic; {} PreferSameNode node hints, {} PreferSameZone zone hints; {} events checked; {} runs of zonebench hints; {} mismatches; kube-proxy: {:?} Services checked on observers ({} with a local endpoint), {} mismatches",
         tally.topologies,
         tally.endpoints,
         started.elapsed(),
@@ -856,13 +1142,25 @@ fn the_real_endpointslice_controller_writes_hints_the_doctor_predicts() {
         tally.same_zone_hints,
         tally.events_checked,
         tally.binary_runs,
-        tally.mismatches.len()
+        tally.mismatches.len(),
+        tally.proxy_checks,
+        tally.proxy_local,
+        tally.proxy_mismatches.len()
     );
     eprintln!("{summary}");
     assert!(tally.mismatches.is_empty(), "{summary}\n\n{}", tally.mismatches.join("\n\n"));
+    assert!(tally.proxy_mismatches.is_empty(), "{summary}\n\n{}", tally.proxy_mismatches.join("\n\n"));
     // The run covered what it is for (a generator change that loses a case fails here).
     assert!(tally.topologies >= 200, "{summary}");
     assert!(tally.auto_enabled >= 50 && tally.with_moves >= 20 && tally.not_deterministic >= 10, "{summary}");
     assert!(tally.auto_refused.len() >= 4, "every way Auto refuses, but only {:?}: {summary}", tally.auto_refused);
     assert!(tally.same_node_hints > 0 && tally.same_zone_hints > 0, "{summary}");
+    for mode in ["iptables", "nftables"] {
+        for decision in
+            ["filtered-to-zone", "filtered-to-node", "no-hint-for-zone", "endpoint-without-hint", "no-ready-endpoints"]
+        {
+            let n = tally.proxy_checks.get(&format!("{mode} {decision}")).copied().unwrap_or(0);
+            assert!(n > 0, "no kube-proxy check in {mode} mode where topology::proxy decides {decision}: {summary}");
+        }
+    }
 }

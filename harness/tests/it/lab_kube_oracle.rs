@@ -1,17 +1,18 @@
-//! The real EndpointSlice controller as the hints doctor's oracle (issue 14, part 1).
+//! The real components as the oracles of the pure ports (issue 14, part 1): the real
+//! EndpointSlice controller for the hints doctor, the real kube-proxy for `topology::proxy`.
 //!
 //! One real control plane (etcd, kube-apiserver, kube-controller-manager from
 //! `scripts/kube-binaries.sh`, in a network namespace of the test's own) is given
 //! [`TOPOLOGIES`] generated topologies from a fixed seed, in batches that share their Nodes:
 //! 2–5 zones, nodes of varied CPU (sometimes equal, for Go's map-order ties), now and then
-//! an unready node, a control-plane node or a Ready node without a zone label; 0–7 endpoints
-//! per zone, some unready and some terminating; and every mode: none, the `topology-mode` /
-//! `topology-aware-hints` annotations, `trafficDistribution` PreferClose, PreferSameZone and
-//! PreferSameNode. Each topology is API objects only: Nodes (zone label, allocatable CPU,
-//! Ready condition), pods bound with `spec.nodeName` that get a status and no process (a
-//! pod IP, Ready or not, Running; terminating = deleted while a finalizer holds it), and a
-//! selector Service created last, so the controller's sync that writes the slice sees every
-//! pod.
+//! an unready node, a control-plane node or a node without a zone label; 0–7 endpoints per
+//! zone, some unready and some terminating (now and then none ready); and every mode: none
+//! (and annotation values that do not count), the `topology-mode` / `topology-aware-hints`
+//! annotations, `trafficDistribution` PreferClose, PreferSameZone and PreferSameNode. Each
+//! topology is API objects only: Nodes (zone label, allocatable CPU, Ready condition), pods
+//! bound with `spec.nodeName` that get a status and no process (a pod IP, Ready or not,
+//! Running; terminating = deleted while a finalizer holds it), and a selector Service
+//! created last, so the controller's sync that writes the slice sees every pod.
 //!
 //! For each topology the test reads the objects back as `zonebench hints -n NS SERVICE`
 //! does, runs the doctor on them and checks that the hints the controller wrote are one of
@@ -21,6 +22,11 @@
 //! A mismatch is a bug in the doctor (fixed there, and kept as a case in its table); the
 //! test then re-syncs that Service from scratch (deleting its slice) and reports both, so a
 //! failure says whether the fresh sync disagrees too.
+//!
+//! Three [`OBSERVERS`] run the real kube-proxy (iptables and nftables mode) on nodes of
+//! zones a, b and x; for every Service of a batch, the endpoints each one programs for the
+//! ClusterIP (read from its rules) must be those `topology::proxy::categorize` chooses for
+//! that node from the slices as written.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -236,7 +242,7 @@ fn generate_batch(rng: &mut Rng, b: usize) -> Batch {
                     let state = match r {
                         0..=71 => PodState::Ready,
                         72..=85 => PodState::Unready,
-                        _ => PodState::Terminating { serving: r % 2 == 0 },
+                        _ => PodState::Terminating { serving: r.is_multiple_of(2) },
                     };
                     let i = pods.len();
                     // Now and then on the observer of the zone: its kube-proxy then has a
@@ -253,6 +259,15 @@ fn generate_batch(rng: &mut Rng, b: usize) -> Batch {
                         ip: format!("10.{}.{}.{}", 100 + index / 250, index % 250, i + 1),
                         state,
                     });
+                }
+            }
+            // Now and then no pod is ready: kube-proxy falls back to the serving terminating ones.
+            if rng.chance(0.08) {
+                for p in &mut pods {
+                    if p.state == PodState::Ready {
+                        p.state =
+                            if rng.chance(0.7) { PodState::Terminating { serving: true } } else { PodState::Unready };
+                    }
                 }
             }
             let (annotations, traffic_distribution) = mode_objects(rng, mode);
@@ -528,6 +543,25 @@ fn programmed(mode: ProxyMode, rules: &str) -> BTreeMap<String, BTreeSet<String>
     out
 }
 
+/// The lines of `rules` about Service `svc` (`namespace/name`): those naming it, and the
+/// nftables chains named after it.
+fn rules_of(rules: &str, svc: &str) -> Vec<String> {
+    let mut inside = false;
+    let mut out = Vec::new();
+    for l in rules.lines() {
+        if l.trim_start().starts_with("chain ") {
+            inside = l.contains(svc);
+        }
+        if inside || l.contains(svc) {
+            out.push(l.to_string());
+        }
+        if l.trim() == "}" {
+            inside = false;
+        }
+    }
+    out
+}
+
 /// The observer's ruleset as `programmed` reads it.
 async fn ruleset(netns: &str, mode: ProxyMode) -> anyhow::Result<String> {
     let argv: &[&str] = match mode {
@@ -641,6 +675,10 @@ struct Tally {
     /// … of which the observer had a local endpoint.
     proxy_local: usize,
     proxy_mismatches: Vec<String>,
+    /// Slices the controller rewrote after their check, with other hints (each checked
+    /// again): with an endpoint in a zone outside the CPU ratios, every sync of an Auto
+    /// Service rewrites its slice, and ties then fall another way.
+    rewritten: usize,
 }
 
 /// The client, and what the checks need besides it.
@@ -828,7 +866,7 @@ impl Oracle {
             problems.push(format!("no event predicted, but the controller recorded {e:?}"));
         }
         // As a user would: the real binary, every tenth topology.
-        if t.index % 10 == 0 {
+        if t.index.is_multiple_of(10) {
             tally.binary_runs += 1;
             let out = std::process::Command::new(&self.bin)
                 .args(["hints", "-n", &t.namespace, &t.service, "-o", "json", "--kubeconfig"])
@@ -860,83 +898,112 @@ impl Oracle {
     }
 
     /// Each observer's kube-proxy programs, for every Service of the batch, the endpoints
-    /// `topology::proxy` chooses for that node from the slices as written.
-    async fn check_proxies(&self, b: &Batch, written: &[(GenTopology, Analysis)], tally: &mut Tally) {
+    /// `topology::proxy` chooses for that node from the slices as they are now. A slice the
+    /// controller rewrote since its check (its hints can change: see [`Tally::rewritten`])
+    /// is checked against the doctor again.
+    async fn check_proxies(&self, b: &Batch, written: &mut [(GenTopology, Analysis)], tally: &mut Tally) {
         let opts = ProxyOptions { prefer_same_traffic_distribution: self.gate };
-        for (o, netns) in OBSERVERS.iter().zip(&self.observer_netns) {
-            let node = ProxyNode::new(o.name, Some(o.zone));
-            let want: Vec<(String, BTreeSet<String>, String)> = written
-                .iter()
-                .map(|(t, a)| {
-                    let eps: Vec<Endpoint> =
-                        a.reconciliation.input.iter().flat_map(|s| s.endpoints.iter().cloned()).collect();
-                    let c = proxy::categorize(&eps, &a.service, &node, &opts);
-                    let set: BTreeSet<String> = c.internal().iter().map(|&i| eps[i].address.clone()).collect();
-                    let decision = match &c.decision {
-                        Decision::EndpointWithoutHint { .. } => "endpoint-without-hint".to_string(),
-                        d => serde_json::to_value(d).unwrap()["kind"].as_str().unwrap_or("?").to_string(),
+        let choice = |a: &Analysis, o: &Observer| {
+            let eps: Vec<Endpoint> = a.reconciliation.input.iter().flat_map(|s| s.endpoints.iter().cloned()).collect();
+            let c = proxy::categorize(&eps, &a.service, &ProxyNode::new(o.name, Some(o.zone)), &opts);
+            let set: BTreeSet<String> = c.internal().iter().map(|&i| eps[i].address.clone()).collect();
+            let decision = match &c.decision {
+                Decision::EndpointWithoutHint { .. } => "endpoint-without-hint".to_string(),
+                Decision::NoReadyEndpoints if !set.is_empty() => "serving-terminating".to_string(),
+                d => serde_json::to_value(d).unwrap()["kind"].as_str().unwrap_or("?").to_string(),
+            };
+            let local = eps.iter().any(|e| e.node.as_deref() == Some(o.name));
+            (set, decision, local)
+        };
+        let deadline = Instant::now() + PROGRAM_WITHIN;
+        loop {
+            for (t, a) in written.iter_mut() {
+                let now =
+                    self.service_slices(t).await.unwrap_or_else(|e| panic!("reading {}'s slices: {e:#}", t.service));
+                let hints =
+                    |eps: &mut dyn Iterator<Item = (String, Option<Hints>)>| -> BTreeMap<String, Option<Hints>> {
+                        eps.map(|(addr, h)| (addr, norm(&h))).collect()
                     };
-                    *tally.proxy_checks.entry(format!("{} {decision}", o.mode.as_str())).or_insert(0) += 1;
-                    if eps.iter().any(|e| e.node.as_deref() == Some(o.name)) {
-                        tally.proxy_local += 1;
-                    }
-                    (format!("{}/{}", t.namespace, t.service), set, decision)
-                })
-                .collect();
-            let deadline = Instant::now() + PROGRAM_WITHIN;
-            loop {
+                let before = hints(
+                    &mut a
+                        .reconciliation
+                        .input
+                        .iter()
+                        .flat_map(|s| &s.endpoints)
+                        .map(|e| (e.address.clone(), e.hints.clone())),
+                );
+                let after = hints(&mut now.iter().flat_map(|s| &s.endpoints).map(|e| {
+                    let h = e.hints.as_ref().map(|h| Hints {
+                        for_zones: h.for_zones.iter().flatten().map(|z| z.name.clone()).collect(),
+                        for_nodes: h.for_nodes.iter().flatten().map(|n| n.name.clone()).collect(),
+                    });
+                    (e.addresses.first().cloned().unwrap_or_default(), h)
+                }));
+                if before == after {
+                    continue;
+                }
+                tally.rewritten += 1;
+                let (again, _) = self.analyse(t).await.unwrap_or_else(|e| panic!("topology {}: {e:#}", t.index));
+                let actual: Vec<Vec<Option<Hints>>> = again
+                    .reconciliation
+                    .input
+                    .iter()
+                    .map(|s| s.endpoints.iter().map(|e| e.hints.clone()).collect())
+                    .collect();
+                if !is_outcome(&again.reconciliation, &actual) {
+                    let m = format!(
+                        "{}\n  the controller rewrote the hints after the check, to none of the doctor's outcomes\n{}",
+                        describe_topology(b, t),
+                        describe_mismatch(&again)
+                    );
+                    eprintln!("MISMATCH {m}");
+                    tally.mismatches.push(m);
+                }
+                *a = again;
+            }
+            let mut wrong = Vec::new();
+            for (o, netns) in OBSERVERS.iter().zip(&self.observer_netns) {
                 let rules = ruleset(netns, o.mode).await.unwrap_or_else(|e| panic!("reading {netns}'s rules: {e:#}"));
                 let got = programmed(o.mode, &rules);
-                let wrong: Vec<String> = want
-                    .iter()
-                    .filter(|(svc, set, _)| got.get(svc).cloned().unwrap_or_default() != *set)
-                    .map(|(svc, set, decision)| {
-                        format!(
-                            "{svc}: kube-proxy on {} ({}, zone {}) programs {:?}, topology::proxy chooses {set:?} ({decision})",
+                for (t, a) in written.iter() {
+                    let svc = format!("{}/{}", t.namespace, t.service);
+                    let (want, decision, _) = choice(a, o);
+                    let have = got.get(&svc).cloned().unwrap_or_default();
+                    if have != want {
+                        wrong.push((o, t, a, format!(
+                            "{svc}: kube-proxy on {} ({}, zone {}) programs {have:?}, topology::proxy chooses {want:?} ({decision})",
                             o.name,
                             o.mode.as_str(),
-                            o.zone,
-                            got.get(svc).cloned().unwrap_or_default()
-                        )
-                    })
-                    .collect();
-                if wrong.is_empty() {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    for w in wrong {
-                        let (t, a) = written
-                            .iter()
-                            .find(|(t, _)| w.starts_with(&format!("{}/{}:", t.namespace, t.service)))
-                            .unwrap();
-                        // The rules that name the Service, for a look.
-                        let svc = format!("{}/{}", t.namespace, t.service);
-                        let mut inside = false;
-                        let lines: Vec<&str> = rules
-                            .lines()
-                            .filter(|l| {
-                                if l.trim_start().starts_with("chain ") {
-                                    inside = l.contains(&svc);
-                                }
-                                let keep = inside || l.contains(&svc);
-                                if l.trim() == "}" {
-                                    inside = false;
-                                }
-                                keep
-                            })
-                            .collect();
-                        let m = format!(
-                            "{w}\n{}\n{}  the observer's rules for {svc}:\n    {}",
-                            describe_topology(b, t),
-                            describe_mismatch(a),
-                            lines.join("\n    ")
-                        );
-                        eprintln!("PROXY MISMATCH {m}");
-                        tally.proxy_mismatches.push(m);
+                            o.zone
+                        ), rules_of(&rules, &svc)));
                     }
-                    break;
                 }
-                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            if wrong.is_empty() {
+                break;
+            }
+            if Instant::now() > deadline {
+                for (_, t, a, w, rules) in wrong {
+                    let m = format!(
+                        "{w}\n{}\n{}  the observer's rules for {}/{}:\n    {}",
+                        describe_topology(b, t),
+                        describe_mismatch(a),
+                        t.namespace,
+                        t.service,
+                        rules.join("\n    ")
+                    );
+                    eprintln!("PROXY MISMATCH {m}");
+                    tally.proxy_mismatches.push(m);
+                }
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        for o in OBSERVERS {
+            for (_, a) in written.iter() {
+                let (_, decision, local) = choice(a, o);
+                *tally.proxy_checks.entry(format!("{} {decision}", o.mode.as_str())).or_insert(0) += 1;
+                tally.proxy_local += usize::from(local);
             }
         }
     }
@@ -1099,7 +1166,7 @@ async fn run_oracle(setup: Setup) -> Tally {
                 }
             }
         }
-        oracle.check_proxies(b, &written, &mut tally).await;
+        oracle.check_proxies(b, &mut written, &mut tally).await;
         oracle.clean(b).await.unwrap_or_else(|e| panic!("{}: cleaning up: {e:#}", describe_batch(b)));
         for p in &mut proxies {
             p.check_alive().unwrap_or_else(|e| panic!("{e:#}"));
@@ -1129,7 +1196,7 @@ fn the_real_endpointslice_controller_writes_hints_the_doctor_predicts() {
         tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(run_oracle(setup))
     });
     let summary = format!(
-        "{} topologies ({} endpoints) in {:?}: modes {:?}; Auto: {} with hints, refused {:?}, {} with moved endpoints; {} not deterministic; {} PreferSameNode node hints, {} PreferSameZone zone hints; {} events checked; {} runs of zonebench hints; {} mismatches; kube-proxy: {:?} Services checked on observers ({} with a local endpoint), {} mismatches",
+        "{} topologies ({} endpoints) in {:?}: modes {:?}; Auto: {} with hints, refused {:?}, {} with moved endpoints; {} not deterministic; {} PreferSameNode node hints, {} PreferSameZone zone hints; {} events checked; {} runs of zonebench hints; {} mismatches; kube-proxy: {:?} Services checked on observers ({} with a local endpoint), {} mismatches; {} slices rewritten after their check",
         tally.topologies,
         tally.endpoints,
         started.elapsed(),
@@ -1145,7 +1212,8 @@ fn the_real_endpointslice_controller_writes_hints_the_doctor_predicts() {
         tally.mismatches.len(),
         tally.proxy_checks,
         tally.proxy_local,
-        tally.proxy_mismatches.len()
+        tally.proxy_mismatches.len(),
+        tally.rewritten
     );
     eprintln!("{summary}");
     assert!(tally.mismatches.is_empty(), "{summary}\n\n{}", tally.mismatches.join("\n\n"));
@@ -1156,9 +1224,14 @@ fn the_real_endpointslice_controller_writes_hints_the_doctor_predicts() {
     assert!(tally.auto_refused.len() >= 4, "every way Auto refuses, but only {:?}: {summary}", tally.auto_refused);
     assert!(tally.same_node_hints > 0 && tally.same_zone_hints > 0, "{summary}");
     for mode in ["iptables", "nftables"] {
-        for decision in
-            ["filtered-to-zone", "filtered-to-node", "no-hint-for-zone", "endpoint-without-hint", "no-ready-endpoints"]
-        {
+        for decision in [
+            "filtered-to-zone",
+            "filtered-to-node",
+            "no-hint-for-zone",
+            "endpoint-without-hint",
+            "no-ready-endpoints",
+            "serving-terminating",
+        ] {
             let n = tally.proxy_checks.get(&format!("{mode} {decision}")).copied().unwrap_or(0);
             assert!(n > 0, "no kube-proxy check in {mode} mode where topology::proxy decides {decision}: {summary}");
         }

@@ -68,6 +68,8 @@ const SEED: u64 = 0x0014_0AC1_E5EE_D001;
 const CPUS: &[u64] = &[250, 500, 1000, 1500, 2000, 3000, 3920, 4000, 7910, 8000, 16000];
 /// How long the controller may take to write a Service's slice as the pods say.
 const SETTLE_WITHIN: Duration = Duration::from_secs(30);
+/// The head start a batch's Node events get over its Services (see the batch loop).
+const NODES_SETTLE: Duration = Duration::from_millis(300);
 /// How long a predicted event may take to be recorded.
 const EVENT_WITHIN: Duration = Duration::from_secs(10);
 /// The label that ties a topology's pods to its Service.
@@ -1149,6 +1151,11 @@ async fn run_oracle(setup: Setup) -> Tally {
     for b in generate().iter() {
         let started = Instant::now();
         oracle.apply_nodes(b).await.unwrap_or_else(|e| panic!("{}: applying nodes: {e:#}", describe_batch(b)));
+        // The controller sees Nodes and Services through separate watches: give the node
+        // events a head start, so no Service is synced with the previous batch's CPU ratios
+        // (nothing observable says the controller has them; a sync that did would show as a
+        // mismatch that the fresh re-sync does not repeat).
+        tokio::time::sleep(NODES_SETTLE).await;
         try_join_all(b.topologies.iter().map(|t| oracle.apply_topology(t)))
             .await
             .unwrap_or_else(|e| panic!("{}: applying: {e:#}", describe_batch(b)));

@@ -23,7 +23,7 @@ const SERVICE_CIDR: &str = "198.18.128.0/17";
 const FIRST_SERVICE_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 128, 1);
 
 /// Deletes the test's namespace however the test ends.
-struct Netns(String);
+pub(crate) struct Netns(pub(crate) String);
 
 impl Drop for Netns {
     fn drop(&mut self) {
@@ -60,16 +60,16 @@ fn eventually(what: &str, within: Duration, mut f: impl FnMut() -> Option<String
 
 /// A control plane in a namespace of the test's own, with its kubeconfigs.
 /// Fields drop in order: the control plane stops before its namespace goes.
-struct Cluster {
-    cp: ControlPlane,
-    netns: Netns,
-    dir: Scratch,
-    bin: PathBuf,
-    admin: PathBuf,
-    kube_proxy: PathBuf,
+pub(crate) struct Cluster {
+    pub(crate) cp: ControlPlane,
+    pub(crate) netns: Netns,
+    pub(crate) dir: Scratch,
+    pub(crate) bin: PathBuf,
+    pub(crate) admin: PathBuf,
+    pub(crate) kube_proxy: PathBuf,
 }
 
-fn cluster(tag: &str) -> Cluster {
+pub(crate) fn cluster(tag: &str) -> Cluster {
     let bin = kube_binaries();
     let dir = scratch(tag);
     let name = format!("zbt-{tag}-{}", std::process::id());

@@ -25,6 +25,7 @@ mod kube_sweep;
 mod lab;
 mod lab_api_forwarder;
 mod lab_kube_control_plane;
+mod lab_kube_oracle;
 mod lab_kube_pki;
 mod lab_kube_run;
 mod lab_kube_up;

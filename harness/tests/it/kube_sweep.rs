@@ -227,7 +227,7 @@ async fn inspect_nodes_without_a_cluster_is_a_usage_error() {
         .await
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--inspect-nodes need --backend kube"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--inspect-nodes and --control need --backend kube"));
 }
 
 /// A real cluster, only when `ZONEBENCH_TEST_KUBECONFIG` names its kubeconfig (with

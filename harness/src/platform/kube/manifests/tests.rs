@@ -90,7 +90,7 @@ fn agent_pods_are_pinned_to_their_node_and_told_who_they_are() {
     assert_eq!(after("--node"), "ip-10-0-1-5.ec2.internal");
     assert_eq!(after("--control"), "tcp:0.0.0.0:7100");
     assert_eq!(after("--token-file"), "/var/run/zonebench/token");
-    assert_eq!(args.iter().filter(|a| **a == "--allow-cidr").count(), 5);
+    assert_eq!(args.iter().filter(|a| **a == "--allow-cidr").count(), crate::scenario::kube::DEFAULT_ALLOW_CIDRS.len());
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(c["image"], "example.com/zonebench-agent:1");
     assert_eq!(c["resources"]["requests"]["cpu"], "500m");

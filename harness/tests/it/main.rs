@@ -13,6 +13,7 @@ mod architecture;
 mod browser;
 mod compare;
 mod dataplane;
+mod faults;
 mod ebpf;
 mod golden;
 mod hints;

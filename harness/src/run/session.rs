@@ -104,8 +104,8 @@ impl<'a> Session<'a> {
             // is no measurement, and a step whose server agent is down is that agent's
             // failure, named, not a figure.
             outcome => match (outcome, server_down(step, &self.agents).await) {
-                (Ok(result), None) => unanswered(&result).map_or(Ok(result), Err),
-                (Ok(result), Some(down)) => Err(match unanswered(&result) {
+                (Ok(result), None) => unanswered(&result, &step.spec).map_or(Ok(result), Err),
+                (Ok(result), Some(down)) => Err(match unanswered(&result, &step.spec) {
                     Some(why) => format!("{why}; {down}"),
                     None => format!("{down} ({} operations failed)", result.metrics.errors.unwrap_or(0)),
                 }),
@@ -117,7 +117,7 @@ impl<'a> Session<'a> {
             Ok(result) => {
                 let mut m = measurement(&self.plan, step, &self.agents, result)?;
                 complete(&mut m, &self.plan);
-                self.store.push(m)?;
+                self.store.push(m).with_context(|| format!("storing the measurement of {}", what()))?;
             }
             Err(e) => {
                 bar.suspend(|| eprintln!("warning: {}: {e}", what()));

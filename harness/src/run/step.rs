@@ -57,11 +57,15 @@ const SUSPECT_HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 /// figures (0 transactions/s, no latency) would pass for a measured collapse. A result with
 /// answers stands, its errors counted; so does a UDP stream that lost everything but whose
 /// receiver reported (no operation failed: loss is what it measures).
-pub(super) fn unanswered(r: &TestResult) -> Option<String> {
+pub(super) fn unanswered(r: &TestResult, spec: &TestSpec) -> Option<String> {
     let errors = r.metrics.errors.unwrap_or(0);
     let answers: u64 = r.servers.values().sum();
     (answers == 0 && errors > 0).then(|| {
-        format!("no answer from {} in the measured window: {errors} operations failed", r.target)
+        let ops = if errors == 1 { "operation" } else { "operations" };
+        format!(
+            "no answer from {} in the measured window: {errors} {ops} failed or timed out (timeout {} ms each)",
+            r.target, spec.timeout_ms
+        )
     })
 }
 

@@ -180,7 +180,11 @@ fn slowloris_on_the_control_and_http_ports_is_bounded_and_timed_out() {
     // The control API closes a head not finished within its 10 s header timeout, each
     // connection counted from when it was accepted (the last ones waited for a slot).
     let closed: Vec<Duration> = control.iter().flatten().copied().collect();
-    assert!(closed.len() >= 64, "the control API closed only {} of 100 trickling connections: {control:?}", closed.len());
+    assert!(
+        closed.len() >= 64,
+        "the control API closed only {} of 100 trickling connections: {control:?}",
+        closed.len()
+    );
     assert!(closed.iter().all(|d| *d >= Duration::from_secs(9)), "closed before the header timeout: {closed:?}");
     // The HTTP server's guard closes them after its 30 s period (its unit tests check that
     // with a short period): here they are only held to its cap, checked above.

@@ -300,7 +300,8 @@ fn attack(port: u16, rng: &mut Rng, until: Instant, hold: usize, tally: &Tally) 
 pub fn flood(agent: &Agent, seconds: f64, threads: usize, hold: usize) -> Figures {
     let pid = agent.child.id();
     let (rss_before_kb, fds_before) = usage(pid);
-    let tally = Arc::new(Tally { connections: AtomicU64::new(0), datagrams: AtomicU64::new(0), bytes: AtomicU64::new(0) });
+    let tally =
+        Arc::new(Tally { connections: AtomicU64::new(0), datagrams: AtomicU64::new(0), bytes: AtomicU64::new(0) });
     let start = Instant::now();
     let until = start + Duration::from_secs_f64(seconds);
     let mut handles = vec![];

@@ -51,10 +51,7 @@ impl RunStore {
     fn kept(&self, path: &Path) -> String {
         let n = self.stored;
         let what = if n == 1 { "measurement" } else { "measurements" };
-        format!(
-            "writing {} (results.json keeps the {n} {what} stored before)",
-            path.display()
-        )
+        format!("writing {} (results.json keeps the {n} {what} stored before)", path.display())
     }
 
     /// Writes another file of the run (the scenario as run, a report) atomically.

@@ -45,7 +45,9 @@ fn host_rules() -> HostRules {
     let rules = |s: String| -> String {
         s.lines()
             .filter(|l| !l.starts_with('#'))
-            .map(|l| if l.starts_with(':') { l.split(' ').take(2).collect::<Vec<_>>().join(" ") } else { l.to_string() })
+            .map(
+                |l| if l.starts_with(':') { l.split(' ').take(2).collect::<Vec<_>>().join(" ") } else { l.to_string() },
+            )
             .collect::<Vec<_>>()
             .join("\n")
     };
@@ -80,7 +82,9 @@ fn leftovers(id: &str, rules_before: &HostRules) -> Vec<String> {
     let prefix = format!("{id}-");
     let mut left = vec![];
     let namespaces: Vec<String> = std::fs::read_dir("/run/netns")
-        .map(|d| d.flatten().filter_map(|e| e.file_name().into_string().ok()).filter(|n| n.starts_with(&prefix)).collect())
+        .map(|d| {
+            d.flatten().filter_map(|e| e.file_name().into_string().ok()).filter(|n| n.starts_with(&prefix)).collect()
+        })
         .unwrap_or_default();
     if !namespaces.is_empty() {
         left.push(format!("namespaces {namespaces:?}"));
@@ -186,10 +190,7 @@ impl LabRun {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let out = child.wait_with_output().unwrap();
-                panic!(
-                    "the run did not end within {within:?}; stderr:\n{}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
+                panic!("the run did not end within {within:?}; stderr:\n{}", String::from_utf8_lossy(&out.stderr));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -254,8 +255,12 @@ fn agent_metric(id: &str, agent: &str, series: &str) -> Option<f64> {
     let token = std::fs::read_to_string(run_dir.join("token")).ok()?;
     let mut s = UnixStream::connect(run_dir.join(format!("{agent}.sock"))).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(s, "GET /metrics HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n", token.trim())
-        .ok()?;
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        token.trim()
+    )
+    .ok()?;
     let mut text = String::new();
     s.read_to_string(&mut text).ok()?;
     text.lines()
@@ -495,10 +500,8 @@ fn a_coordinator_killed_mid_run_leaves_a_lab_that_lab_down_all_removes_whole() {
     let _lock = lab_lock(true);
     let rules = host_rules();
     // The delay forwarder and a Service (rules in every node, a cgroup per node) too.
-    let scenario = format!(
-        "{TCP_RR}[[tests]]\nkind = \"tcp-crr\"\nvia = \"service\"\n"
-    )
-    .replace("nodes_per_zone = 1", "nodes_per_zone = 1\ninter_zone_delay = \"100us\"");
+    let scenario = format!("{TCP_RR}[[tests]]\nkind = \"tcp-crr\"\nvia = \"service\"\n")
+        .replace("nodes_per_zone = 1", "nodes_per_zone = 1\ninter_zone_delay = \"100us\"");
     let mut run = start_run("fault-sigkill", &scenario, None);
     let id = run.lab_id();
     wait_for("a first measurement", Duration::from_secs(60), || (run.measurements() > 0).then_some(()));
@@ -525,7 +528,11 @@ struct Tmpfs(PathBuf);
 impl Tmpfs {
     fn mount(at: &Path, size: &str) -> Tmpfs {
         std::fs::create_dir_all(at).unwrap();
-        let out = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "zb-fault-full"]).arg(at).output().unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "zb-fault-full"])
+            .arg(at)
+            .output()
+            .unwrap();
         assert!(out.status.success(), "mount tmpfs: {}", String::from_utf8_lossy(&out.stderr));
         Tmpfs(at.to_path_buf())
     }

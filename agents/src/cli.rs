@@ -255,7 +255,10 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         Some(id) => id,
         None => hostname(),
     };
-    let ctx = servers::ServerCtx::new(Identity { id, zone: a.zone, node: a.node });
+    let mut ctx = servers::ServerCtx::new(Identity { id, zone: a.zone, node: a.node });
+    // No flood may take every descriptor: each data server gets a bounded share.
+    let nofile = crate::sys::raise_fd_limit().context("reading the descriptor limit (RLIMIT_NOFILE)")?;
+    ctx.caps = servers::Caps::for_fd_limit(nofile);
     rt.block_on(async {
         let bound = servers::start_all(
             &ctx,
@@ -266,12 +269,15 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         .await
         .context("starting the data servers")?;
         eprintln!(
-            "zonebench-agent {} serving as {:?}: tcp {}, udp {}, http {}",
+            "zonebench-agent {} serving as {:?}: tcp {}, udp {}, http {} (at most {} tcp and {} http \
+             connections at once; descriptor limit {nofile})",
             env!("CARGO_PKG_VERSION"),
             ctx.identity.id,
             bound.tcp,
             bound.udp,
-            bound.http
+            bound.http,
+            ctx.caps.tcp,
+            ctx.caps.http,
         );
         let control = match token {
             None => {

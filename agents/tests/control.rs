@@ -540,13 +540,18 @@ fn rates_and_fan_out_over_the_limits_are_400s_naming_field_and_limit() {
 #[test]
 fn a_target_outside_the_allowed_cidrs_is_forbidden() {
     let api = tcp_api(|_| {});
-    for target in ["10.1.2.3:7101", "[2001:db8::1]:7101", "[::ffff:10.1.2.3]:7101", "0.0.0.0:7101"] {
+    for target in ["10.1.2.3:7101", "[2001:db8::1]:7101", "[::ffff:10.1.2.3]:7101"] {
         let r = post(&api, &loopback_spec(json!({"target": target})));
         assert_eq!(r.status, 403, "{target}: {}", r.text());
         let e = r.error();
         assert!(e.contains(target) && e.contains("127.0.0.0/8, ::1/128"), "{e}");
         assert_still_serving(&api);
     }
+    // 0.0.0.0 reaches the local host: never a target, allowed or not (tests/hostile.rs has
+    // the other addresses that are no one server).
+    let r = post(&api, &loopback_spec(json!({"target": "0.0.0.0:7101"})));
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.error().contains("not a unicast address"), "{}", r.error());
     let listed = get(&api, "/v1/tests").json();
     assert_eq!(listed["tests"], json!([]), "a refused test must not be kept");
 

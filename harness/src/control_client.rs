@@ -59,7 +59,14 @@ impl ControlClient {
 
     /// `GET /healthz`: Ok when the agent answers 200.
     pub async fn healthz(&self) -> anyhow::Result<()> {
-        let (status, body) = self.call(Method::GET, "/healthz", None).await?;
+        self.healthz_within(CALL_TIMEOUT).await
+    }
+
+    /// `GET /healthz` with its own timeout: a quick look at an agent suspected to be down
+    /// (one that accepts and never answers would otherwise hold the caller for
+    /// [`CALL_TIMEOUT`]).
+    pub async fn healthz_within(&self, timeout: Duration) -> anyhow::Result<()> {
+        let (status, body) = self.call_within(timeout, Method::GET, "/healthz", None).await?;
         if status != StatusCode::OK {
             bail!("health check answered {status}: {}", String::from_utf8_lossy(&body));
         }

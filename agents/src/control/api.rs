@@ -280,6 +280,20 @@ impl Api {
             }
             Err(e) => return Err(error(StatusCode::INTERNAL_SERVER_ERROR, format!("resolving {target:?}: {e}"))),
         };
+        // What the address is, not how it was written: `127.0.0.1:0`, `0x7f000001:0`.
+        let shown = if addr.to_string() == target { target.to_string() } else { format!("{target} ({addr})") };
+        let unusable = if addr.port() == 0 {
+            Some(format!("{shown} has port 0, which nothing can be reached on"))
+        } else if !is_unicast(addr.ip()) {
+            // 0.0.0.0 and :: reach the local host; multicast and broadcast reach every host
+            // on a network: neither is one server a test measures.
+            Some(format!("{shown} is not a unicast address a test can target"))
+        } else {
+            None
+        };
+        if let Some(message) = unusable {
+            return Err(field_error(StatusCode::BAD_REQUEST, "test spec", &SpecError { field: "target", message }));
+        }
         match self.forbidden(target, addr) {
             Some(r) => Err(r),
             None => Ok(addr),
@@ -299,6 +313,14 @@ impl Api {
             format!("target {target}{shown} is outside the CIDRs this agent may send to: {allowed} (--allow-cidr)"),
         ))
     }
+}
+
+/// Neither unspecified (`0.0.0.0`, `::`), multicast nor the IPv4 broadcast address, as
+/// written or IPv4-mapped.
+fn is_unicast(ip: std::net::IpAddr) -> bool {
+    let ip = ip.to_canonical();
+    let broadcast = matches!(ip, std::net::IpAddr::V4(v4) if v4.is_broadcast());
+    !(ip.is_unspecified() || ip.is_multicast() || broadcast)
 }
 
 fn unknown_test(id: &str) -> Resp {

@@ -4,6 +4,8 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use subtle::ConstantTimeEq as _;
+
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
     #[error("cannot read the token file {path}: {source}")]
@@ -48,17 +50,14 @@ impl Token {
         Ok(Token(t.as_bytes().into()))
     }
 
-    /// Whether `presented` is the token. The time taken depends on the length of
-    /// `presented` only, never on where it first differs from the secret.
+    /// Whether `presented` is the token, in constant time: `subtle`'s comparison reads every
+    /// byte and folds the differences without a data-dependent branch (an optimization
+    /// barrier keeps the compiler from adding one), so the time taken says nothing about
+    /// where a guess first differs from the secret. Only the length can tell, and a length
+    /// that differs fails at once; the coordinator's tokens are 64 hex digits (32 random
+    /// bytes), whose length is no secret.
     pub fn matches(&self, presented: &[u8]) -> bool {
-        let secret = &self.0;
-        let mut diff = u8::from(secret.len() != presented.len());
-        for (i, &b) in presented.iter().enumerate() {
-            // `secret` is never empty (see `parse`), so the modulo is defined; wrapping
-            // around instead of stopping keeps the loop free of secret-dependent branches.
-            diff |= b ^ secret[i % secret.len()];
-        }
-        std::hint::black_box(diff) == 0
+        bool::from(self.0.as_ref().ct_eq(presented))
     }
 
     /// Whether an `Authorization` header value is `Bearer <this token>` (the scheme name is
@@ -85,6 +84,28 @@ mod tests {
         for wrong in [&b""[..], b"s3cret-toke", b"s3cret-tokenn", b"S3cret-token", b"s3cret-token s3cret-token"] {
             assert!(!t.matches(wrong), "{:?}", String::from_utf8_lossy(wrong));
         }
+    }
+
+    #[test]
+    fn a_guess_wrong_in_any_one_byte_or_its_length_is_refused() {
+        let secret: String = (0..32).map(|i| char::from(b"0123456789abcdef"[(i * 7) % 16])).collect();
+        let t = Token::new(&secret).unwrap();
+        let s = secret.as_bytes();
+        assert!(t.matches(s));
+        for i in 0..s.len() {
+            for flip in [1u8, 0x20, 0x80] {
+                let mut guess = s.to_vec();
+                guess[i] ^= flip;
+                assert!(!t.matches(&guess), "byte {i} flipped by {flip:#x}");
+            }
+            assert!(!t.matches(&s[..i]), "a prefix of {i} bytes");
+        }
+        let mut longer = s.to_vec();
+        longer.push(b'0');
+        assert!(!t.matches(&longer));
+        // A guess that repeats the secret (what a comparison wrapping around the shorter
+        // side would accept) is not the secret.
+        assert!(!t.matches(&[s, s].concat()));
     }
 
     #[test]

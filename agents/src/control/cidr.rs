@@ -33,6 +33,13 @@ impl Cidr {
         if masked != network {
             return Err(err(format!("host bits are set; the network is {masked}/{prefix}")));
         }
+        // `::ffff:10.0.0.0/104` is 10.0.0.0/8 written as IPv4-mapped IPv6: targets are
+        // checked as IPv4 (see `contains`), so the block must be too, or it would match none.
+        if let (IpAddr::V6(v6), 96..) = (network, prefix) {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return Ok(Cidr { network: IpAddr::V4(v4), prefix: prefix - 96 });
+            }
+        }
         Ok(Cidr { network, prefix })
     }
 
@@ -165,6 +172,27 @@ mod tests {
         let lo: Cidr = "127.0.0.0/8".parse().unwrap();
         assert!(lo.contains(ip("::ffff:127.0.0.1")));
         assert!(!lo.contains(ip("::ffff:10.0.0.1")));
+    }
+
+    #[test]
+    fn an_ipv4_mapped_block_is_the_ipv4_block() {
+        let c: Cidr = "::ffff:10.0.0.0/104".parse().unwrap();
+        assert_eq!(c, "10.0.0.0/8".parse().unwrap());
+        assert!(c.contains(ip("10.1.2.3")) && c.contains(ip("::ffff:10.1.2.3")));
+        assert!(!c.contains(ip("11.0.0.1")) && !c.contains(ip("::ffff:11.0.0.1")));
+        assert_eq!("::ffff:127.0.0.1".parse::<Cidr>().unwrap(), "127.0.0.1/32".parse().unwrap());
+    }
+
+    #[test]
+    fn unspecified_addresses_are_in_no_block_but_the_ones_naming_them() {
+        // 0.0.0.0 and :: reach the local host when connected to: never in a pod network or
+        // loopback block by accident.
+        for block in ["127.0.0.0/8", "10.0.0.0/8", "::1/128", "fd00::/8"] {
+            let c: Cidr = block.parse().unwrap();
+            for target in ["0.0.0.0", "::", "::ffff:0.0.0.0"] {
+                assert!(!c.contains(ip(target)), "{block} contains {target}");
+            }
+        }
     }
 
     #[test]

@@ -14,7 +14,12 @@
 //!
 //! A connection must start a request or receive answer bytes at least once per
 //! [`GUARD_PERIOD`] (checked by a per-connection guard), so idle connections and
-//! requests trickled byte by byte cannot pile up.
+//! requests trickled byte by byte (slowloris) cannot pile up; at most
+//! [`Caps::http`](super::Caps) connections are served at once (past it the server stops
+//! accepting until one ends), and a request's headers are held in at most
+//! [`MAX_HEADER_BUF`] bytes (larger ones get a 431), so a connection costs a bounded amount
+//! of memory whatever a client sends. Request bodies are never read: the answer does not
+//! depend on them, and hyper closes a connection whose body was left unread.
 //!
 //! Counted in [`Counters`](super::Counters): `http_connections` per accepted connection,
 //! `http_requests` per answered request, and `http_rejected` per connection that ended in a
@@ -44,6 +49,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::{Counters, ServerCtx};
@@ -59,7 +65,14 @@ const SERVER_HEADER_NAME: HeaderName = HeaderName::from_static(SERVER_HEADER);
 /// The body of a plain `GET`.
 pub const OK_BODY: &[u8] = b"ok\n";
 
+/// A connection's read buffer, which bounds a request's headers: hyper answers 431 once
+/// it holds this much without a whole head (its check runs between reads, so a head may
+/// reach twice this). A load generator's request is a few hundred bytes; nginx's default
+/// limit is 8 KiB per header line.
+pub const MAX_HEADER_BUF: usize = 16 << 10;
 const LISTEN_BACKLOG: i32 = 4096;
+/// At most one warning per this period while the server is at its connection cap.
+const CAP_WARN_EVERY: Duration = Duration::from_secs(10);
 /// All zeros, so any prefix is a valid `size=N` body; zero-initialized, so it sits in `.bss`.
 static ZEROS: [u8; MAX_BODY] = [0; MAX_BODY];
 const BAD_SIZE: &[u8] = b"size: must be a whole number of bytes from 0 to 67108864\n";
@@ -85,8 +98,14 @@ async fn start_guarded(addr: SocketAddr, ctx: ServerCtx, guard_period: Duration)
     let mut builder = http1::Builder::new();
     // hyper's own header_read_timeout boxes and registers a new timer for every request; the
     // connection guard (see `serve_connection`) does that job with one timer per period.
-    builder.keep_alive(true).header_read_timeout(None);
-    let shared = Shared { builder, answers: Arc::new(answers), counters: ctx.counters.clone(), guard_period };
+    builder.keep_alive(true).header_read_timeout(None).max_buf_size(MAX_HEADER_BUF);
+    let shared = Shared {
+        builder,
+        answers: Arc::new(answers),
+        counters: ctx.counters.clone(),
+        guard_period,
+        cap: ctx.caps.http,
+    };
     tokio::spawn(accept_loop(listener, shared, ctx.shutdown.clone()));
     Ok(local)
 }
@@ -107,11 +126,34 @@ struct Shared {
     answers: Arc<Answers>,
     counters: Arc<Counters>,
     guard_period: Duration,
+    /// Connections served at once.
+    cap: usize,
 }
 
 async fn accept_loop(listener: TcpListener, shared: Shared, shutdown: CancellationToken) {
-    let Shared { builder, answers, counters, guard_period } = shared;
+    let Shared { builder, answers, counters, guard_period, cap } = shared;
+    let slots = Arc::new(Semaphore::new(cap));
+    let mut last_warning: Option<std::time::Instant> = None;
     loop {
+        let permit = match Arc::clone(&slots).try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                // Every slot is taken: leave new connections in the backlog until one ends.
+                Counters::add(&counters.connection_cap_reached, 1);
+                if last_warning.is_none_or(|t| t.elapsed() >= CAP_WARN_EVERY) {
+                    tracing::warn!("http server: {cap} connections open, its most; new ones wait");
+                    last_warning = Some(std::time::Instant::now());
+                }
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => return,
+                    p = Arc::clone(&slots).acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => return, // never closed
+                    },
+                }
+            }
+        };
         let accepted = tokio::select! {
             biased;
             _ = shutdown.cancelled() => return,
@@ -133,7 +175,7 @@ async fn accept_loop(listener: TcpListener, shared: Shared, shutdown: Cancellati
         let activity = Arc::new(Activity::default());
         let io = Watched { io: TokioIo::new(stream), activity: activity.clone() };
         let conn = builder.serve_connection(io, Svc { answers: answers.clone(), activity: activity.clone() });
-        tokio::spawn(serve_connection(conn, activity, guard_period, counters.clone(), shutdown.clone()));
+        tokio::spawn(serve_connection(conn, activity, guard_period, counters.clone(), shutdown.clone(), permit));
     }
 }
 
@@ -161,6 +203,7 @@ async fn serve_connection(
     guard_period: Duration,
     counters: Arc<Counters>,
     shutdown: CancellationToken,
+    _slot: OwnedSemaphorePermit,
 ) {
     let mut conn = pin!(conn);
     let mut guard = pin!(tokio::time::sleep(guard_period));

@@ -2,6 +2,17 @@
 //! with per-flow accounting, echo) and HTTP. Each stamps the agent's identity on every
 //! answer, and counts what it served and what it refused in [`Counters`] (shown by
 //! `GET /metrics`), so garbage costs one connection or datagram and is never silent.
+//!
+//! **Bounded connections.** An agent sits on a port anyone in the cluster can reach, so no
+//! flood may take all its file descriptors: then the control API could not accept the
+//! coordinator, and the agent's own tests could not open sockets. The TCP and HTTP servers
+//! each serve at most [`Caps`] connections at once (by default [`MAX_TCP_CONNECTIONS`] and
+//! [`MAX_HTTP_CONNECTIONS`], and never more than a quarter of the descriptors the process may
+//! open each, see [`Caps::for_fd_limit`]); past that they stop accepting until a connection
+//! ends, so new ones wait in the listen backlog. Garbage, silent and idle connections end on
+//! their own (bad preambles at once, silent ones after the TCP server's preamble timeout, idle
+//! HTTP ones after its guard period), so a flood holds slots only while it lasts. The UDP
+//! server has one socket and a bounded flow table; the control API has its own small cap.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,12 +26,48 @@ pub mod http;
 pub mod tcp;
 pub mod udp;
 
-/// What every server needs: who it is, where to count, when to stop.
+/// Most TCP data connections served at once. A test opens at most `--max-connections`
+/// (1024 by default) and an agent runs at most 4 tests at once, so 4096 connections from
+/// one client agent, twice that from two, fit.
+pub const MAX_TCP_CONNECTIONS: usize = 8192;
+/// Most HTTP connections served at once (as [`MAX_TCP_CONNECTIONS`]).
+pub const MAX_HTTP_CONNECTIONS: usize = 8192;
+/// Each data server takes at most 1/`FD_SHARE` of the process's descriptor limit, so the two
+/// of them together leave half of it for the control API, the load generators and files.
+const FD_SHARE: u64 = 4;
+/// The least a server is given however low the descriptor limit.
+const MIN_CONNECTIONS: usize = 16;
+
+/// How many connections each data server serves at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Caps {
+    pub tcp: usize,
+    pub http: usize,
+}
+
+impl Default for Caps {
+    fn default() -> Caps {
+        Caps { tcp: MAX_TCP_CONNECTIONS, http: MAX_HTTP_CONNECTIONS }
+    }
+}
+
+impl Caps {
+    /// The default caps, lowered to a quarter of `nofile` (the process's `RLIMIT_NOFILE`)
+    /// each where that is less.
+    pub fn for_fd_limit(nofile: u64) -> Caps {
+        let share = usize::try_from(nofile / FD_SHARE).unwrap_or(usize::MAX).max(MIN_CONNECTIONS);
+        Caps { tcp: MAX_TCP_CONNECTIONS.min(share), http: MAX_HTTP_CONNECTIONS.min(share) }
+    }
+}
+
+/// What every server needs: who it is, where to count, when to stop, how many connections
+/// it may hold.
 #[derive(Clone)]
 pub struct ServerCtx {
     pub identity: Arc<Identity>,
     pub counters: Arc<Counters>,
     pub shutdown: CancellationToken,
+    pub caps: Caps,
 }
 
 impl ServerCtx {
@@ -29,6 +76,7 @@ impl ServerCtx {
             identity: Arc::new(identity),
             counters: Arc::new(Counters::default()),
             shutdown: CancellationToken::new(),
+            caps: Caps::default(),
         }
     }
 }
@@ -50,6 +98,8 @@ pub struct Counters {
     pub http_connections: AtomicU64,
     /// HTTP connections that ended in a protocol error (garbage, truncated request).
     pub http_rejected: AtomicU64,
+    /// Times a server stopped accepting because it held its [`Caps`] of connections.
+    pub connection_cap_reached: AtomicU64,
 }
 
 impl Counters {
@@ -81,6 +131,11 @@ impl Counters {
             ("zonebench_http_requests_total", "HTTP requests answered", v(&self.http_requests)),
             ("zonebench_http_connections_total", "HTTP connections accepted", v(&self.http_connections)),
             ("zonebench_http_rejected_total", "HTTP connections ended by a protocol error", v(&self.http_rejected)),
+            (
+                "zonebench_connection_cap_reached_total",
+                "Times a data server held its most connections and stopped accepting",
+                v(&self.connection_cap_reached),
+            ),
         ]
     }
 }
@@ -100,4 +155,17 @@ pub async fn start_all(ctx: &ServerCtx, tcp: SocketAddr, udp: SocketAddr, http: 
         udp: udp::start(udp, ctx.clone()).await?,
         http: http::start(http, ctx.clone()).await?,
     })
+}
+
+#[cfg(test)]
+mod caps {
+    use super::*;
+
+    #[test]
+    fn caps_are_the_defaults_unless_the_descriptor_limit_is_lower() {
+        assert_eq!(Caps::for_fd_limit(1 << 20), Caps::default());
+        assert_eq!(Caps::for_fd_limit(20_000), Caps { tcp: 5000, http: 5000 });
+        assert_eq!(Caps::for_fd_limit(256), Caps { tcp: 64, http: 64 });
+        assert_eq!(Caps::for_fd_limit(0), Caps { tcp: MIN_CONNECTIONS, http: MIN_CONNECTIONS });
+    }
 }

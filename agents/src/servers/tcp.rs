@@ -17,6 +17,10 @@
 //! Garbage (bad magic, unknown mode, a silent or truncated preamble, EOF in the middle of a
 //! request, a reset) costs only its own connection and is counted in
 //! [`Counters::tcp_rejected`]; accept errors such as `EMFILE` back off and never end the loop.
+//! At most [`Caps::tcp`](super::Caps) connections are served at once, over all the loops
+//! (one semaphore); at the cap the loops stop accepting until a connection ends, so a flood
+//! waits in the listen backlog instead of taking every descriptor. A connection moved to a
+//! thread of its own (below) gives its slot back: those are at most one per core.
 //!
 //! Hot paths do no allocation, no formatting and no locking: buffers are allocated once per
 //! connection, answers are written from a static zero page, and counters are kept per
@@ -41,6 +45,7 @@ use std::time::{Duration, Instant};
 use socket2::{Domain, Protocol, Socket, TcpKeepalive, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -96,6 +101,9 @@ struct Shared {
     /// Connections currently on a thread of their own, and the most allowed.
     blocking: AtomicUsize,
     blocking_max: usize,
+    /// One permit per connection served on the loops; `cap` of them.
+    slots: Arc<Semaphore>,
+    cap: usize,
 }
 
 /// Binds `addr`, starts the server and returns the bound address. The server stops
@@ -129,6 +137,8 @@ pub async fn start(addr: SocketAddr, ctx: ServerCtx) -> io::Result<SocketAddr> {
         shutdown: stop.clone(),
         blocking: AtomicUsize::new(0),
         blocking_max: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        slots: Arc::new(Semaphore::new(ctx.caps.tcp)),
+        cap: ctx.caps.tcp,
     });
     for (i, listener) in listeners.into_iter().enumerate() {
         if let Err(e) = start_loop(i, listener, shared.clone()) {
@@ -177,10 +187,24 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     // without each connection polling the shutdown token on every read.
     let mut conns = JoinSet::new();
     let mut last_warning: Option<Instant> = None;
+    let mut last_cap_warning: Option<Instant> = None;
+    // The slot the next accepted connection takes.
+    let mut slot: Option<OwnedSemaphorePermit> = None;
     loop {
+        if slot.is_none() {
+            slot = Arc::clone(&shared.slots).try_acquire_owned().ok();
+            if slot.is_none() {
+                Counters::add(&shared.counters.connection_cap_reached, 1);
+                if last_cap_warning.is_none_or(|t| t.elapsed() >= ACCEPT_WARN_EVERY) {
+                    tracing::warn!("TCP server: {} connections open, its most; new ones wait", shared.cap);
+                    last_cap_warning = Some(Instant::now());
+                }
+            }
+        }
         tokio::select! {
             biased;
             () = shared.shutdown.cancelled() => break,
+            p = Arc::clone(&shared.slots).acquire_owned(), if slot.is_none() => slot = p.ok(),
             Some(done) = conns.join_next(), if !conns.is_empty() => {
                 if let Err(e) = done {
                     if e.is_panic() {
@@ -189,10 +213,10 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                     }
                 }
             }
-            accepted = listener.accept() => match accepted {
+            accepted = listener.accept(), if slot.is_some() => match accepted {
                 Ok((stream, _peer)) => {
                     Counters::add(&shared.counters.tcp_connections, 1);
-                    conns.spawn(connection(stream, shared.clone()));
+                    conns.spawn(connection(stream, shared.clone(), slot.take()));
                 }
                 Err(e) if is_per_connection(&e) => {
                     // The peer was gone before we accepted it; nothing to serve or count.
@@ -254,7 +278,8 @@ enum Reject {
     Io(#[from] io::Error),
 }
 
-async fn connection(stream: TcpStream, shared: Arc<Shared>) {
+/// `_slot`: this connection's place under the cap, given back when it ends.
+async fn connection(stream: TcpStream, shared: Arc<Shared>, _slot: Option<OwnedSemaphorePermit>) {
     let mut tally = Tally::new(&shared.counters);
     if let Err(e) = serve(stream, &shared, &mut tally).await {
         reject(&shared, &e);

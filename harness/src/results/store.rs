@@ -12,13 +12,16 @@ use crate::model::{Measurement, RunResults};
 pub struct RunStore {
     dir: PathBuf,
     pub results: RunResults,
+    /// Measurements in the results.json on disk (the last write that succeeded), for the
+    /// error that says what survives a write that did not.
+    stored: usize,
 }
 
 impl RunStore {
     /// Creates the run directory (and its parents) and writes the initial, empty results.
     pub fn create(dir: &Path, results: RunResults) -> anyhow::Result<RunStore> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating the run directory {}", dir.display()))?;
-        let store = RunStore { dir: dir.to_path_buf(), results };
+        let mut store = RunStore { dir: dir.to_path_buf(), results, stored: 0 };
         store.flush()?;
         Ok(store)
     }
@@ -32,30 +35,51 @@ impl RunStore {
         self.flush()
     }
 
-    /// Writes both files atomically.
-    pub fn flush(&self) -> anyhow::Result<()> {
+    /// Writes both files atomically. A write that fails (a full disk) leaves the previous
+    /// file whole and no temporary file behind; the error names the file and says how many
+    /// measurements the results.json on disk still holds.
+    pub fn flush(&mut self) -> anyhow::Result<()> {
         let json = serde_json::to_vec_pretty(&self.results)?;
-        write_atomic(&self.dir.join("results.json"), &json)?;
-        write_atomic(&self.dir.join("results.csv"), &to_csv(&self.results.measurements)?)?;
+        let path = self.dir.join("results.json");
+        write_atomic(&path, &json).with_context(|| self.kept(&path))?;
+        self.stored = self.results.measurements.len();
+        let path = self.dir.join("results.csv");
+        write_atomic(&path, &to_csv(&self.results.measurements)?).with_context(|| self.kept(&path))?;
         Ok(())
+    }
+
+    fn kept(&self, path: &Path) -> String {
+        let n = self.stored;
+        let what = if n == 1 { "measurement" } else { "measurements" };
+        format!("writing {} (results.json keeps the {n} {what} stored before)", path.display())
     }
 
     /// Writes another file of the run (the scenario as run, a report) atomically.
     pub fn write_file(&self, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
-        write_atomic(&self.dir.join(name), bytes)
+        let path = self.dir.join(name);
+        write_atomic(&path, bytes).with_context(|| format!("writing {}", path.display()))
     }
 }
 
+/// Writes `bytes` to a temporary file beside `path` and renames it over `path`: readers see
+/// the old file or the new one, never half of one. On failure (a full disk) the temporary
+/// file is removed, so a failed write costs no space and leaves no stray file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let tmp = path.with_extension(format!(
         "{}.tmp",
         path.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default()
     ));
-    let mut f = std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    let written = (|| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(anyhow::Error::new(e).context(format!("writing {}", tmp.display())));
+    }
     Ok(())
 }
 

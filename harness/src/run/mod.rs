@@ -110,7 +110,16 @@ fn finish(
     store.results.finished_at = Some(now_rfc3339());
     store.results.noise = Some(noise::compute(&store.results.measurements, scenario.defaults.max_spread_pct));
     store.results.cost = step::cost(&scenario.cost, &store.results.measurements);
-    store.flush().context("writing the final results")?;
+    if let Err(flush) = store.flush() {
+        // Most likely the same full or broken disk that ended the run: then the run's own
+        // error says it all (which file, what results.json keeps); else say both.
+        let flush = flush.context("writing the final results");
+        return Err(match outcome {
+            Err(e) if e.root_cause().to_string() == flush.root_cause().to_string() => e,
+            Err(e) => anyhow::anyhow!("{e:#}; and {flush:#}"),
+            Ok(()) => flush,
+        });
+    }
     // The results are stored: a report that cannot be drawn is logged, never fatal, and
     // never changes how the run ends.
     let loaded = LoadedRun {

@@ -11,7 +11,7 @@ use indicatif::ProgressBar;
 use tokio_util::sync::CancellationToken;
 
 use super::progress::{progress_bar, BarProgress};
-use super::step::{measurement, run_step, until_cancelled};
+use super::step::{measurement, run_step, server_down, unanswered, until_cancelled};
 use super::{store, RunOptions};
 use crate::model::{DeployedAgent, DeployedService, Failure, Measurement};
 use crate::plan::{self, Plan, Step};
@@ -90,19 +90,38 @@ impl<'a> Session<'a> {
         failure_params: BTreeMap<String, serde_json::Value>,
         complete: impl FnOnce(&mut Measurement, &Plan),
     ) -> anyhow::Result<Flow> {
-        match run_step(step, &self.agents, services, self.cancel).await {
-            Ok(result) => {
-                let mut m = measurement(&self.plan, step, &self.agents, result)?;
-                complete(&mut m, &self.plan);
-                self.store.push(m)?;
-            }
+        let outcome = match run_step(step, &self.agents, services, self.cancel).await {
             Err(e) if self.cancel.is_cancelled() => {
                 tracing::debug!("{} stopped by the signal: {e:#}", step.name);
                 return Ok(Flow::Stop);
             }
+            Err(e) => Err(format!("{e:#}")),
+            Ok(result) => Ok(result),
+        };
+        let outcome = match outcome {
+            Ok(result) if result.metrics.errors.unwrap_or(0) == 0 => Ok(result),
+            // The step failed or some of its operations did: a result without any answer
+            // is no measurement, and a step whose server agent is down is that agent's
+            // failure, named, not a figure.
+            outcome => match (outcome, server_down(step, &self.agents).await) {
+                (Ok(result), None) => unanswered(&result, &step.spec).map_or(Ok(result), Err),
+                (Ok(result), Some(down)) => Err(match unanswered(&result, &step.spec) {
+                    Some(why) => format!("{why}; {down}"),
+                    None => format!("{down} ({} operations failed)", result.metrics.errors.unwrap_or(0)),
+                }),
+                (Err(e), None) => Err(e),
+                (Err(e), Some(down)) => Err(format!("{e}; {down}")),
+            },
+        };
+        match outcome {
+            Ok(result) => {
+                let mut m = measurement(&self.plan, step, &self.agents, result)?;
+                complete(&mut m, &self.plan);
+                self.store.push(m).with_context(|| format!("storing the measurement of {}", what()))?;
+            }
             Err(e) => {
-                bar.suspend(|| eprintln!("warning: {}: {e:#}", what()));
-                self.store.results.failures.push(failure(step, format!("{e:#}"), failure_params));
+                bar.suspend(|| eprintln!("warning: {}: {e}", what()));
+                self.store.results.failures.push(failure(step, e, failure_params));
                 self.store.flush()?;
             }
         }

@@ -4,6 +4,7 @@
 //! it. Both drivers (matrix and sweep) run every step through here.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
@@ -43,6 +44,43 @@ pub(super) async fn run_step(
             let _ = control.cancel_test(&id).await;
             anyhow::bail!("cancelled")
         }
+    }
+}
+
+/// How long the health check of a step's server agent may take when the step failed or
+/// met errors: long enough for a busy agent, short enough that an agent that accepts and
+/// never answers does not hold the run.
+const SUSPECT_HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why a finished test's result cannot stand as a measurement: its operations failed and no
+/// server answered any of them (a server killed before the window, a cut network). Its
+/// figures (0 transactions/s, no latency) would pass for a measured collapse. A result with
+/// answers stands, its errors counted; so does a UDP stream that lost everything but whose
+/// receiver reported (no operation failed: loss is what it measures).
+pub(super) fn unanswered(r: &TestResult, spec: &TestSpec) -> Option<String> {
+    let errors = r.metrics.errors.unwrap_or(0);
+    let answers: u64 = r.servers.values().sum();
+    (answers == 0 && errors > 0).then(|| {
+        let ops = if errors == 1 { "operation" } else { "operations" };
+        format!(
+            "no answer from {} in the measured window: {errors} {ops} failed or timed out (timeout {} ms each)",
+            r.target, spec.timeout_ms
+        )
+    })
+}
+
+/// For a step that failed or met errors: whether its server agent (a `via = pod` step's)
+/// still answers its health check, in words when it does not. It tells a dead or hung
+/// server (killed, stopped, its node gone) from a bad network or a bad client.
+pub(super) async fn server_down(step: &Step, agents: &BTreeMap<String, DeployedAgent>) -> Option<String> {
+    if step.via != Via::Pod {
+        return None;
+    }
+    let server = agents.get(&step.server)?;
+    let control = ControlClient::new(server.control.clone(), server.token.clone());
+    match control.healthz_within(SUSPECT_HEALTH_TIMEOUT).await {
+        Ok(()) => None,
+        Err(e) => Some(format!("server agent {} on node {} is not answering: {e:#}", server.id, server.node)),
     }
 }
 

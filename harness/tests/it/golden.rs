@@ -52,7 +52,7 @@ fn slower_copy() -> serde_json::Value {
 fn results_files_are_rewritten_byte_for_byte() {
     let tmp = scratch("golden-store");
     let results: RunResults = serde_json::from_value(recorded_run()).unwrap();
-    let store = RunStore::create(&tmp.join("run"), results).unwrap();
+    let mut store = RunStore::create(&tmp.join("run"), results).unwrap();
     store.flush().unwrap();
     check("results.json", &std::fs::read(tmp.join("run/results.json")).unwrap());
     check("results.csv", &std::fs::read(tmp.join("run/results.csv")).unwrap());

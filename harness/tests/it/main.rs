@@ -14,6 +14,7 @@ mod browser;
 mod compare;
 mod dataplane;
 mod ebpf;
+mod faults;
 mod golden;
 mod hints;
 mod hints_live;

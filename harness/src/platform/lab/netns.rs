@@ -130,6 +130,8 @@ pub fn kill_and_wait(pids: &[i32], grace: Duration) {
     let pids: Vec<i32> = pids.iter().copied().filter(|&p| p > 1 && p != me).collect();
     for &p in &pids {
         let _ = kill(Pid::from_raw(p), Signal::SIGTERM);
+        // A stopped process (SIGSTOP, a debugger gone) only acts on SIGTERM once continued.
+        let _ = kill(Pid::from_raw(p), Signal::SIGCONT);
     }
     if wait_gone(&pids, grace) {
         return;

@@ -211,8 +211,8 @@ fn topology_routing_on_the_kubernetes_lab_measures_the_real_controllers_hints() 
 }
 
 /// A kube run SIGKILLed mid-measurement leaves its namespace and pods on the cluster (no
-/// teardown ran); `lab down --all` then removes the lab with every pod process, sandbox and
-/// the host link.
+/// teardown ran): `zonebench gc` removes them, processes and sandboxes included, and
+/// `lab down --all` then removes the lab with the host link.
 #[test]
 fn a_kube_run_killed_mid_run_leaves_nothing_after_lab_down_all() {
     // Exclusive: `lab down --all` removes every lab on the host.
@@ -240,6 +240,17 @@ fn a_kube_run_killed_mid_run_leaves_nothing_after_lab_down_all() {
         })
         .collect();
     assert!(!agents.is_empty(), "the killed run's agents still run");
+
+    // `zonebench gc` on the lab's cluster: the killed run's namespace goes, and with it (the
+    // node agents see its pods deleted) every agent process and sandbox.
+    assert_eq!(run_namespaces(&lab).len(), 1, "the killed run left its namespace");
+    let o = run(zonebench().args(["gc", "--older-than", "0s", "--kubeconfig"]).arg(&lab.kubeconfig));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    eventually("the killed run's namespace gone", Duration::from_secs(90), || run_namespaces(&lab).is_empty());
+    eventually("its sandboxes removed", Duration::from_secs(30), || sandboxes(&lab.id).is_empty());
+    for pid in &agents {
+        assert!(!zonebench::platform::lab::netns::alive(*pid), "agent {pid} outlived its pod");
+    }
 
     let o = run(zonebench().args(["lab", "down", "--all"]));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

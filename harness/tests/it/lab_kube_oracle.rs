@@ -54,7 +54,7 @@ use zonebench::topology::{
 };
 
 use crate::lab_kube_control_plane::{cluster, Cluster, Netns};
-use crate::support::lab_lock;
+use crate::support::{kube_lab_lock, lab_lock};
 
 /// How many topologies run (the issue asks for at least 200).
 const TOPOLOGIES: usize = 400;
@@ -94,8 +94,8 @@ const OBSERVERS: &[Observer] = &[
     Observer { name: "observer-x", zone: "zone-x", mode: ProxyMode::Nftables, ip: Ipv4Addr::new(198, 18, 250, 23) },
 ];
 /// How long an observer's kube-proxy may take to program a batch's Services (its minimum
-/// sync period is 1 s).
-const PROGRAM_WITHIN: Duration = Duration::from_secs(20);
+/// sync period is 1 s; a loaded CI machine has needed more than 20 s).
+const PROGRAM_WITHIN: Duration = Duration::from_secs(60);
 
 /// splitmix64: small, deterministic, good enough to spread topologies.
 struct Rng(u64);
@@ -1186,6 +1186,9 @@ async fn run_oracle(setup: Setup) -> Tally {
 #[test]
 fn the_real_endpointslice_controller_writes_hints_the_doctor_predicts() {
     let _lock = lab_lock(false);
+    // Not beside a whole Kubernetes lab: on 2 cores the two together slowed this test
+    // ninefold in CI, and kube-proxy's syncs with it.
+    let _kube = kube_lab_lock();
     let started = Instant::now();
     // Its fields drop in order (the control plane stops before its directory goes).
     let c: Cluster = cluster("kube-oracle");

@@ -9,9 +9,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::support::{kube_binaries, kube_lab_lock, lab_lock, run, scratch, valid_results, zonebench};
+use crate::support::{eventually, kube_binaries, kube_lab_lock, lab_lock, run, scratch, valid_results, zonebench};
 
 /// A Kubernetes lab from `lab up`, removed when dropped.
 struct KubeLab {
@@ -63,14 +63,6 @@ fn kubectl_as(kubeconfig: &Path, args: &[&str]) -> std::process::Output {
         .args(args)
         .output()
         .unwrap()
-}
-
-fn eventually(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !f() {
-        assert!(Instant::now() < deadline, "{what} within {within:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// Namespaces whose name starts with `zonebench-` (a run's), on the lab's cluster.

@@ -7,9 +7,9 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::support::{kube_binaries, kube_lab_lock, lab_lock, run, scratch, zonebench};
+use crate::support::{eventually, kube_binaries, kube_lab_lock, lab_lock, run, scratch, zonebench};
 
 fn kubectl(kubeconfig: &Path, args: &[&str]) -> String {
     let o = Command::new(kube_binaries().join("kubectl"))
@@ -19,15 +19,6 @@ fn kubectl(kubeconfig: &Path, args: &[&str]) -> String {
         .unwrap();
     assert!(o.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&o.stderr));
     String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// `f` until it holds, for up to `within`.
-fn eventually(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !f() {
-        assert!(Instant::now() < deadline, "{what} within {within:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 #[test]

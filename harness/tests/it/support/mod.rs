@@ -142,28 +142,35 @@ pub fn lab_lock(exclusive: bool) -> nix::fcntl::Flock<std::fs::File> {
         nix::unistd::geteuid().is_root(),
         "these tests create network namespaces, cgroups and BPF programs: run them as root (CI does)"
     );
-    std::fs::create_dir_all("/run/zonebench").unwrap();
-    let f = std::fs::File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open("/run/zonebench/lab-tests.lock")
-        .unwrap();
-    let arg = if exclusive { nix::fcntl::FlockArg::LockExclusive } else { nix::fcntl::FlockArg::LockShared };
-    nix::fcntl::Flock::lock(f, arg).map_err(|(_, e)| e).unwrap()
+    lock_file("lab-tests.lock", exclusive)
 }
 
 /// Held by every test that brings up a whole Kubernetes lab (besides [`lab_lock`]): such a
 /// lab routes the pod network from the host, which only one lab at a time can.
 pub fn kube_lab_lock() -> nix::fcntl::Flock<std::fs::File> {
+    lock_file("kube-lab-tests.lock", true)
+}
+
+/// A flock on `/run/zonebench/<name>`, shared or exclusive.
+fn lock_file(name: &str, exclusive: bool) -> nix::fcntl::Flock<std::fs::File> {
     std::fs::create_dir_all("/run/zonebench").unwrap();
     let f = std::fs::File::options()
         .create(true)
         .truncate(false)
         .write(true)
-        .open("/run/zonebench/kube-lab-tests.lock")
+        .open(Path::new("/run/zonebench").join(name))
         .unwrap();
-    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| e).unwrap()
+    let arg = if exclusive { nix::fcntl::FlockArg::LockExclusive } else { nix::fcntl::FlockArg::LockShared };
+    nix::fcntl::Flock::lock(f, arg).map_err(|(_, e)| e).unwrap()
+}
+
+/// Waits until `f` holds, checking every 200 ms, and fails naming `what` after `within`.
+pub fn eventually(what: &str, within: std::time::Duration, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + within;
+    while !f() {
+        assert!(std::time::Instant::now() < deadline, "{what} within {within:?}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }
 
 /// A run directory's results.json, checked against the checked-in schema.

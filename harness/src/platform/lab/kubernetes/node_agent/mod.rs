@@ -359,7 +359,6 @@ struct ProbeState {
     next_at: Option<Instant>,
     successes: u32,
     failures: u32,
-    last_error: Option<String>,
 }
 
 struct Agent {
@@ -490,7 +489,7 @@ impl Agent {
             };
             r.created_mount_points.extend(created);
             if let Some(cg) = &self.cgroup {
-                if let Err(e) = runtime::join_cgroup(cg, child.id()) {
+                if let Err(e) = crate::platform::lab::cgroup::join(cg, child.id()) {
                     eprintln!("node agent {}: pod {namespace}/{name}: {e:#}", self.node.name);
                 }
             }
@@ -798,16 +797,14 @@ fn probed(p: &mut ProbeState, outcome: Result<(), String>, spec: &pod_spec::Prob
         Ok(()) => {
             p.failures = 0;
             p.successes += 1;
-            p.last_error = None;
             if p.successes >= spec.success_threshold {
                 p.ready = true;
                 p.ever_ready = true;
             }
         }
-        Err(e) => {
+        Err(_) => {
             p.successes = 0;
             p.failures += 1;
-            p.last_error = Some(e);
             if p.failures >= spec.failure_threshold {
                 p.ready = false;
             }

@@ -182,8 +182,3 @@ async fn http_get(addr: SocketAddr, path: &str) -> Result<(), String> {
         Err(format!("HTTP probe failed with statuscode: {code}"))
     }
 }
-
-/// Puts `pid` in the cgroup at `dir` (the node's, where the plain lab puts its pods too).
-pub fn join_cgroup(dir: &Path, pid: u32) -> anyhow::Result<()> {
-    crate::platform::lab::cgroup::join(dir, pid)
-}

@@ -1,27 +1,17 @@
 //! `zonebench hints -n NAMESPACE SERVICE`: the hints doctor on a live cluster.
 //!
-//! It reads the Service, its EndpointSlices, every Node and the Service's events through the
-//! kube platform's connection (which fails fast naming the cluster), runs the same doctor as
-//! the file form on them, and sets the hints the controller actually wrote beside the
-//! prediction ([`topology::live`] compares and gives the verdict). The reading is here, above
-//! `platform`, so that `topology` stays a pure port of Kubernetes that reads no cluster.
+//! It connects through the kube platform (which fails fast naming the cluster), and the
+//! platform's [`hints_check`] reads the Service, its EndpointSlices, every Node and the
+//! Service's events, runs the same doctor as the file form on them and sets the hints the
+//! controller actually wrote beside the prediction. Here the analysis is rendered in the
+//! chosen format. (A kube run's Service tests record the same comparison's verdict.)
 
-use crate::platform::kube::{self, services, ClusterSource, KubeError};
-use crate::topology::doctor::{self, DoctorError, Inputs, OutputFormat, Settings};
-use crate::topology::input::{self, FieldError};
-use crate::topology::live::{compare, gate_default, minor_version, LiveContext, RecordedEvent};
+use crate::platform::kube::hints_check::{self, DiagnoseOptions};
+use crate::platform::kube::{self, ClusterSource};
+use crate::topology::doctor::{self, OutputFormat};
 use crate::topology::AddressType;
 
-impl LiveError {
-    /// A usage error of the doctor's (a flag is needed, e.g. `--address-type`).
-    pub fn is_usage(&self) -> bool {
-        match self {
-            LiveError::Usage(_) => true,
-            LiveError::Doctor { source, .. } => matches!(**source, DoctorError::Usage(_)),
-            _ => false,
-        }
-    }
-}
+pub use crate::platform::kube::hints_check::{to_inputs, LiveError};
 
 /// What to diagnose, and how to print it.
 #[derive(Debug, Clone)]
@@ -36,131 +26,19 @@ pub struct LiveQuery {
     pub output: OutputFormat,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum LiveError {
-    #[error("{0}")]
-    Usage(String),
-    #[error(transparent)]
-    Kube(#[from] KubeError),
-    #[error("cluster {cluster}: {object}: {field}: {message}")]
-    Object { cluster: String, object: String, field: String, message: String },
-    #[error("cluster {cluster}: Service {namespace}/{service} has no EndpointSlice (label kubernetes.io/service-name={service}): {why}")]
-    NoSlices { cluster: String, namespace: String, service: String, why: String },
-    #[error("cluster {cluster}: Service {namespace}/{service}: {source}")]
-    Doctor { cluster: String, namespace: String, service: String, source: Box<DoctorError> },
-}
-
 /// Runs the doctor on `query`'s Service and returns the report in its format.
 pub async fn hints(query: &LiveQuery) -> Result<String, LiveError> {
-    let service = query.service.clone();
     let cluster = kube::client::connect(&query.source).await?;
     let namespace = query.namespace.clone().unwrap_or_else(|| cluster.client.default_namespace().to_string());
-    let objects = services::read_for_hints(&cluster, &namespace, &service).await?;
-    let inputs = to_inputs(&cluster.describe(), &objects)?;
-    if inputs.slices.is_empty() {
-        return Err(LiveError::NoSlices {
-            cluster: cluster.describe(),
-            namespace,
-            service,
-            why: why_no_slices(&objects.service),
-        });
-    }
-    let version = minor_version(&cluster.version);
-    let (gate, gate_from_version) = match query.prefer_same_traffic_distribution {
-        Some(g) => (g, false),
-        None => (gate_default(version), version.is_some()),
+    let options = DiagnoseOptions {
+        address_type: query.address_type,
+        prefer_same_traffic_distribution: query.prefer_same_traffic_distribution,
     };
-    let settings = Settings { address_type: query.address_type, prefer_same_traffic_distribution: gate, live: true };
-    let mut analysis = doctor::analyse(&inputs, &settings).map_err(|source| LiveError::Doctor {
-        cluster: cluster.describe(),
-        namespace: namespace.clone(),
-        service: service.clone(),
-        source: Box::new(source),
-    })?;
-    let same_td = matches!(analysis.service.traffic_distribution.as_deref(), Some("PreferSameZone" | "PreferSameNode"));
-    if gate_from_version && same_td {
-        analysis.report.mode_reasons.push(format!(
-            "the PreferSameTrafficDistribution feature gate is taken as {}, the default of Kubernetes {} (--prefer-same-traffic-distribution overrides it)",
-            if gate { "on" } else { "off" },
-            cluster.version
-        ));
-    }
-    let (events, events_error) = match &objects.events {
-        Ok(ev) => (ev.iter().map(recorded).collect(), None),
-        Err(why) => (Vec::new(), Some(why.clone())),
-    };
-    let ctx = LiveContext {
-        cluster: cluster.describe(),
-        context: cluster.context.clone(),
-        server: cluster.server.clone(),
-        server_version: cluster.version.clone(),
-        namespace,
-        events,
-        events_error,
-        gate_from_version,
-    };
-    compare(&mut analysis, &ctx);
+    let analysis = hints_check::diagnose(&cluster, &namespace, &query.service, options).await?;
     doctor::render(&analysis.report, query.output).map_err(|source| LiveError::Doctor {
-        cluster: ctx.cluster.clone(),
-        namespace: ctx.namespace.clone(),
-        service,
+        cluster: cluster.describe(),
+        namespace,
+        service: query.service.clone(),
         source: Box::new(source),
     })
-}
-
-/// The API objects as the doctor's inputs; a field it cannot use names the object.
-pub fn to_inputs(cluster: &str, o: &services::HintsObjects) -> Result<Inputs, LiveError> {
-    let bad = |kind: &str, meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
-        let name = match (&meta.namespace, &meta.name) {
-            (Some(ns), Some(n)) => Some(format!("{ns}/{n}")),
-            (_, n) => n.clone(),
-        };
-        let object = input::object_label(kind, name.as_deref());
-        move |e: FieldError| LiveError::Object {
-            cluster: cluster.to_string(),
-            object,
-            field: e.field,
-            message: e.message,
-        }
-    };
-    let nodes = o
-        .nodes
-        .iter()
-        .map(|n| input::node_from_api(n).map_err(bad("Node", &n.metadata)))
-        .collect::<Result<Vec<_>, _>>()?;
-    let slices = o
-        .slices
-        .iter()
-        .map(|s| input::slice_from_api(s).map_err(bad("EndpointSlice", &s.metadata)))
-        .collect::<Result<Vec<_>, _>>()?;
-    let service = input::service_from_api(&o.service).map_err(bad("Service", &o.service.metadata))?;
-    Ok(Inputs { nodes, slices, service: Some(service) })
-}
-
-/// Why a Service has no EndpointSlice, from its spec.
-fn why_no_slices(svc: &k8s_openapi::api::core::v1::Service) -> String {
-    let spec = svc.spec.clone().unwrap_or_default();
-    if spec.type_.as_deref() == Some("ExternalName") {
-        return "an ExternalName Service has no endpoints, so there are no hints".into();
-    }
-    match spec.selector.filter(|s| !s.is_empty()) {
-        None => "it has no selector, and no EndpointSlice was made for it by hand".into(),
-        Some(sel) => {
-            let sel: Vec<String> = sel.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            format!(
-                "no pod matches its selector {} yet, or the EndpointSlice controller has not created them",
-                sel.join(",")
-            )
-        }
-    }
-}
-
-fn recorded(e: &k8s_openapi::api::core::v1::Event) -> RecordedEvent {
-    RecordedEvent {
-        event_type: e.type_.clone().unwrap_or_default(),
-        reason: e.reason.clone().unwrap_or_default(),
-        message: e.message.clone().unwrap_or_default(),
-        count: e.count.or_else(|| e.series.as_ref().and_then(|s| s.count)),
-        last_seen: services::event_time(e).map(|t| t.to_string()),
-    }
 }

@@ -95,6 +95,7 @@ async fn render_run(args: &RenderArgs) -> anyhow::Result<Exit> {
         run_id: Some("render".into()),
         variants: Vec::new(),
         control: Default::default(),
+        nodes: None,
     };
     let (topology, whence) = if args.discover {
         let cluster = kube::client::connect(&options.source).await?;

@@ -2,17 +2,21 @@
 //! cluster, with a summary table at the end and the exit status of how it went.
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use tokio_util::sync::CancellationToken;
 use zonebench::model::{AgentProgram, RunStatus};
+use zonebench::platform::either::Either;
+use zonebench::platform::kube::inspect::NodeAccess;
 use zonebench::platform::kube::{ClusterSource, ControlMode, KubeOptions, KubePlatform};
+use zonebench::platform::lab::kubernetes::node_access::KubeLabNodes;
 use zonebench::platform::lab::{LabOptions, LabPlatform};
 use zonebench::platform::local::LocalPlatform;
 use zonebench::present;
 use zonebench::run::{self, RunOptions, RunOutcome};
-use zonebench::scenario::{builtin, PlatformChoice, Scenario};
+use zonebench::scenario::{builtin, LabConfig, PlatformChoice, Scenario};
 
 use super::cluster::{ClusterArgs, DEFAULT_INSPECTOR_IMAGE};
 use super::{Exit, Usage};
@@ -110,7 +114,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
 
     if choice == PlatformChoice::Kube {
         let inspector = args.inspect_nodes.then(|| args.inspect_image.clone());
-        let images = Images { agent: args.image.clone(), inspector, control: args.control.into() };
+        if scenario.sweep.as_ref().is_some_and(|s| s.emulated) {
+            eprintln!(
+                "warning: sweep.emulated applies to the Kubernetes lab; on a cluster its own dataplane is measured"
+            );
+        }
+        let images = Images { agent: args.image.clone(), inspector, control: args.control.into(), nodes: None };
         let outcome = run_kube(&scenario, &args.cluster, targets, images, &opts, &cancel).await?;
         return Ok(report_outcome(&outcome));
     }
@@ -161,7 +170,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
 
 /// A scenario with `lab.kubernetes = true`: its lab is built as a Kubernetes cluster, the
 /// kube platform runs the scenario on it as on any cluster, and the lab goes at the end
-/// (what `lab up --kubernetes` and `run --backend kube` do in two steps, in one).
+/// (what `lab up --kubernetes` and `run --backend kube` do in two steps, in one). The kube
+/// platform reads the lab's nodes directly (their rules, kube-proxy's metrics) and may
+/// restart kube-proxy in the other mode; with `sweep.emulated` a plain lab of the same shape
+/// sweeps the emulated dataplanes first, into the same results.
 async fn run_on_kube_lab(
     scenario: &Scenario,
     program: AgentProgram,
@@ -169,7 +181,7 @@ async fn run_on_kube_lab(
     opts: &RunOptions,
     cancel: &CancellationToken,
 ) -> anyhow::Result<RunOutcome> {
-    let options = LabOptions { agent: Some(program), ..Default::default() };
+    let options = LabOptions { agent: Some(program.clone()), ..Default::default() };
     let mut lab = LabPlatform::new(scenario.lab.clone(), options)?;
     lab.build()?;
     let kubeconfig = lab.kube().context("the lab has no Kubernetes components")?.kubeconfig.clone();
@@ -182,11 +194,27 @@ async fn run_on_kube_lab(
         l.service_dataplane,
         kubeconfig.display()
     );
-    let cluster = ClusterArgs { kubeconfig: Some(kubeconfig), contexts: vec![] };
-    let images = Images { agent: None, inspector: None, control };
-    let outcome = run_kube(scenario, &cluster, vec![], images, opts, cancel).await;
+    let lab = Arc::new(Mutex::new(lab));
+    let outcome = async {
+        let nodes: Arc<dyn NodeAccess> = Arc::new(KubeLabNodes::new(lab.clone())?);
+        let cluster = ClusterArgs { kubeconfig: Some(kubeconfig), contexts: vec![] };
+        let images = Images { agent: None, inspector: None, control, nodes: Some(nodes) };
+        if !scenario.sweep.as_ref().is_some_and(|s| s.emulated) {
+            return run_kube(scenario, &cluster, vec![], images, opts, cancel).await;
+        }
+        eprintln!(
+            "sweep.emulated: the dataplanes emulated on a plain lab of the same shape first, then the real kube-proxy"
+        );
+        let plain = LabConfig { kubernetes: false, ..scenario.lab.clone() };
+        let emulated = LabPlatform::new(plain, LabOptions { agent: Some(program), ..Default::default() })?;
+        let real = KubePlatform::new(kube_options(scenario, &cluster, &images, None))?;
+        let mut platforms =
+            [("emulated".to_string(), Either::Left(emulated)), ("kube-proxy".to_string(), Either::Right(real))];
+        run::run_each(&mut platforms, scenario, opts, cancel).await
+    }
+    .await;
     // The run's own teardown has deleted its namespace; the lab goes now, whatever happened.
-    let down = lab.teardown_sync();
+    let down = lab.lock().map_err(|_| anyhow::anyhow!("the lab's lock is poisoned"))?.teardown_sync();
     let outcome = outcome?;
     down.context("removing the Kubernetes lab")?;
     Ok(outcome)
@@ -271,6 +299,23 @@ pub struct Images {
     pub inspector: Option<String>,
     /// `--control` (not an image, but as much a per-run choice of how agents run).
     pub control: ControlMode,
+    /// The Kubernetes lab's nodes, read directly (no image: the coordinator reaches them).
+    pub nodes: Option<Arc<dyn NodeAccess>>,
+}
+
+/// The kube platform's options for one cluster (`context`) of a run.
+fn kube_options(scenario: &Scenario, cluster: &ClusterArgs, images: &Images, context: Option<String>) -> KubeOptions {
+    KubeOptions {
+        source: ClusterSource { kubeconfig: cluster.kubeconfig.clone(), context },
+        image: images.agent.clone(),
+        settings: scenario.kube.clone(),
+        scenario: scenario.name.clone(),
+        inspector_image: images.inspector.clone(),
+        run_id: None,
+        variants: Vec::new(),
+        control: images.control,
+        nodes: images.nodes.clone(),
+    }
 }
 
 /// `zonebench run --backend kube`: one cluster, or each labelled `--context` in turn.
@@ -282,16 +327,7 @@ pub async fn run_kube(
     opts: &RunOptions,
     cancel: &CancellationToken,
 ) -> anyhow::Result<RunOutcome> {
-    let options = |context: Option<String>| KubeOptions {
-        source: ClusterSource { kubeconfig: cluster.kubeconfig.clone(), context },
-        image: images.agent.clone(),
-        settings: scenario.kube.clone(),
-        scenario: scenario.name.clone(),
-        inspector_image: images.inspector.clone(),
-        run_id: None,
-        variants: Vec::new(),
-        control: images.control,
-    };
+    let options = |context: Option<String>| kube_options(scenario, cluster, &images, context);
     let kubeconfig =
         cluster.kubeconfig.as_ref().map_or("the default kubeconfig".to_string(), |p| p.display().to_string());
     let mut image_shown = options(None).image();

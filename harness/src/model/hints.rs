@@ -21,6 +21,23 @@ pub struct HintsVerdict {
     /// The decision in words, with its numbers.
     #[serde(default)]
     pub explanation: Vec<String>,
+    /// On a cluster: the hints the controller actually wrote, compared with the prediction
+    /// (the comparison of `zonebench hints -n`); absent where no controller ran (the lab).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live: Option<LiveHintsCheck>,
+}
+
+/// The live comparison's outcome for one Service, as a measurement records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LiveHintsCheck {
+    /// `agree` (the hints are the canonical prediction), `map-order`, `kept`,
+    /// `controller-version` or `not-synced`: see `zonebench hints -n`.
+    pub verdict: String,
+    /// The verdict in one sentence.
+    pub summary: String,
+    /// Endpoints whose hints are not the canonical prediction.
+    pub differences: u32,
 }
 
 /// An event as `kubectl describe service` shows it.

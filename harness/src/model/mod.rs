@@ -17,7 +17,7 @@ pub mod results;
 
 pub use cluster::*;
 pub use cost::{CostLine, CostModel, CostSection, Locality};
-pub use hints::{HintsEvent, HintsVerdict};
+pub use hints::{HintsEvent, HintsVerdict, LiveHintsCheck};
 pub use kinds::*;
 pub use noise::{NoiseFigure, NoiseGroup, NoiseReport};
 pub use results::*;

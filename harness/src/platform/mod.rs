@@ -6,7 +6,8 @@
 //!
 //! - [`lab`]: a multi-zone cluster emulated with network namespaces on one Linux host (root);
 //! - [`local`]: agents as processes on loopback, zones by label only;
-//! - [`kube`]: a real cluster through kube-rs.
+//! - [`kube`]: a real cluster through kube-rs;
+//! - [`either`]: one of two platforms as one type, for a run that mixes kinds.
 
 use std::future::Future;
 
@@ -17,6 +18,7 @@ use crate::model::{
     ServicesApplied,
 };
 
+pub mod either;
 pub mod kube;
 pub mod lab;
 pub mod local;

@@ -90,6 +90,9 @@ pub fn verdict_line(v: &HintsVerdict) -> String {
     if !v.deterministic {
         s.push_str("; not deterministic (Go's map order decides a tie)");
     }
+    if let Some(l) = &v.live {
+        let _ = write!(s, "; the cluster's hints: {} ({})", l.verdict, l.summary);
+    }
     s
 }
 
@@ -204,11 +207,33 @@ mod tests {
                 message: "Insufficient number of endpoints".into(),
             }),
             explanation: vec![],
+            live: None,
         };
         let mut m = service_measurement("skewed-auto", "c", &[("srv-a-0", 1)]);
         m.hints = Some(v);
         let text = render(&fixtures::run(vec![m]), &CostModel::default());
         assert!(text.contains("skewed-auto"), "{text}");
         assert!(text.contains("no hints; event Warning TopologyAwareHintsDisabled"), "{text}");
+        let mut m = m_with_live();
+        m.variant = "auto".into();
+        let text = render(&fixtures::run(vec![m]), &CostModel::default());
+        assert!(text.contains("the cluster's hints: agree (as predicted)"), "{text}");
+    }
+
+    fn m_with_live() -> Measurement {
+        let mut m = service_measurement("auto", "a", &[("srv-a-0", 1)]);
+        m.hints = Some(HintsVerdict {
+            mode: crate::model::RoutingMode::Auto,
+            enabled: true,
+            deterministic: true,
+            event: None,
+            explanation: vec![],
+            live: Some(crate::model::LiveHintsCheck {
+                verdict: "agree".into(),
+                summary: "as predicted".into(),
+                differences: 0,
+            }),
+        });
+        m
     }
 }

@@ -15,16 +15,18 @@ pub fn render(r: &RunResults) -> String {
     let o = &mut out;
     let _ = writeln!(
         o,
-        "{:<16} {:>8}  {:<8} {:>10} {:>10} {:>10} {:>10} {:>8} {:>10} {:>13}",
+        "{:<20} {:>8}  {:<8} {:>10} {:>10} {:>10} {:>10} {:>8} {:>10} {:>13}",
         "dataplane", "services", "test", "connect50", "connect99", "p50", "p99", "rules", "program", "first connect"
     );
     let ns = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| format_ns(v as f64));
     for m in &r.measurements {
         let Some(d) = &m.service_dataplane else { continue };
+        // The variant names the dataplane, under its platform's label in a run over several
+        // (`emulated/iptables` beside `kube-proxy/iptables`).
         let _ = writeln!(
             o,
-            "{:<16} {:>8}  {:<8} {:>10} {:>10} {:>10} {:>10} {:>8} {:>10} {:>13}",
-            d.kind,
+            "{:<20} {:>8}  {:<8} {:>10} {:>10} {:>10} {:>10} {:>8} {:>10} {:>13}",
+            if m.variant.is_empty() { d.kind.to_string() } else { m.variant.clone() },
             d.services,
             m.name,
             ns(m.connect.as_ref().map(|c| c.p50_ns)),
@@ -42,7 +44,7 @@ pub fn render(r: &RunResults) -> String {
         failed.entry((f.variant.clone(), count)).or_insert_with(|| f.error.clone());
     }
     for ((kind, count), error) in failed {
-        let _ = writeln!(o, "{kind:<16} {count:>8}  failed: {error}");
+        let _ = writeln!(o, "{kind:<20} {count:>8}  failed: {error}");
     }
     out
 }

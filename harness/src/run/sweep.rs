@@ -41,6 +41,9 @@ struct Setup<'a> {
     client_node: String,
     backends: Vec<String>,
     ports: Vec<AgentPort>,
+    /// A cluster's own dataplane: in a run over several platforms its label alone names the
+    /// variant; a platform that sweeps several gets `label/dataplane`.
+    fixed: bool,
 }
 
 /// A dataplane the sweep measures: one it chooses, or the platform's own (a cluster's).
@@ -85,6 +88,7 @@ pub(super) async fn drive<P: Platform>(
         client_node: client.node.clone(),
         backends: plan.placements.iter().filter(|p| p.role == Role::Server).map(|p| p.id.clone()).collect(),
         ports: plan::service_ports(scenario),
+        fixed: matches!(dataplanes.as_slice(), [Dataplane::Fixed(_)]),
     };
 
     let tests_per_point: u64 =
@@ -140,7 +144,8 @@ pub(super) async fn drive<P: Platform>(
 }
 
 /// The step of test `test_index` at a point: through the point's newest Service, its
-/// variant the session's label or else the dataplane.
+/// variant the dataplane, under the session's label when it has one (the label alone for a
+/// cluster's own dataplane).
 fn point_step(
     session: &Session<'_>,
     setup: &Setup<'_>,
@@ -155,7 +160,11 @@ fn point_step(
         name: t.label(),
         kind: t.kind,
         via: Via::Service,
-        variant: session.label.map_or(dataplane, String::from),
+        variant: match session.label {
+            Some(label) if setup.fixed => label.to_string(),
+            Some(label) => format!("{label}/{dataplane}"),
+            None => dataplane,
+        },
         repeat,
         client: setup.client.clone(),
         server: plan::service_name(count),

@@ -23,6 +23,11 @@ pub struct SweepConfig {
     /// How long the probe waits for the newest Service to answer.
     #[serde(default = "default_probe_timeout")]
     pub probe_timeout: HumanDuration,
+    /// On the Kubernetes lab (`lab.kubernetes = true`): first sweep the same dataplanes as the
+    /// plain lab emulates them, on a plain lab of the same shape, so one run and one report set
+    /// the emulation beside the real kube-proxy (variants `emulated/…` and `kube-proxy/…`).
+    #[serde(default)]
+    pub emulated: bool,
 }
 
 fn all_dataplanes() -> Vec<DataplaneKind> {
@@ -55,6 +60,12 @@ impl SweepConfig {
         }
         if let Some(n) = self.services.iter().find(|&&n| n == 0 || n > MAX_SERVICES) {
             return bad("services", format!("{n} is out of range: each count must be 1 to {MAX_SERVICES}"));
+        }
+        if self.emulated && !s.lab.kubernetes {
+            return bad(
+                "emulated",
+                "sets the lab's emulated dataplanes beside the real kube-proxy: it needs lab.kubernetes = true".into(),
+            );
         }
         let t = self.probe_timeout.0;
         if t.is_zero() || t > Duration::from_secs(600) {

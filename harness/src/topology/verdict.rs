@@ -39,6 +39,7 @@ pub fn verdict(
             message: e.message.clone(),
         }),
         explanation: report.explanation,
+        live: None,
     };
     Ok((rec, verdict))
 }

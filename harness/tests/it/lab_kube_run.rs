@@ -170,7 +170,8 @@ fn server_of(kubeconfig: &Path) -> String {
 
 /// topology-routing.toml on the Kubernetes lab: the hints are the real EndpointSlice
 /// controller's, the routing the real kube-proxy's (nftables mode here), and the doctor's
-/// verdict sits beside each variant. With hints, every client zone stays in its zone.
+/// verdict sits beside each variant: `agree`, the hints it predicts are the ones the real
+/// controller wrote. With hints, every client zone stays in its zone.
 #[test]
 fn topology_routing_on_the_kubernetes_lab_measures_the_real_controllers_hints() {
     let _lock = lab_lock(false);
@@ -195,6 +196,8 @@ fn topology_routing_on_the_kubernetes_lab_measures_the_real_controllers_hints() 
         if matches!(variant.as_str(), "auto" | "prefer-close" | "skewed-prefer-close") {
             assert_eq!(locality["in_zone_fraction"], 1.0, "{variant}: {m:#}");
         }
+        // The doctor predicted the hints the real controller wrote, for every variant.
+        assert_eq!(m["hints"]["live"]["verdict"], "agree", "{variant}: {:#}", m["hints"]);
         seen.insert(variant);
     }
     assert!(seen.contains("auto") && seen.contains("skewed-auto"), "{seen:?}");

@@ -29,6 +29,7 @@ mod lab_kube_control_plane;
 mod lab_kube_oracle;
 mod lab_kube_pki;
 mod lab_kube_run;
+mod lab_kube_sweep;
 mod lab_kube_up;
 mod nightly;
 mod probe;

@@ -165,6 +165,11 @@ fn locality_hints_and_cost_match_the_schema() {
             message: "Insufficient number of endpoints (5 endpoints, 3 zones), addressType: IPv4".into(),
         }),
         explanation: vec!["why".into()],
+        live: Some(zonebench::model::LiveHintsCheck {
+            verdict: "agree".into(),
+            summary: "the hints are the predicted ones".into(),
+            differences: 0,
+        }),
     });
     r.cost = Some(locality::cost_section(
         &CostModel::default(),

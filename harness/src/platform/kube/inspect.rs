@@ -74,6 +74,21 @@ impl NodeReport {
     }
 }
 
+/// Direct access to a cluster's nodes from the coordinator's host, where it has it: on the
+/// Kubernetes lab every node is a network namespace of this host, so no DaemonSet is needed
+/// (and none could run: the lab has no DaemonSet controller). It gives what the inspector's
+/// reports give elsewhere and, where it can, switches kube-proxy's mode for a sweep. Its
+/// methods block (they run tools in the nodes' namespaces): call them off the async threads.
+pub trait NodeAccess: Send + Sync + std::fmt::Debug {
+    /// One report per node, taken now (`seq` is 0: each is fresh).
+    fn reports(&self) -> anyhow::Result<Vec<NodeReport>>;
+    /// Whether [`NodeAccess::set_proxy_mode`] can work here.
+    fn can_switch_proxy_mode(&self) -> bool;
+    /// Restarts every node's kube-proxy in `mode` (`iptables` or `nftables`) with the other
+    /// mode's rules removed, and returns once each has synced.
+    fn set_proxy_mode(&self, mode: &str) -> anyhow::Result<()>;
+}
+
 /// The last report in an inspector pod's log.
 pub fn last_report(log: &str) -> Option<NodeReport> {
     log.lines().rev().find_map(|l| serde_json::from_str(l.trim()).ok())

@@ -513,7 +513,9 @@ pub fn run_endpoint_slice(run: &RunMeta, name: &str, ports: &[AgentPort], echo: 
 /// kube-proxy's own nftables tables; `null` where the image lacks the tool, so a missing
 /// tool never reads as zero rules) and kube-proxy's sync metrics, read from its metrics port
 /// with bash's /dev/tcp. The image needs bash, grep, awk and timeout, and for the counts
-/// iptables-nft-save, iptables-legacy-save and nft.
+/// iptables-nft-save, iptables-legacy-save and nft. The Kubernetes lab runs the same script
+/// in each node's namespace, once (`ONCE=1`), with kube-proxy's metrics on the node's
+/// address (`METRICS_HOST`; default 127.0.0.1, where a cluster's kube-proxy binds them).
 pub const INSPECTOR_SCRIPT: &str = r#"set -u
 have() { command -v "$1" >/dev/null 2>&1; }
 count_rules() { if have "$1"; then "$1" 2>/dev/null | grep -c '^-A' || true; else echo null; fi; }
@@ -531,7 +533,7 @@ while true; do
     KP=$(( $(count_nft list table ip kube-proxy) + $(count_nft list table ip6 kube-proxy) ))
   fi
   METRICS=""
-  if exec 3<>/dev/tcp/127.0.0.1/10249 2>/dev/null; then
+  if exec 3<>"/dev/tcp/${METRICS_HOST:-127.0.0.1}/10249" 2>/dev/null; then
     printf 'GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n' >&3
     METRICS=$(timeout 5 cat <&3 | tr -d '\r')
     exec 3<&-
@@ -540,6 +542,7 @@ while true; do
     "$NODE_NAME" "$SEQ" "${IPT:-0}" "${IPT_LEGACY:-0}" "${NFT:-0}" "${KP:-0}" \
     "$(metric kubeproxy_sync_proxy_rules_duration_seconds_sum)" \
     "$(metric kubeproxy_sync_proxy_rules_duration_seconds_count)"
+  [ -z "${ONCE:-}" ] || break
   sleep 5
 done
 "#;

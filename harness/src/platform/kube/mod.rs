@@ -15,6 +15,8 @@
 //!   deletion of selector-less Services, and what the live hints doctor reads;
 //! - [`run_services`]: the Services of `via = "service"` steps and of sweeps (`apply_services`);
 //! - [`inspect`]: the node inspector's reports (`--inspect-nodes`): rules and sync times;
+//! - [`hints_check`]: the hints doctor with its live comparison on a Service's objects
+//!   (`zonebench hints -n`, and the verdict each Service test records);
 //! - [`gc`]: removing what killed runs left;
 //! - [`settings`]: the scenario's `[kube]` table.
 
@@ -38,6 +40,7 @@ use crate::scenario::KubeSettings;
 pub mod client;
 pub mod discovery;
 pub mod gc;
+pub mod hints_check;
 pub mod inspect;
 pub mod manifests;
 pub mod pods;
@@ -119,6 +122,18 @@ pub struct KubeOptions {
     pub variants: Vec<RoutingVariant>,
     /// `--control`.
     pub control: ControlMode,
+    /// Direct access to the nodes (the Kubernetes lab): their rules and kube-proxy's sync
+    /// metrics without the inspector DaemonSet, and kube-proxy's mode switched for a sweep.
+    pub nodes: Option<std::sync::Arc<dyn inspect::NodeAccess>>,
+}
+
+/// Runs a blocking [`inspect::NodeAccess`] call off the async threads.
+async fn on_nodes<T: Send + 'static>(
+    nodes: &std::sync::Arc<dyn inspect::NodeAccess>,
+    f: impl FnOnce(&dyn inspect::NodeAccess) -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    let nodes = nodes.clone();
+    tokio::task::spawn_blocking(move || f(nodes.as_ref())).await.context("a node reader panicked")?
 }
 
 impl KubeOptions {
@@ -304,8 +319,9 @@ impl Platform for KubePlatform {
     fn supports(&self, capability: Capability) -> bool {
         match capability {
             Capability::Services => true,
-            // The cluster's kube-proxy or CNI is what it is ([`Platform::fixed_service_dataplane`]).
-            Capability::SwitchDataplane => false,
+            // A cluster's kube-proxy or CNI is what it is ([`Platform::fixed_service_dataplane`]);
+            // the Kubernetes lab's kube-proxy can restart in the other mode.
+            Capability::SwitchDataplane => self.options.nodes.as_ref().is_some_and(|n| n.can_switch_proxy_mode()),
         }
     }
 
@@ -393,7 +409,9 @@ impl Platform for KubePlatform {
                 token: self.token.clone(),
             });
         }
-        if let Some(image) = &self.options.inspector_image {
+        if let Some(nodes) = &self.options.nodes {
+            self.reports = on_nodes(nodes, |n| n.reports()).await.context("reading the nodes' rules")?;
+        } else if let Some(image) = &self.options.inspector_image {
             let within = self.options.settings.ready_timeout();
             self.reports = inspect::wait_first_reports(&cluster, &self.run, image, within).await?;
             let mut missing: Vec<&str> = self.reports.iter().flat_map(inspect::NodeReport::missing_tools).collect();
@@ -436,8 +454,15 @@ impl Platform for KubePlatform {
         let (deployed, latency) =
             run_services::apply(&cluster, &self.run, &self.nodes, services, &mut self.services, probe, &mut progress)
                 .await?;
-        // Each node's rules and sync time come from the node inspector, when it runs.
-        let nodes = if self.options.inspector_image.is_some() {
+        // Each node's rules and sync time come from the nodes themselves where the coordinator
+        // reaches them, else from the node inspector, when it runs.
+        let nodes = if let Some(access) = &self.options.nodes {
+            progress("reading the nodes' rules and kube-proxy's sync metrics".into());
+            let after = on_nodes(access, |n| n.reports()).await.context("reading the nodes' rules")?;
+            let nodes = inspect::programming(&self.reports, &after, &self.dataplane);
+            self.reports = after;
+            nodes
+        } else if self.options.inspector_image.is_some() {
             progress("waiting for the node inspector's next reports".into());
             let after = inspect::fresh_reports(&cluster, &self.run, INSPECT_FRESH_WITHIN).await?;
             let nodes = inspect::programming(&self.reports, &after, &self.dataplane);
@@ -455,6 +480,9 @@ impl Platform for KubePlatform {
     }
 
     fn fixed_service_dataplane(&self) -> Option<DataplaneName> {
+        if self.supports(Capability::SwitchDataplane) {
+            return None;
+        }
         Some(DataplaneName::of_cluster(if self.dataplane.is_empty() { "unknown" } else { &self.dataplane }))
     }
 
@@ -463,6 +491,24 @@ impl Platform for KubePlatform {
     }
 
     async fn set_service_dataplane(&mut self, kind: DataplaneKind) -> anyhow::Result<()> {
+        if let Some(nodes) = self.options.nodes.clone().filter(|n| n.can_switch_proxy_mode()) {
+            let mode = match kind {
+                DataplaneKind::Iptables | DataplaneKind::Nftables => kind.as_str(),
+                other => anyhow::bail!(
+                    "{other} is no kube-proxy mode: the Kubernetes lab's kube-proxy runs iptables or nftables (the lab emulates the others: sweep them on the plain lab)"
+                ),
+            };
+            if self.dataplane != mode {
+                if let Some(p) = &self.progress {
+                    p.message(format!("kube: restarting kube-proxy on every node in {mode} mode"));
+                }
+                on_nodes(&nodes, move |n| n.set_proxy_mode(mode)).await?;
+                self.dataplane = mode.to_string();
+            }
+            // The new processes' sync counters start at zero: the next point's baseline.
+            self.reports = on_nodes(&nodes, |n| n.reports()).await.context("reading the nodes' rules")?;
+            return Ok(());
+        }
         anyhow::bail!(
             "the kube platform cannot switch its service dataplane to {kind}: a cluster's dataplane is the cluster's (its kube-proxy mode or CNI); sweep dataplanes on the lab"
         )

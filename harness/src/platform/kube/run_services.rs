@@ -24,6 +24,7 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::Api;
 
 use super::client::Cluster;
+use super::hints_check;
 use super::manifests::{self, EchoEndpoint, RunMeta};
 use super::post;
 use super::services::{self, ServiceHints};
@@ -431,7 +432,14 @@ async fn await_controller(
     let want_hints = r.routing != RoutingMode::None;
     let live =
         services::wait_for_endpoints(cluster, ns, &r.name, r.backends.len(), want_hints, ENDPOINTS_WITHIN).await?;
-    deployed(ns, r, svc, Some(verdict(ns, nodes, r.routing, &live)?))
+    let mut v = verdict(ns, nodes, r.routing, &live)?;
+    // What the controller wrote against what the doctor predicts for the same objects: the
+    // verdict `zonebench hints -n` would give now (a failed reading is said, not guessed).
+    match hints_check::check(cluster, ns, &r.name).await {
+        Ok(check) => v.live = Some(check),
+        Err(e) => v.explanation.push(format!("the live comparison with the controller's hints failed: {e}")),
+    }
+    deployed(ns, r, svc, Some(v))
 }
 
 /// Asks the client agent to connect to `target` until it answers; the latency counts from

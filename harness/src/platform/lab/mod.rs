@@ -267,6 +267,32 @@ impl LabPlatform {
         self.kube.as_ref()
     }
 
+    /// The nodes as the Kubernetes lab's node reader needs them.
+    pub fn kube_nodes(&self) -> Vec<kubernetes::node_access::LabNode> {
+        self.plan
+            .nodes
+            .iter()
+            .map(|n| kubernetes::node_access::LabNode {
+                name: n.name.clone(),
+                netns: n.netns.clone(),
+                ip: n.underlay_ip,
+            })
+            .collect()
+    }
+
+    /// Restarts the Kubernetes lab's kube-proxies in `mode` (see
+    /// [`kubernetes::cluster::KubeCluster::set_proxy_mode`]); the state file follows.
+    pub fn set_kube_proxy_mode(&mut self, mode: kubernetes::kube_proxy::ProxyMode) -> anyhow::Result<()> {
+        let spawner = self.spawner.as_ref().context("the lab is not built")?;
+        let kube = self.kube.as_mut().context("the lab has no Kubernetes components")?;
+        kube.set_proxy_mode(mode, spawner)?;
+        self.config.service_dataplane = match mode {
+            kubernetes::kube_proxy::ProxyMode::Iptables => DataplaneKind::Iptables,
+            kubernetes::kube_proxy::ProxyMode::Nftables => DataplaneKind::Nftables,
+        };
+        self.save_state()
+    }
+
     fn start_forwarder(&mut self, delay: Duration) -> anyhow::Result<()> {
         let program = match &self.options.forwarder {
             Some(p) => p.clone(),

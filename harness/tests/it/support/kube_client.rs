@@ -90,6 +90,7 @@ impl FakeCluster {
             variants: Vec::new(),
             // The fake serves port-forward; its pod IPs are not where its agents listen.
             control: zonebench::platform::kube::ControlMode::PortForward,
+            nodes: None,
         }
     }
 

@@ -53,6 +53,11 @@ pub struct KubeCluster {
     pub admin_kubeconfig: PathBuf,
     /// From the start of the control plane to every node registered and its agent watching.
     pub ready_after: Duration,
+    /// The binaries, the lab's Kubernetes directory and the control plane's namespace, for
+    /// restarting kube-proxy in another mode.
+    bin: PathBuf,
+    dir: PathBuf,
+    control_plane_netns: String,
 }
 
 /// Where a lab keeps its Kubernetes files: `<run dir>/kubernetes`.
@@ -163,7 +168,7 @@ impl KubeCluster {
         }
 
         // As kubeadm publishes it, so the kube platform's discovery finds the mode.
-        publish_proxy_config(&bin, &cp_plan.netns, &admin, &dir, mode)?;
+        publish_proxy_config(&bin, &cp_plan.netns, &admin, &dir, mode, false)?;
 
         let port_file = dir.join("api-forwarder.port");
         let _ = std::fs::remove_file(&port_file);
@@ -203,6 +208,9 @@ impl KubeCluster {
             kubeconfig,
             admin_kubeconfig: admin,
             ready_after: Duration::ZERO,
+            bin,
+            dir: dir.clone(),
+            control_plane_netns: cp_plan.netns.clone(),
         };
         cluster.wait_node_agents(&dir)?;
         cluster.ready_after = started.elapsed();
@@ -279,6 +287,19 @@ impl KubeCluster {
         self.control_plane.stop();
     }
 
+    /// Restarts every node's kube-proxy in `mode`: each stops, `kube-proxy --cleanup` removes
+    /// the rules it wrote (both modes'), and a new one starts (the first sync is its caller's
+    /// to wait for). The published configuration follows, so discovery sees the new mode.
+    pub fn set_proxy_mode(&mut self, mode: ProxyMode, spawner: &Spawner) -> anyhow::Result<()> {
+        for p in &mut self.proxies {
+            p.stop();
+            p.cleanup()?;
+            let spec = KubeProxySpec { mode, ..p.spec().clone() };
+            *p = KubeProxy::start(spec, spawner)?;
+        }
+        publish_proxy_config(&self.bin, &self.control_plane_netns, &self.admin_kubeconfig, &self.dir, mode, true)
+    }
+
     /// Leaves every process running (`lab up`); `lab down` ends them from the state file.
     pub fn detach(self) {
         let KubeCluster { control_plane, proxies, forwarder, node_agents, .. } = self;
@@ -292,24 +313,37 @@ impl KubeCluster {
 }
 
 /// Writes `kube-system/kube-proxy` (key `config.conf`) as kubeadm does: the configuration the
-/// lab's kube-proxies share (each adds its node's name and addresses).
-fn publish_proxy_config(bin: &Path, netns: &str, admin: &Path, dir: &Path, mode: ProxyMode) -> anyhow::Result<()> {
+/// lab's kube-proxies share (each adds its node's name and addresses). `replace`: it exists.
+fn publish_proxy_config(
+    bin: &Path,
+    netns: &str,
+    admin: &Path,
+    dir: &Path,
+    mode: ProxyMode,
+    replace: bool,
+) -> anyhow::Result<()> {
     let config = format!(
         "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: {}\nclusterCIDR: {POD_SUPERNET}\n",
         mode.as_str()
     );
     let file = dir.join("kube-proxy-config.conf");
     std::fs::write(&file, config)?;
-    let out = Command::new("ip")
-        .args(["netns", "exec", netns])
-        .arg(bin.join("kubectl"))
-        .arg(format!("--kubeconfig={}", admin.display()))
-        .args(["create", "configmap", "kube-proxy", "--namespace=kube-system"])
-        .arg(format!("--from-file=config.conf={}", file.display()))
-        .output()
-        .context("running kubectl")?;
-    if !out.status.success() {
-        bail!("publishing kube-system/kube-proxy: {}", String::from_utf8_lossy(&out.stderr).trim());
+    let kubectl = |args: &[&str]| -> anyhow::Result<()> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", netns])
+            .arg(bin.join("kubectl"))
+            .arg(format!("--kubeconfig={}", admin.display()))
+            .args(args)
+            .output()
+            .context("running kubectl")?;
+        if !out.status.success() {
+            bail!("publishing kube-system/kube-proxy: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(())
+    };
+    if replace {
+        kubectl(&["delete", "configmap", "kube-proxy", "--namespace=kube-system", "--ignore-not-found"])?;
     }
-    Ok(())
+    let from = format!("--from-file=config.conf={}", file.display());
+    kubectl(&["create", "configmap", "kube-proxy", "--namespace=kube-system", &from])
 }

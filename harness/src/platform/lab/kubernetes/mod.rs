@@ -16,7 +16,9 @@
 //! - [`nodes`]: the Node objects a kubelet would register (zone, addresses, CPU);
 //! - [`node_agent`]: the kubelet's stand-in on each node (`zonebench lab node-agent`):
 //!   registers the Node and runs the pods bound to it as processes in pod namespaces;
-//! - [`cluster`]: all of it started on a built lab (`zonebench lab up --kubernetes`).
+//! - [`cluster`]: all of it started on a built lab (`zonebench lab up --kubernetes`);
+//! - [`node_access`]: the nodes' rules and kube-proxy metrics read from their namespaces,
+//!   and kube-proxy's mode switched, for the kube platform's sweep on the lab.
 
 use std::path::PathBuf;
 
@@ -25,6 +27,7 @@ pub mod cluster;
 pub mod control_plane;
 pub mod kube_proxy;
 pub mod kubeconfig;
+pub mod node_access;
 pub mod node_agent;
 pub mod nodes;
 pub mod pki;

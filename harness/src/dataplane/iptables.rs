@@ -264,9 +264,11 @@ impl Dataplane for IptablesDataplane {
     }
 
     /// Lines of `iptables-save` (every table of the backend, headers included).
+    /// Rules (`-A` lines) of `iptables-save`, as the node inspector counts a real
+    /// kube-proxy's: chain declarations and table markers are no rules.
     fn rule_count(&self) -> anyhow::Result<u64> {
         let out = self.backend.save().run(&self.netns, &[], None)?;
-        Ok(out.lines().count() as u64)
+        Ok(out.lines().filter(|l| l.starts_with("-A")).count() as u64)
     }
 
     /// Empties both tables; with the nft backend also deletes the `ip nat` and `ip filter`

@@ -324,9 +324,15 @@ impl Dataplane for NftablesDataplane {
         Ok(SyncReport { rules: self.rule_count()?, elapsed })
     }
 
-    /// Lines of `nft list ruleset` (the whole namespace's ruleset).
+    /// The rules of the kube-proxy table, counted as the node inspector counts a real
+    /// kube-proxy's (each rule has a handle; tables, chains, sets and maps, and map elements,
+    /// are no rules), so the emulation's figure and the real one can be set side by side.
     fn rule_count(&self) -> anyhow::Result<u64> {
-        Ok(NFT.run(&self.netns, &["list", "ruleset"], None)?.lines().count() as u64)
+        if !self.table_exists()? {
+            return Ok(0);
+        }
+        let listing = NFT.run(&self.netns, &["-a", "list", "table", "ip", "kube-proxy"], None)?;
+        Ok(count_rules(&listing))
     }
 
     fn teardown(&mut self) -> anyhow::Result<()> {
@@ -338,11 +344,42 @@ impl Dataplane for NftablesDataplane {
     }
 }
 
+/// Rules in an `nft -a list` listing: lines with a handle that declare no table, chain,
+/// set, map or flowtable (the node inspector's `count_nft`).
+pub fn count_rules(listing: &str) -> u64 {
+    const DECLARATIONS: [&str; 5] = ["table ", "chain ", "set ", "map ", "flowtable "];
+    listing
+        .lines()
+        .map(str::trim_start)
+        .filter(|l| l.contains("# handle") && !DECLARATIONS.iter().any(|d| l.starts_with(d)))
+        .count() as u64
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::test_support::svc;
     use super::super::Protocol;
     use super::*;
+
+    #[test]
+    fn rules_are_counted_as_the_node_inspector_counts_them() {
+        let listing = "table ip kube-proxy { # handle 5
+\tcomment \"rules for kube-proxy\"
+\tmap service-ips { # handle 12
+\t\ttype ipv4_addr . inet_proto . inet_service : verdict
+\t\telements = { 198.18.128.1 . tcp . 443 : goto service-x }
+\t}
+\tchain services { # handle 20
+\t\tip daddr . meta l4proto . th dport vmap @service-ips # handle 21
+\t}
+\tchain service-x { # handle 22
+\t\tip saddr != 198.19.0.0/16 jump mark-for-masquerade # handle 23
+\t\tnumgen random mod 2 vmap { 0 : goto endpoint-a, 1 : goto endpoint-b } # handle 24
+\t}
+}
+";
+        assert_eq!(count_rules(listing), 3, "map elements, chains and the table are no rules");
+    }
 
     const CIDR: (Ipv4Addr, u8) = (Ipv4Addr::new(198, 19, 1, 0), 24);
 

@@ -115,16 +115,19 @@ fn the_inspector_script_counts_a_nodes_real_rules_and_reads_kube_proxys_metrics(
     ns.exec(&["iptables-legacy", "-t", "nat", "-A", "KUBE-SERVICES", "-p", "tcp", "--dport", "80", "-j", "RETURN"]);
     ns.exec(&["iptables-legacy", "-t", "nat", "-A", "KUBE-SERVICES", "-p", "tcp", "--dport", "81", "-j", "RETURN"]);
     ns.exec(&["iptables-nft", "-t", "filter", "-A", "INPUT", "-p", "tcp", "--dport", "9", "-j", "DROP"]);
-    // kube-proxy's metrics endpoint, as its text exposition format has them.
+    // kube-proxy's metrics endpoint, as its text exposition format has them: from 1.36 each
+    // series is labelled with its IP family, and a dual-stack node has both (summed).
     let www = dir.join("www");
     std::fs::create_dir_all(&www).unwrap();
     std::fs::write(
         www.join("metrics"),
         "# HELP kubeproxy_sync_proxy_rules_duration_seconds SyncProxyRules latency in seconds\n\
          # TYPE kubeproxy_sync_proxy_rules_duration_seconds histogram\n\
-         kubeproxy_sync_proxy_rules_duration_seconds_bucket{le=\"0.001\"} 0\n\
-         kubeproxy_sync_proxy_rules_duration_seconds_sum 12.5\n\
-         kubeproxy_sync_proxy_rules_duration_seconds_count 250\n",
+         kubeproxy_sync_proxy_rules_duration_seconds_bucket{ip_family=\"IPv4\",le=\"0.001\"} 0\n\
+         kubeproxy_sync_proxy_rules_duration_seconds_sum{ip_family=\"IPv4\"} 12\n\
+         kubeproxy_sync_proxy_rules_duration_seconds_count{ip_family=\"IPv4\"} 240\n\
+         kubeproxy_sync_proxy_rules_duration_seconds_sum{ip_family=\"IPv6\"} 0.5\n\
+         kubeproxy_sync_proxy_rules_duration_seconds_count{ip_family=\"IPv6\"} 10\n",
     )
     .unwrap();
     let _server = Kill(

@@ -60,11 +60,11 @@ fn the_real_kube_proxy_sweeps_both_modes_beside_the_emulated_dataplanes() {
                 }
             }
         }
-        // More Services, more rules: kube-proxy's own chains per Service, counted on the node.
+        // More Services, more rules: at least one of each added Service's own, on the node.
         let rules = |n: u64| {
             points[&(variant.to_string(), n, "tcp-crr".to_string())]["service_dataplane"]["rules"].as_u64().unwrap()
         };
-        assert!(rules(1000) > rules(10) + 1000, "{variant}: {} rules at 10, {} at 1000", rules(10), rules(1000));
+        assert!(rules(1000) >= rules(10) + 990, "{variant}: {} rules at 10, {} at 1000", rules(10), rules(1000));
     }
     // The printed table names each variant.
     for variant in ["emulated/iptables", "kube-proxy/nftables"] {

@@ -512,7 +512,8 @@ pub fn run_endpoint_slice(run: &RunMeta, name: &str, ports: &[AgentPort], echo: 
 /// service rule counts (iptables through both backends, all nftables rules, and those of
 /// kube-proxy's own nftables tables; `null` where the image lacks the tool, so a missing
 /// tool never reads as zero rules) and kube-proxy's sync metrics, read from its metrics port
-/// with bash's /dev/tcp. The image needs bash, grep, awk and timeout, and for the counts
+/// with bash's /dev/tcp (summed over their labels: from 1.36 kube-proxy labels each
+/// `ip_family`). The image needs bash, grep, awk and timeout, and for the counts
 /// iptables-nft-save, iptables-legacy-save and nft. The Kubernetes lab runs the same script
 /// in each node's namespace, once (`ONCE=1`), with kube-proxy's metrics on the node's
 /// address (`METRICS_HOST`; default 127.0.0.1, where a cluster's kube-proxy binds them).
@@ -520,7 +521,7 @@ pub const INSPECTOR_SCRIPT: &str = r#"set -u
 have() { command -v "$1" >/dev/null 2>&1; }
 count_rules() { if have "$1"; then "$1" 2>/dev/null | grep -c '^-A' || true; else echo null; fi; }
 count_nft() { nft -a "$@" 2>/dev/null | grep '# handle' | grep -cvE '^\s*(table|chain|set|map|flowtable) ' || true; }
-metric() { printf '%s' "$METRICS" | awk -v m="$1" '$1 == m { print $2; found=1 } END { if (!found) print "null" }'; }
+metric() { printf '%s' "$METRICS" | awk -v m="$1" -v f="$2" '{ n = $1; sub(/\{.*/, "", n) } n == m { s += $2; found = 1 } END { if (found) printf f, s; else print "null" }'; }
 SEQ=0
 while true; do
   SEQ=$((SEQ + 1))
@@ -540,8 +541,8 @@ while true; do
   fi
   printf '{"node":"%s","seq":%s,"iptables_rules":%s,"iptables_legacy_rules":%s,"nft_rules":%s,"kube_proxy_nft_rules":%s,"sync_seconds_sum":%s,"sync_count":%s}\n' \
     "$NODE_NAME" "$SEQ" "${IPT:-0}" "${IPT_LEGACY:-0}" "${NFT:-0}" "${KP:-0}" \
-    "$(metric kubeproxy_sync_proxy_rules_duration_seconds_sum)" \
-    "$(metric kubeproxy_sync_proxy_rules_duration_seconds_count)"
+    "$(metric kubeproxy_sync_proxy_rules_duration_seconds_sum %.9f)" \
+    "$(metric kubeproxy_sync_proxy_rules_duration_seconds_count %d)"
   [ -z "${ONCE:-}" ] || break
   sleep 5
 done

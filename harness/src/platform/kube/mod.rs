@@ -456,20 +456,22 @@ impl Platform for KubePlatform {
                 .await?;
         // Each node's rules and sync time come from the nodes themselves where the coordinator
         // reaches them, else from the node inspector, when it runs.
-        let nodes = if let Some(access) = &self.options.nodes {
+        let after = if let Some(access) = &self.options.nodes {
             progress("reading the nodes' rules and kube-proxy's sync metrics".into());
-            let after = on_nodes(access, |n| n.reports()).await.context("reading the nodes' rules")?;
-            let nodes = inspect::programming(&self.reports, &after, &self.dataplane);
-            self.reports = after;
-            nodes
+            Some(on_nodes(access, |n| n.reports()).await.context("reading the nodes' rules")?)
         } else if self.options.inspector_image.is_some() {
             progress("waiting for the node inspector's next reports".into());
-            let after = inspect::fresh_reports(&cluster, &self.run, INSPECT_FRESH_WITHIN).await?;
-            let nodes = inspect::programming(&self.reports, &after, &self.dataplane);
-            self.reports = after;
-            nodes
+            Some(inspect::fresh_reports(&cluster, &self.run, INSPECT_FRESH_WITHIN).await?)
         } else {
-            Vec::new()
+            None
+        };
+        let nodes = match after {
+            Some(after) => {
+                let nodes = inspect::programming(&self.reports, &after, &self.dataplane);
+                self.reports = after;
+                nodes
+            }
+            None => Vec::new(),
         };
         Ok(ServicesApplied {
             services: deployed,
@@ -504,9 +506,9 @@ impl Platform for KubePlatform {
                 }
                 on_nodes(&nodes, move |n| n.set_proxy_mode(mode)).await?;
                 self.dataplane = mode.to_string();
+                // The new processes' sync counters start at zero: the next point's baseline.
+                self.reports = on_nodes(&nodes, |n| n.reports()).await.context("reading the nodes' rules")?;
             }
-            // The new processes' sync counters start at zero: the next point's baseline.
-            self.reports = on_nodes(&nodes, |n| n.reports()).await.context("reading the nodes' rules")?;
             return Ok(());
         }
         anyhow::bail!(

@@ -202,6 +202,7 @@ fn client(a: ClientArgs) -> anyhow::Result<ExitCode> {
         path: a.path,
         threads: a.threads,
         timeout_ms: ms(a.timeout),
+        start_at_unix_ns: None,
     };
     if let Err(e) = spec.validate() {
         eprintln!("error: --{}: {}", e.field.replace('_', "-").trim_end_matches("-ms"), e.message);

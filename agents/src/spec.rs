@@ -111,6 +111,12 @@ pub struct TestSpec {
     /// Per-operation timeout (connect, request, UDP answer).
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// Armed start: the test waits until this wall-clock instant (ns since the Unix epoch)
+    /// before its warm-up begins. The coordinator arms every client of a concurrent group
+    /// with one instant, so they start together; an instant already past starts at once
+    /// (the reported [`Window`] shows how late).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_at_unix_ns: Option<u64>,
 }
 
 fn default_duration_ms() -> u64 {
@@ -149,6 +155,7 @@ impl TestSpec {
             path: default_path(),
             threads: None,
             timeout_ms: default_timeout_ms(),
+            start_at_unix_ns: None,
         }
     }
 
@@ -234,6 +241,29 @@ pub struct TestResult {
     pub connect: Option<LatencySummary>,
     /// Answers counted per server id (from the identity every server stamps on its answers).
     pub servers: BTreeMap<String, u64>,
+    /// The measured window on this agent's wall clock, so the coordinator can check that
+    /// concurrent clients really overlapped instead of assuming it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<Window>,
+}
+
+/// A measured window in wall-clock ns since the Unix epoch (warm-up excluded).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Window {
+    pub start_ns: u64,
+    pub end_ns: u64,
+}
+
+impl Window {
+    pub fn len_ns(&self) -> u64 {
+        self.end_ns.saturating_sub(self.start_ns)
+    }
+}
+
+/// Now, in ns since the Unix epoch.
+pub fn unix_now_ns() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// The counters that apply to a test; those that do not apply are absent from the JSON.

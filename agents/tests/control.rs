@@ -112,6 +112,7 @@ fn result_for(spec: &TestSpec) -> TestResult {
         latency: None,
         connect: None,
         servers: [("stand-in".to_string(), 1u64)].into(),
+        window: None,
     }
 }
 

@@ -31,6 +31,10 @@ fn the_schema_accepts_a_full_result() {
         latency: Some(lat.clone()),
         connect: Some(lat),
         servers: [("echo-a".to_string(), 10u64)].into(),
+        window: Some(zonebench_agent::spec::Window {
+            start_ns: 1_700_000_000_000_000_000,
+            end_ns: 1_700_000_001_000_000_000,
+        }),
     };
     common::check_result(&r);
 }

@@ -133,7 +133,9 @@ impl ControlClient {
     /// Polls test `id` (started with `spec`) until it finishes.
     pub async fn wait_for(&self, id: &str, spec: &TestSpec) -> anyhow::Result<TestResult> {
         let id = id.to_string();
-        let expected = Duration::from_millis(spec.warmup_ms + spec.duration_ms);
+        // An armed test first waits for its start instant.
+        let armed = spec.start_at_unix_ns.map_or(0, |at| at.saturating_sub(zonebench_agent::spec::unix_now_ns()));
+        let expected = Duration::from_millis(spec.warmup_ms + spec.duration_ms) + Duration::from_nanos(armed);
         // Nothing can be done before the test's own time is up; then poll briskly.
         tokio::time::sleep(expected.saturating_sub(Duration::from_millis(50))).await;
         let give_up = tokio::time::Instant::now() + Duration::from_millis(spec.timeout_ms) + Duration::from_secs(30);

@@ -43,6 +43,9 @@ pub struct Step {
     pub server: String,
     /// The spec with a placeholder target; the run fills in the server's address.
     pub spec: TestSpec,
+    /// The concurrent group this step is one client of ([`group_id`]); a group's steps are
+    /// adjacent in the plan and run at once.
+    pub group: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -75,6 +78,8 @@ pub enum PlanError {
     NoZones,
     #[error("topology placement {variant:?} gives {counts} endpoint counts but the cluster has {zones} zones")]
     PlacementZones { variant: String, counts: usize, zones: usize },
+    #[error("tests[{test}] ({name}): {message}")]
+    Concurrency { test: usize, name: String, message: String },
 }
 
 /// Places agents and orders the steps. Servers go on each zone's first node and clients on
@@ -109,7 +114,7 @@ pub fn expand(s: &Scenario, cluster: &ClusterTopology) -> Result<Plan, PlanError
                 role: Role::Server,
             });
         }
-        for i in 0..s.agents.clients_per_zone {
+        for i in 0..scenario::concurrency::placed_clients(s) {
             placements.push(Placement {
                 id: format!("cli-{zone}-{i}"),
                 node: second.unwrap_or(first).to_string(),
@@ -131,6 +136,24 @@ pub fn expand(s: &Scenario, cluster: &ClusterTopology) -> Result<Plan, PlanError
                 continue;
             }
             let via = t.via.unwrap_or(s.defaults.via);
+            let shares = scenario::concurrency::zone_shares(s, t, &zones)
+                .map_err(|message| PlanError::Concurrency { test: test_index, name: t.label(), message })?;
+            if let Some(shares) = shares {
+                let base = Step {
+                    test_index,
+                    name: t.label(),
+                    kind: t.kind,
+                    via,
+                    variant: String::new(),
+                    repeat,
+                    client: String::new(),
+                    server: String::new(),
+                    spec: scenario::spec_for(s, t, "0.0.0.0:0"),
+                    group: None,
+                };
+                steps.extend(concurrent_steps(&base, t.pairs.unwrap_or(s.defaults.pairs), &shares, &zones, &variants));
+                continue;
+            }
             if via == Via::Service {
                 // A Service has no server zone to choose: one step per client zone, and
                 // the measured server is whoever answered. Routing variants run inside
@@ -152,6 +175,7 @@ pub fn expand(s: &Scenario, cluster: &ClusterTopology) -> Result<Plan, PlanError
                             client: format!("cli-{cz}-0"),
                             server: service.clone(),
                             spec: scenario::spec_for(s, t, "0.0.0.0:0"),
+                            group: None,
                         });
                     }
                 }
@@ -178,6 +202,7 @@ pub fn expand(s: &Scenario, cluster: &ClusterTopology) -> Result<Plan, PlanError
                         client: format!("cli-{cz}-0"),
                         server: format!("srv-{sz}-0"),
                         spec: scenario::spec_for(s, t, "0.0.0.0:0"),
+                        group: None,
                     });
                 }
             }
@@ -186,6 +211,72 @@ pub fn expand(s: &Scenario, cluster: &ClusterTopology) -> Result<Plan, PlanError
     debug_assert!(repeats_interleave(&steps), "steps must be ordered by repeat");
     let services = service_requests(s, &placements, &zones);
     Ok(Plan { placements, services, steps })
+}
+
+/// The steps of one concurrent test in one repeat: for a Service test one group per routing
+/// variant, every client of `shares` against the variant's Service; for a pod test one group
+/// per server zone, the clients of the zones `pairs` keeps for it. Each client's spec carries
+/// its part of the rate.
+fn concurrent_steps(
+    base: &Step,
+    pairs: Pairs,
+    shares: &[scenario::ZoneShare],
+    zones: &[String],
+    variants: &[scenario::topology::TopologyVariant],
+) -> Vec<Step> {
+    let targets: Vec<(String, String, Vec<&scenario::ZoneShare>)> = if base.via == Via::Service {
+        let all: Vec<_> = shares.iter().collect();
+        if variants.is_empty() {
+            vec![(String::new(), SERVICE_NAME.to_string(), all)]
+        } else {
+            variants.iter().map(|v| (v.name.clone(), variant_service(&v.name), all.clone())).collect()
+        }
+    } else {
+        zones
+            .iter()
+            .map(|sz| {
+                let kept = shares
+                    .iter()
+                    .filter(|z| match pairs {
+                        Pairs::ZoneMatrix => true,
+                        Pairs::SameZone => &z.zone == sz,
+                        Pairs::CrossZone => &z.zone != sz,
+                    })
+                    .collect();
+                (String::new(), format!("srv-{sz}-0"), kept)
+            })
+            .collect()
+    };
+    let mut steps = Vec::new();
+    for (variant, server, kept) in targets {
+        if kept.is_empty() {
+            continue;
+        }
+        let mut step = Step { variant, server, ..base.clone() };
+        let id = group_id(&step);
+        for share in kept {
+            for i in 0..share.clients {
+                let mut spec = base.spec.clone();
+                if share.qps_per_client.is_some() {
+                    spec.qps = share.qps_per_client;
+                }
+                step.client = format!("cli-{}-{i}", share.zone);
+                steps.push(Step { spec, group: Some(id.clone()), ..step.clone() });
+            }
+        }
+    }
+    steps
+}
+
+/// A concurrent group's id: `name/variant/target/rN`, the variant left out when empty;
+/// unique in a run, as one test has one group per target, variant and repeat.
+pub fn group_id(step: &Step) -> String {
+    let mut parts = vec![step.name.as_str()];
+    if !step.variant.is_empty() {
+        parts.push(&step.variant);
+    }
+    parts.push(&step.server);
+    format!("{}/r{}", parts.join("/"), step.repeat)
 }
 
 /// The ports the scenario's `via = service` tests use (tcp, udp, http), in that order.
@@ -513,5 +604,90 @@ mod tests {
                 prop_assert!(repeats_interleave(&plan.steps));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod concurrent {
+    use super::*;
+    use crate::model::{Fingerprint, Node};
+
+    fn cluster(zones: &[&str]) -> ClusterTopology {
+        let nodes = zones
+            .iter()
+            .flat_map(|z| {
+                (1..=2).map(move |i| Node {
+                    name: format!("{z}-{i}"),
+                    zone: z.to_string(),
+                    cpu_millis: 2000,
+                    ready: true,
+                })
+            })
+            .collect();
+        ClusterTopology { nodes, fingerprint: Fingerprint::default() }
+    }
+
+    fn plan(text: &str) -> Result<Plan, PlanError> {
+        let s = Scenario::parse(text, "t.toml", "t", &[]).unwrap();
+        expand(&s, &cluster(&["a", "b", "c"]))
+    }
+
+    #[test]
+    fn every_client_of_a_service_test_shares_one_group_and_the_rate_is_split_over_them() {
+        let p = plan("[[tests]]\nkind = \"http\"\nvia = \"service\"\nclients = 2\nqps = 600\n").unwrap();
+        assert_eq!(p.placements.iter().filter(|p| p.role == Role::Client).count(), 6);
+        assert_eq!(p.steps.len(), 6);
+        assert!(p.steps.iter().all(|s| s.group.as_deref() == Some("http/echo/r0") && s.server == SERVICE_NAME));
+        let clients: Vec<&str> = p.steps.iter().map(|s| s.client.as_str()).collect();
+        assert_eq!(clients, ["cli-a-0", "cli-a-1", "cli-b-0", "cli-b-1", "cli-c-0", "cli-c-1"]);
+        assert!(p.steps.iter().all(|s| s.spec.qps == Some(100.0)), "600 over 6 clients");
+    }
+
+    #[test]
+    fn zone_weights_split_the_rate_or_set_the_client_counts() {
+        let p =
+            plan("[[tests]]\nkind = \"http\"\nvia = \"service\"\nqps = 500\nzone_weights = { a = 3, b = 1, c = 1 }\n")
+                .unwrap();
+        let qps: Vec<(String, Option<f64>)> = p.steps.iter().map(|s| (s.client.clone(), s.spec.qps)).collect();
+        assert_eq!(
+            qps,
+            [("cli-a-0".into(), Some(300.0)), ("cli-b-0".into(), Some(100.0)), ("cli-c-0".into(), Some(100.0))]
+        );
+        let p = plan("[[tests]]\nkind = \"tcp-rr\"\nvia = \"service\"\nzone_weights = { a = 3, c = 1 }\n").unwrap();
+        let clients: Vec<&str> = p.steps.iter().map(|s| s.client.as_str()).collect();
+        assert_eq!(clients, ["cli-a-0", "cli-a-1", "cli-a-2", "cli-c-0"], "zone b left out gets none");
+    }
+
+    #[test]
+    fn a_pod_test_has_a_group_per_server_zone_with_the_clients_its_pairs_keep() {
+        let p = plan("[[tests]]\nkind = \"tcp-rr\"\nclients = \"all\"\npairs = \"cross-zone\"\nrepeat = 2\n").unwrap();
+        let mut groups: Vec<&str> = p.steps.iter().filter_map(|s| s.group.as_deref()).collect();
+        groups.dedup();
+        assert_eq!(
+            groups,
+            [
+                "tcp-rr/srv-a-0/r0",
+                "tcp-rr/srv-b-0/r0",
+                "tcp-rr/srv-c-0/r0",
+                "tcp-rr/srv-a-0/r1",
+                "tcp-rr/srv-b-0/r1",
+                "tcp-rr/srv-c-0/r1"
+            ]
+        );
+        let to_a: Vec<&str> = p
+            .steps
+            .iter()
+            .filter(|s| s.group.as_deref() == Some("tcp-rr/srv-a-0/r0"))
+            .map(|s| s.client.as_str())
+            .collect();
+        assert_eq!(to_a, ["cli-b-0", "cli-c-0"]);
+        assert!(repeats_interleave(&p.steps));
+    }
+
+    #[test]
+    fn weights_for_a_zone_the_cluster_lacks_are_an_error_naming_it() {
+        let text = "platform = \"kube\"\n[[tests]]\nkind = \"tcp-rr\"\nzone_weights = { a = 1, eu-west-1d = 2 }\n";
+        let e = plan(text).unwrap_err().to_string();
+        assert!(e.contains("tests[0] (tcp-rr)") && e.contains("\"eu-west-1d\"") && e.contains("a, b, c"), "{e}");
     }
 }

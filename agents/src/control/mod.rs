@@ -61,6 +61,10 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Read buffer per connection, which also bounds the size of a request's headers.
 const MAX_HEADER_BUF: usize = 64 * 1024;
 
+/// How far ahead a test may be armed (`start_at_unix_ns`): an armed test holds a running
+/// slot while it waits, so a far-off instant (a clock mix-up) must not hold it for long.
+pub const MAX_ARMED_NS: u64 = 60_000_000_000;
+
 /// The bounds a test started through the control API must stay within.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Limits {
@@ -128,6 +132,19 @@ impl Limits {
                 )
             }
             _ => {}
+        }
+        if let Some(at) = spec.start_at_unix_ns {
+            let ahead = at.saturating_sub(crate::spec::unix_now_ns());
+            if ahead > MAX_ARMED_NS {
+                return bad(
+                    "start_at_unix_ns",
+                    format!(
+                        "is {:.1} s ahead of this agent's clock; a test may be armed at most {} s ahead",
+                        ahead as f64 / 1e9,
+                        MAX_ARMED_NS / 1_000_000_000
+                    ),
+                );
+            }
         }
         if let Some(q) = spec.qps.filter(|&q| q > self.max_qps) {
             return bad("qps", format!("{q} is over this agent's limit of {} requests/s (--max-qps)", self.max_qps));
@@ -340,6 +357,11 @@ mod tests {
             ("qps", "--max-qps", Box::new(|s| s.qps = Some(100.5))),
             ("connections", "--max-connections", Box::new(|s| s.connections = 1025)),
             ("parallel", "--max-connections", Box::new(|s| s.parallel = 1025)),
+            (
+                "start_at_unix_ns",
+                "armed at most 60 s ahead",
+                Box::new(|s| s.start_at_unix_ns = Some(crate::spec::unix_now_ns() + 61_000_000_000)),
+            ),
         ];
         for (field, says, tweak) in cases {
             let mut spec = base.clone();

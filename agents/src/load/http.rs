@@ -126,6 +126,7 @@ pub fn run(spec: &TestSpec, target: SocketAddr, cancel: &CancellationToken) -> R
         latency: histogram::summarize(&total.latency),
         connect: histogram::summarize(&total.connect),
         servers: total.servers,
+        window: Some(phases.window()),
     })
 }
 

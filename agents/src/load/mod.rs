@@ -9,11 +9,11 @@
 
 use std::future::Future;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::spec::{SpecError, TestKind, TestResult, TestSpec};
+use crate::spec::{SpecError, TestKind, TestResult, TestSpec, Window};
 
 pub mod http;
 pub mod http_answer;
@@ -44,6 +44,9 @@ pub enum TestError {
 pub fn run(spec: &TestSpec, cancel: &CancellationToken) -> Result<TestResult, TestError> {
     spec.validate()?;
     let target = resolve_target(&spec.target)?;
+    if let Some(at) = spec.start_at_unix_ns {
+        wait_for_start(at, cancel)?;
+    }
     let result = match spec.test {
         TestKind::TcpStream => tcp_stream::run(spec, target, cancel),
         TestKind::UdpStream => udp_stream::run(spec, target, cancel),
@@ -56,6 +59,21 @@ pub fn run(spec: &TestSpec, cancel: &CancellationToken) -> Result<TestResult, Te
         return Err(TestError::Cancelled);
     }
     Ok(result)
+}
+
+/// Blocks until the armed start `at` (Unix ns) or cancellation. Sleeps in short slices so a
+/// cancel is honoured promptly; the last slice is exact to the OS timer.
+fn wait_for_start(at: u64, cancel: &CancellationToken) -> Result<(), TestError> {
+    loop {
+        if cancel.is_cancelled() {
+            return Err(TestError::Cancelled);
+        }
+        let now = crate::spec::unix_now_ns();
+        if now >= at {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_nanos(at - now).min(Duration::from_millis(50)));
+    }
 }
 
 /// `HOST:PORT` to the first address it resolves to (IPv4 preferred, as the lab is IPv4).
@@ -72,6 +90,8 @@ pub struct Phases {
     pub start: Instant,
     pub measure_start: Instant,
     pub end: Instant,
+    /// The wall clock at `start`, to report the measured [`Window`] in wall-clock time.
+    wall_start: SystemTime,
 }
 
 impl Phases {
@@ -81,7 +101,19 @@ impl Phases {
 
     pub fn starting_at(start: Instant, spec: &TestSpec) -> Phases {
         let measure_start = start + Duration::from_millis(spec.warmup_ms);
-        Phases { start, measure_start, end: measure_start + Duration::from_millis(spec.duration_ms) }
+        // `start` may lie a little before or after now; carry the offset to the wall clock.
+        let (now, wall_now) = (Instant::now(), SystemTime::now());
+        let wall_start = if start <= now { wall_now - (now - start) } else { wall_now + (start - now) };
+        Phases { start, measure_start, end: measure_start + Duration::from_millis(spec.duration_ms), wall_start }
+    }
+
+    /// The measured window on the wall clock.
+    pub fn window(&self) -> Window {
+        let at = |t: Instant| {
+            let wall = self.wall_start + (t - self.start);
+            wall.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+        };
+        Window { start_ns: at(self.measure_start), end_ns: at(self.end) }
     }
 
     /// Whether an operation that started at `began` and finished at `done` is measured.
@@ -208,6 +240,24 @@ mod unit {
         assert!(p.counts(t0 + ms(1000), t0 + ms(1001)));
         assert!(!p.counts(t0 + ms(2999), t0 + ms(3001)));
         assert_eq!(p.measured_ns(), 2_000_000_000);
+        let w = p.window();
+        assert_eq!(w.len_ns(), 2_000_000_000);
+        let now = crate::spec::unix_now_ns();
+        assert!(w.start_ns > now && w.start_ns - now <= 1_000_000_000, "{w:?} against {now}");
+    }
+
+    #[test]
+    fn an_armed_test_waits_for_its_instant_and_a_past_one_starts_at_once() {
+        let cancel = CancellationToken::new();
+        let t0 = Instant::now();
+        wait_for_start(crate::spec::unix_now_ns() + 120_000_000, &cancel).unwrap();
+        assert!(t0.elapsed() >= Duration::from_millis(115), "{:?}", t0.elapsed());
+        let t1 = Instant::now();
+        wait_for_start(crate::spec::unix_now_ns().saturating_sub(5_000_000_000), &cancel).unwrap();
+        assert!(t1.elapsed() < Duration::from_millis(50));
+        cancel.cancel();
+        let far = crate::spec::unix_now_ns() + 30_000_000_000;
+        assert!(matches!(wait_for_start(far, &cancel), Err(TestError::Cancelled)));
     }
 
     #[test]

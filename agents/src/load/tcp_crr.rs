@@ -92,6 +92,7 @@ pub fn run(spec: &TestSpec, target: SocketAddr, cancel: &CancellationToken) -> R
         latency: histogram::summarize(&latency),
         connect: histogram::summarize(&connect),
         servers,
+        window: Some(phases.window()),
     })
 }
 

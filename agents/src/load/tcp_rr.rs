@@ -72,6 +72,7 @@ pub fn run(spec: &TestSpec, target: SocketAddr, cancel: &CancellationToken) -> R
         latency: histogram::summarize(&latency),
         connect: None,
         servers,
+        window: Some(phases.window()),
     })
 }
 

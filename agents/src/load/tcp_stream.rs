@@ -102,6 +102,7 @@ pub fn run(spec: &TestSpec, target: SocketAddr, cancel: &CancellationToken) -> R
         latency: None,
         connect: None,
         servers,
+        window: Some(phases.window()),
     })
 }
 

@@ -369,5 +369,6 @@ fn summarize(spec: &TestSpec, phases: &Phases, tallies: Vec<Tally>) -> TestResul
         latency: histogram::summarize(&latency),
         connect: None,
         servers,
+        window: Some(phases.window()),
     }
 }

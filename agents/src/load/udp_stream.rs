@@ -314,5 +314,6 @@ fn summarize(spec: &TestSpec, phases: &Phases, outcomes: &[Outcome]) -> TestResu
         latency: None,
         connect: None,
         servers,
+        window: Some(phases.window()),
     }
 }

@@ -4,6 +4,7 @@
 //! ([`output`]).
 
 pub mod compare;
+pub mod group;
 pub mod locality;
 pub mod metrics;
 pub mod noise;

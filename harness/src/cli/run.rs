@@ -236,6 +236,7 @@ fn report_outcome(outcome: &run::RunOutcome) -> Exit {
     } else {
         print!("{}", present::matrix::render(&outcome.results));
     }
+    print!("{}", present::groups::render(&outcome.results));
     // A run that failed as a whole (before or between steps) says why, not only where.
     if let Some(error) = &outcome.results.error {
         eprintln!("error: {error}");

@@ -3,6 +3,7 @@
 //! programming probes. Platforms produce these; the planner, the runner and results read
 //! them, so they live below all of them.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -182,6 +183,9 @@ pub struct DeployedService {
     pub ports: Vec<(AgentPort, u16)>,
     /// The EndpointSlice controller's verdict on its hints, when the platform knows it.
     pub hints: Option<HintsVerdict>,
+    /// The endpoints (agent ids) each node's dataplane routes the Service to, by node name,
+    /// when the platform knows (the lab programs them itself); empty when it does not.
+    pub routes: BTreeMap<String, Vec<String>>,
 }
 
 impl DeployedService {

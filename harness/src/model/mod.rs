@@ -10,6 +10,7 @@
 
 pub mod cluster;
 pub mod cost;
+pub mod group;
 pub mod hints;
 pub mod kinds;
 pub mod noise;
@@ -17,6 +18,7 @@ pub mod results;
 
 pub use cluster::*;
 pub use cost::{CostLine, CostModel, CostSection, Locality};
+pub use group::{EndpointLoad, EndpointShare, Group};
 pub use hints::{HintsEvent, HintsVerdict, LiveHintsCheck};
 pub use kinds::*;
 pub use noise::{NoiseFigure, NoiseGroup, NoiseReport};

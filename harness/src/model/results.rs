@@ -5,10 +5,11 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use zonebench_agent::spec::{LatencySummary, Metrics, TestKind};
+use zonebench_agent::spec::{LatencySummary, Metrics, TestKind, Window};
 
 use super::cluster::Fingerprint;
 use super::cost::{CostSection, Locality};
+use super::group::Group;
 use super::hints::HintsVerdict;
 use super::kinds::{DataplaneName, Via};
 use super::noise::NoiseReport;
@@ -42,6 +43,9 @@ pub struct RunResults {
     /// Steps that did not produce a measurement, and why.
     #[serde(default)]
     pub failures: Vec<Failure>,
+    /// Concurrent groups: clients of one test that ran at once, and what they add up to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<Group>,
     /// Why the run stopped early, when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -86,6 +90,12 @@ pub struct Measurement {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connect: Option<LatencySummary>,
     pub servers: BTreeMap<String, u64>,
+    /// The measured window on the client agent's wall clock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<Window>,
+    /// The concurrent group this measurement belongs to (an id in `groups`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
     /// Service-scaling sweep points: the dataplane's state when this was measured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_dataplane: Option<ServiceDataplaneStats>,
@@ -134,6 +144,9 @@ pub struct Failure {
     /// Parameters that locate the step (a sweep point's `services`), when it had any.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub params: BTreeMap<String, serde_json::Value>,
+    /// The concurrent group the step belonged to, when it was one client of several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 /// Now as RFC 3339 UTC with seconds.

@@ -66,6 +66,7 @@ mod tests {
             fingerprint: Fingerprint::default(),
             measurements: vec![],
             failures: vec![],
+            groups: vec![],
             error: None,
             noise: None,
             cost: None,
@@ -80,6 +81,7 @@ mod tests {
                 error: "the eBPF dataplane is not available in this build: clang was not found".into(),
                 variant: "ebpf".into(),
                 params: [("services".to_string(), 10.into())].into(),
+                group: None,
             });
         }
         let text = render(&r);

@@ -102,6 +102,9 @@ pub fn render(p: &Page<'_>) -> String {
     if let Some(t) = p.topology {
         topology(&mut out, t, p.svgs);
     }
+    if !r.groups.is_empty() {
+        groups(&mut out, r);
+    }
     if !r.failures.is_empty() {
         let _ = writeln!(out, "<h2>Failed steps</h2><table><tr><th class=\"l\">test</th><th class=\"l\">client → server</th><th class=\"l\">error</th></tr>");
         for f in &r.failures {
@@ -297,6 +300,29 @@ fn sweep(out: &mut String, s: &SweepSection, svgs: &std::collections::BTreeMap<S
             f(r.connect, 1),
             f(r.latency, 0),
             f(r.latency, 1)
+        );
+    }
+    out.push_str("</table>\n");
+}
+
+fn groups(out: &mut String, r: &crate::model::RunResults) {
+    use crate::analysis::group::{load_words, rate_words};
+    out.push_str("<h2 id=\"groups\">Concurrent groups</h2><p>Clients of one test released at one instant against one target: their windows' overlap, the summed rate, the merged latency, and through a Service each endpoint's share of the answers against the mean.</p>");
+    out.push_str("<table><tr><th class=\"l\">group</th><th>clients</th><th>overlap</th><th>rate</th><th>p50</th><th>p99</th><th class=\"l\">load</th></tr>\n");
+    for g in &r.groups {
+        let overloaded = g.load.as_ref().is_some_and(|l| !l.overloaded.is_empty());
+        let _ = writeln!(
+            out,
+            "<tr><td class=\"l\">{}</td><td>{}/{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"l{}\">{}</td></tr>",
+            escape(&g.id),
+            g.members.len(),
+            g.clients.len(),
+            g.overlap_pct.map(|o| format!("{o:.1} %")).unwrap_or_else(|| "?".into()),
+            escape(&rate_words(g)),
+            g.latency.as_ref().map(|l| format_ns(l.p50_ns as f64)).unwrap_or_default(),
+            g.latency.as_ref().map(|l| format_ns(l.p99_ns as f64)).unwrap_or_default(),
+            if overloaded { " bad" } else { "" },
+            escape(&g.load.as_ref().map(load_words).unwrap_or_else(|| "-".into())),
         );
     }
     out.push_str("</table>\n");

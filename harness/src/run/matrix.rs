@@ -22,16 +22,31 @@ pub(super) async fn drive<P: Platform>(platform: &mut P, mut session: Session<'_
     };
     let bar = session.progress(platform, session.plan.steps.len() as u64);
     let steps = session.plan.steps.clone();
-    for step in &steps {
+    let mut rest = &steps[..];
+    while let Some(step) = rest.first() {
         if session.cancel.is_cancelled() {
             break;
         }
+        // A concurrent group is the run of adjacent steps with its id; it runs at once.
+        let len = match &step.group {
+            Some(id) => rest.iter().take_while(|s| s.group.as_ref() == Some(id)).count(),
+            None => 1,
+        };
+        let (now, later) = rest.split_at(len);
+        rest = later;
         let plan = &session.plan;
-        bar.set_message(format!("{} {}→{}", step.name, zone_of(plan, &step.client), zone_of(plan, &step.server)));
-        let what = || format!("{} {} → {}", step.name, step.client, step.server);
-        let flow = session
-            .record(step, &services, &bar, what, BTreeMap::new(), |m, plan| attach_locality(m, plan, step, &services))
-            .await?;
+        let flow = if step.group.is_some() {
+            bar.set_message(format!("{} ×{} → {}", step.name, now.len(), step.server));
+            session.record_group(now, &services, &bar, |m, plan, s| attach_locality(m, plan, s, &services)).await?
+        } else {
+            bar.set_message(format!("{} {}→{}", step.name, zone_of(plan, &step.client), zone_of(plan, &step.server)));
+            let what = || format!("{} {} → {}", step.name, step.client, step.server);
+            session
+                .record(step, &services, &bar, what, BTreeMap::new(), |m, plan| {
+                    attach_locality(m, plan, step, &services)
+                })
+                .await?
+        };
         if flow == Flow::Stop {
             break;
         }

@@ -13,7 +13,10 @@ use tokio_util::sync::CancellationToken;
 use super::progress::{progress_bar, BarProgress};
 use super::step::{measurement, run_step, server_down, unanswered, until_cancelled};
 use super::{store, RunOptions};
-use crate::model::{DeployedAgent, DeployedService, Failure, Measurement};
+use zonebench_agent::spec::TestResult;
+
+use crate::analysis::group::{self, ServiceShape};
+use crate::model::{DeployedAgent, DeployedService, Endpoint, Failure, Group, Measurement, Via};
 use crate::plan::{self, Plan, Step};
 use crate::platform::{Capability, Platform, Unsupported};
 use crate::results::store::RunStore;
@@ -57,6 +60,9 @@ impl<'a> Session<'a> {
             for step in &mut plan.steps {
                 step.variant =
                     if step.variant.is_empty() { label.to_string() } else { format!("{label}/{}", step.variant) };
+                if step.group.is_some() {
+                    step.group = Some(plan::group_id(step));
+                }
             }
         }
         for capability in needs(scenario, &plan, platform) {
@@ -90,15 +96,60 @@ impl<'a> Session<'a> {
         failure_params: BTreeMap<String, serde_json::Value>,
         complete: impl FnOnce(&mut Measurement, &Plan),
     ) -> anyhow::Result<Flow> {
-        let outcome = match run_step(step, &self.agents, services, self.cancel).await {
+        let outcome = run_step(step, &self.agents, services, self.cancel, None).await;
+        let Some(outcome) = self.judge(step, outcome).await else { return Ok(Flow::Stop) };
+        self.keep(step, outcome, bar, what(), failure_params, complete)?;
+        bar.inc(1);
+        Ok(Flow::Continue)
+    }
+
+    /// Runs the steps of one concurrent group at once and records each client's measurement
+    /// or failure, then the group's summary (see `analysis::group`). Every client is armed
+    /// with one start instant before any starts, so they begin together; each reports its
+    /// window, and the summary says how far they overlapped.
+    pub async fn record_group(
+        &mut self,
+        steps: &[Step],
+        services: &BTreeMap<String, DeployedService>,
+        bar: &ProgressBar,
+        complete: impl Fn(&mut Measurement, &Plan, &Step),
+    ) -> anyhow::Result<Flow> {
+        let Some(first) = steps.first() else { return Ok(Flow::Continue) };
+        let began = std::time::Instant::now();
+        let start_at = zonebench_agent::spec::unix_now_ns() + arm_margin(steps.len()).as_nanos() as u64;
+        let runs = steps.iter().map(|step| run_step(step, &self.agents, services, self.cancel, Some(start_at)));
+        let outcomes = futures::future::join_all(runs).await;
+        let elapsed_ns = began.elapsed().as_nanos() as u64;
+        let mut members = Vec::new();
+        let mut failed = 0;
+        for (step, outcome) in steps.iter().zip(outcomes) {
+            let Some(outcome) = self.judge(step, outcome).await else { return Ok(Flow::Stop) };
+            let what = format!("{} {} → {} (group {})", step.name, step.client, step.server, plan::group_id(step));
+            match self.keep(step, outcome, bar, what, BTreeMap::new(), |m, plan| complete(m, plan, step))? {
+                Some(index) => members.push(index),
+                None => failed += 1,
+            }
+            bar.inc(1);
+        }
+        let mut group = self.group_summary(first, steps, &members, failed, services);
+        group.elapsed_ns = elapsed_ns;
+        self.store.results.groups.push(group);
+        self.store.flush()?;
+        Ok(Flow::Continue)
+    }
+
+    /// A step's outcome as it may be recorded: its result, or why it cannot stand as a
+    /// measurement. `None` when the run was cancelled meanwhile.
+    async fn judge(&self, step: &Step, outcome: anyhow::Result<TestResult>) -> Option<Result<TestResult, String>> {
+        let outcome = match outcome {
             Err(e) if self.cancel.is_cancelled() => {
                 tracing::debug!("{} stopped by the signal: {e:#}", step.name);
-                return Ok(Flow::Stop);
+                return None;
             }
             Err(e) => Err(format!("{e:#}")),
             Ok(result) => Ok(result),
         };
-        let outcome = match outcome {
+        Some(match outcome {
             Ok(result) if result.metrics.errors.unwrap_or(0) == 0 => Ok(result),
             // The step failed or some of its operations did: a result without any answer
             // is no measurement, and a step whose server agent is down is that agent's
@@ -112,22 +163,102 @@ impl<'a> Session<'a> {
                 (Err(e), None) => Err(e),
                 (Err(e), Some(down)) => Err(format!("{e}; {down}")),
             },
-        };
+        })
+    }
+
+    /// Stores a judged outcome: the measurement (its index in the results) or the failure.
+    fn keep(
+        &mut self,
+        step: &Step,
+        outcome: Result<TestResult, String>,
+        bar: &ProgressBar,
+        what: String,
+        failure_params: BTreeMap<String, serde_json::Value>,
+        complete: impl FnOnce(&mut Measurement, &Plan),
+    ) -> anyhow::Result<Option<usize>> {
         match outcome {
             Ok(result) => {
                 let mut m = measurement(&self.plan, step, &self.agents, result)?;
                 complete(&mut m, &self.plan);
-                self.store.push(m).with_context(|| format!("storing the measurement of {}", what()))?;
+                self.store.push(m).with_context(|| format!("storing the measurement of {what}"))?;
+                Ok(Some(self.store.results.measurements.len() - 1))
             }
             Err(e) => {
-                bar.suspend(|| eprintln!("warning: {}: {e}", what()));
+                bar.suspend(|| eprintln!("warning: {what}: {e}"));
                 self.store.results.failures.push(failure(step, e, failure_params));
                 self.store.flush()?;
+                Ok(None)
             }
         }
-        bar.inc(1);
-        Ok(Flow::Continue)
     }
+
+    /// The summary of a group whose measured members are at `members` in the results.
+    fn group_summary(
+        &self,
+        first: &Step,
+        steps: &[Step],
+        members: &[usize],
+        failed: u32,
+        services: &BTreeMap<String, DeployedService>,
+    ) -> Group {
+        let clients = steps
+            .iter()
+            .map(|s| {
+                let p = self.plan.placement(&s.client);
+                let a = self.agents.get(&s.client);
+                Endpoint {
+                    agent: s.client.clone(),
+                    node: a.map(|a| a.node.clone()).unwrap_or_default(),
+                    zone: p.map(|p| p.zone.clone()).unwrap_or_default(),
+                }
+            })
+            .collect();
+        let group = Group {
+            id: plan::group_id(first),
+            test: first.kind,
+            name: first.name.clone(),
+            via: first.via,
+            variant: first.variant.clone(),
+            repeat: first.repeat,
+            target: first.server.clone(),
+            clients,
+            members: Vec::new(),
+            failed,
+            span: None,
+            overlap_pct: None,
+            elapsed_ns: 0,
+            metrics: Default::default(),
+            latency: None,
+            connect: None,
+            servers: BTreeMap::new(),
+            load: None,
+        };
+        let empty = BTreeMap::new();
+        let shape = (first.via == Via::Service).then(|| {
+            let backends = self.plan.services.iter().find(|s| s.name == first.server);
+            ServiceShape {
+                endpoints: backends
+                    .map(|b| {
+                        b.backends
+                            .iter()
+                            .map(|a| (a.clone(), self.plan.placement(a).map(|p| p.zone.clone()).unwrap_or_default()))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                routes: services.get(&first.server).map_or(&empty, |s| &s.routes),
+                threshold: self.scenario.defaults.overload_threshold,
+            }
+        });
+        let ms = &self.store.results.measurements;
+        let members: Vec<(usize, &Measurement)> = members.iter().map(|&i| (i, &ms[i])).collect();
+        group::summarize(group, &members, shape.as_ref())
+    }
+}
+
+/// How far ahead a group's start instant lies: long enough for every arming call to reach
+/// its agent first (they go out at once), short against a test window.
+fn arm_margin(clients: usize) -> std::time::Duration {
+    std::time::Duration::from_millis(150 + 15 * clients as u64)
 }
 
 /// The failure a step that did not measure leaves in the results.
@@ -141,6 +272,7 @@ pub(super) fn failure(step: &Step, error: String, params: BTreeMap<String, serde
         error,
         variant: step.variant.clone(),
         params,
+        group: step.group.clone(),
     }
 }
 

@@ -15,13 +15,15 @@ use crate::control_client::ControlClient;
 use crate::model::{AgentPort, CostModel, CostSection, DeployedAgent, DeployedService, Endpoint, Measurement, Via};
 use crate::plan::{self, Plan, Step};
 
-/// Runs one step (its server is an agent, or a Service for `via = service`); on
-/// cancellation, cancels the agent's test and returns an error.
+/// Runs one step (its server is an agent, or a Service for `via = service`), armed to start
+/// at `start_at` (Unix ns) when given; on cancellation, cancels the agent's test and returns
+/// an error.
 pub(super) async fn run_step(
     step: &Step,
     agents: &BTreeMap<String, DeployedAgent>,
     services: &BTreeMap<String, DeployedService>,
     cancel: &CancellationToken,
+    start_at: Option<u64>,
 ) -> anyhow::Result<TestResult> {
     let client = agents.get(&step.client).with_context(|| format!("agent {} was not deployed", step.client))?;
     let target = match step.via {
@@ -35,9 +37,13 @@ pub(super) async fn run_step(
             svc.address(port).with_context(|| format!("service {} has no {} port", step.server, port.name()))?
         }
     };
-    let spec = TestSpec { target: target.to_string(), ..step.spec.clone() };
+    let spec = TestSpec { target: target.to_string(), start_at_unix_ns: start_at, ..step.spec.clone() };
     let control = ControlClient::new(client.control.clone(), client.token.clone());
     let id = control.start_test(&spec).await?;
+    if let Some(at) = start_at.filter(|&at| zonebench_agent::spec::unix_now_ns() > at) {
+        let late = (zonebench_agent::spec::unix_now_ns() - at) as f64 / 1e6;
+        tracing::warn!("{} was armed {late:.1} ms after its group's start instant: it starts late", step.client);
+    }
     tokio::select! {
         r = control.wait_for(&id, &spec) => r,
         _ = cancel.cancelled() => {
@@ -127,6 +133,8 @@ pub(super) fn measurement(
         latency: r.latency,
         connect: r.connect,
         servers: r.servers,
+        window: r.window,
+        group: step.group.clone(),
         service_dataplane: None,
         locality: None,
         hints: None,

@@ -68,6 +68,7 @@ fn new_store(scenario: &Scenario, cluster: &ClusterTopology, opts: &RunOptions) 
         fingerprint: cluster.fingerprint.clone(),
         measurements: Vec::new(),
         failures: Vec::new(),
+        groups: Vec::new(),
         error: None,
         noise: None,
         cost: None,

@@ -169,6 +169,7 @@ fn point_step(
         client: setup.client.clone(),
         server: plan::service_name(count),
         spec: scenario::spec_for(session.scenario, t, "0.0.0.0:0"),
+        group: None,
     }
 }
 

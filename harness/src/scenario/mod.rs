@@ -4,6 +4,7 @@
 //! and owns every configuration table (`[lab]`, `[kube]`, `[sweep]`, `[topology]`); `plan`
 //! expands a scenario into steps.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use zonebench_agent::spec::TestKind;
 pub use crate::model::Via;
 
 pub mod builtin;
+pub mod concurrency;
 pub mod kube;
 pub mod lab;
 mod overrides;
@@ -21,6 +23,7 @@ pub mod sweep;
 pub mod topology;
 mod values;
 
+pub use concurrency::{Clients, ZoneShare};
 pub use kube::KubeSettings;
 pub use lab::LabConfig;
 pub use overrides::apply_override;
@@ -120,6 +123,10 @@ pub struct Defaults {
     /// measurement is flagged as noisy in results, report and comparisons.
     #[serde(default = "default_max_spread_pct")]
     pub max_spread_pct: f64,
+    /// A concurrent Service test flags an endpoint that answers more than this many times
+    /// the mean of the Service's endpoints.
+    #[serde(default = "default_overload_threshold")]
+    pub overload_threshold: f64,
 }
 
 impl Default for Defaults {
@@ -132,6 +139,7 @@ impl Default for Defaults {
             repeat: 1,
             timeout: default_timeout(),
             max_spread_pct: default_max_spread_pct(),
+            overload_threshold: default_overload_threshold(),
         }
     }
 }
@@ -147,6 +155,9 @@ fn default_warmup() -> HumanDuration {
 }
 fn default_max_spread_pct() -> f64 {
     crate::model::noise::DEFAULT_MAX_SPREAD_PCT
+}
+fn default_overload_threshold() -> f64 {
+    crate::model::group::DEFAULT_OVERLOAD_THRESHOLD
 }
 fn default_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(2))
@@ -195,6 +206,12 @@ pub struct TestEntry {
     pub path: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threads: Option<u32>,
+    /// Run from many clients at once: `"all"` or a count per zone (see [`concurrency`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clients: Option<Clients>,
+    /// Split the clients (or, with `qps`, the rate) over zones in this ratio.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone_weights: Option<BTreeMap<String, u32>>,
 }
 
 impl TestEntry {
@@ -266,10 +283,16 @@ impl Scenario {
         if !(spread.is_finite() && spread > 0.0 && spread <= 1000.0) {
             return bad("defaults.max_spread_pct".into(), "must be a percentage above 0 (at most 1000)");
         }
+        let threshold = self.defaults.overload_threshold;
+        if !(threshold.is_finite() && threshold > 1.0 && threshold <= 100.0) {
+            return bad("defaults.overload_threshold".into(), "must be a ratio above 1 (at most 100), e.g. 1.5");
+        }
         if self.tests.is_empty() {
             return bad("tests".into(), "a scenario needs at least one [[tests]] entry");
         }
         let zones = self.lab.zones.len();
+        let lab_zones =
+            matches!(self.platform, PlatformChoice::Lab | PlatformChoice::Auto).then_some(&self.lab.zones[..]);
         for (i, t) in self.tests.iter().enumerate() {
             let f = |name: &str| format!("tests[{i}].{name}");
             if let Some(r) = t.repeat {
@@ -288,6 +311,13 @@ impl Scenario {
                     return bad(f("name"), "must be non-empty and contain no commas");
                 }
             }
+            concurrency::validate(t, lab_zones).map_err(|(field, m)| (f(&field), m))?;
+            if t.is_concurrent() && self.sweep.is_some() {
+                return bad(
+                    f("clients"),
+                    "concurrent tests (clients, zone_weights) are not supported in a [sweep] yet",
+                );
+            }
         }
         let mut labels: Vec<String> = self.tests.iter().map(TestEntry::label).collect();
         labels.sort();
@@ -299,8 +329,7 @@ impl Scenario {
         }
         self.cost.validate().map_err(|(f, m)| (format!("cost.{f}"), m))?;
         if let Some(t) = &self.topology {
-            let lab_zones = matches!(self.platform, PlatformChoice::Lab | PlatformChoice::Auto).then_some(zones);
-            t.validate(lab_zones)?;
+            t.validate(lab_zones.map(<[String]>::len))?;
             if !self.tests.iter().any(|t| t.via.unwrap_or(self.defaults.via) == Via::Service) {
                 return bad("topology".into(), "routing variants need a test with via = \"service\"");
             }

@@ -182,3 +182,42 @@ fn a_negative_cross_zone_price_is_refused_by_field() {
     assert_eq!(e.field, "cost.per_gb_cross_zone", "{e}");
     assert_eq!(e.location, "s.toml:2", "{e}");
 }
+
+#[test]
+fn clients_take_all_or_a_count_per_zone_and_a_bad_value_is_named() {
+    let s =
+        parse("[[tests]]\nkind = \"tcp-rr\"\nclients = \"all\"\n[[tests]]\nkind = \"http\"\nclients = 3\n").unwrap();
+    assert_eq!(s.tests[0].clients, Some(Clients::All));
+    assert_eq!(s.tests[1].clients, Some(Clients::PerZone(3)));
+    assert_eq!(concurrency::placed_clients(&s), 3, "the run places what the tests ask for");
+    let e = parse("[[tests]]\nkind = \"tcp-rr\"\nclients = \"many\"\n").unwrap_err();
+    assert!(e.location.starts_with("s.toml:3:") && e.message.contains("\"many\""), "{e}");
+    let e = parse("[[tests]]\nkind = \"tcp-rr\"\nclients = 17\n").unwrap_err();
+    assert_eq!(e.field, "tests[0].clients", "{e}");
+}
+
+#[test]
+fn zone_weights_for_zones_that_do_not_exist_are_refused_by_name() {
+    let e =
+        parse("[lab]\nzones = \"a,b\"\n[[tests]]\nkind = \"tcp-rr\"\nzone_weights = { a = 3, d = 1 }\n").unwrap_err();
+    assert_eq!(e.field, "tests[0].zone_weights", "{e}");
+    assert!(e.message.contains("\"d\"") && e.message.contains("a, b"), "{e}");
+    assert_eq!(e.location, "s.toml:5", "{e}");
+    let e = parse("[[tests]]\nkind = \"tcp-rr\"\nzone_weights = { a = 0 }\n").unwrap_err();
+    assert!(e.message.contains("above 0"), "{e}");
+    let e = parse("[[tests]]\nkind = \"tcp-rr\"\nclients = 2\nzone_weights = { a = 1 }\n").unwrap_err();
+    assert!(e.message.contains("client counts"), "{e}");
+    let e = parse("[[tests]]\nkind = \"tcp-rr\"\nzone_weights = { a = 20 }\n").unwrap_err();
+    assert!(e.message.contains("20 clients"), "{e}");
+    // With a rate to split, a weight is a ratio and may be large.
+    parse("[[tests]]\nkind = \"http\"\nqps = 900\nzone_weights = { a = 30, b = 10 }\n").unwrap();
+}
+
+#[test]
+fn concurrency_in_a_sweep_and_a_bad_overload_threshold_are_refused() {
+    let e = parse("[sweep]\n[[tests]]\nkind = \"tcp-rr\"\nvia = \"service\"\nclients = \"all\"\n").unwrap_err();
+    assert_eq!(e.field, "tests[0].clients", "{e}");
+    assert!(e.message.contains("not supported in a [sweep]"), "{e}");
+    let e = parse("[defaults]\noverload_threshold = 1.0\n[[tests]]\nkind = \"tcp-rr\"\n").unwrap_err();
+    assert_eq!(e.field, "defaults.overload_threshold", "{e}");
+}

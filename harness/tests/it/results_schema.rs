@@ -5,10 +5,12 @@ use std::collections::BTreeMap;
 
 use crate::support::scratch;
 use zonebench::model::Fingerprint;
-use zonebench::model::{Endpoint, Failure, Measurement, RunResults, RunStatus, SCHEMA_VERSION};
+use zonebench::model::{
+    Endpoint, EndpointLoad, EndpointShare, Failure, Group, Measurement, RunResults, RunStatus, SCHEMA_VERSION,
+};
 use zonebench::results::store;
 use zonebench_agent::histogram;
-use zonebench_agent::spec::{Metrics, TestKind};
+use zonebench_agent::spec::{Metrics, TestKind, Window};
 
 fn schema_dir() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../results/schema")
@@ -63,6 +65,8 @@ fn sample() -> RunResults {
             latency: histogram::summarize(&h),
             connect: None,
             servers: [("srv-b-0".to_string(), 1)].into(),
+            window: Some(Window { start_ns: 1_700_000_000_000_000_000, end_ns: 1_700_000_001_000_000_000 }),
+            group: Some("tcp-rr/echo/r0".into()),
             service_dataplane: None,
             locality: None,
             hints: None,
@@ -76,6 +80,46 @@ fn sample() -> RunResults {
             error: "boom".into(),
             variant: String::new(),
             params: BTreeMap::new(),
+            group: Some("tcp-rr/echo/r0".into()),
+        }],
+        groups: vec![Group {
+            id: "tcp-rr/echo/r0".into(),
+            test: TestKind::TcpRr,
+            name: "tcp-rr".into(),
+            via: zonebench::model::Via::Service,
+            variant: String::new(),
+            repeat: 0,
+            target: "echo".into(),
+            clients: vec![ep("cli-a-0", "a"), ep("cli-a-1", "a")],
+            members: vec![0],
+            failed: 1,
+            span: Some(Window { start_ns: 1_700_000_000_000_000_000, end_ns: 1_700_000_001_000_000_000 }),
+            overlap_pct: Some(100.0),
+            elapsed_ns: 1_250_000_000,
+            metrics: Metrics { transactions_per_sec: Some(1.0), errors: Some(0), ..Default::default() },
+            latency: histogram::summarize(&h),
+            connect: None,
+            servers: [("srv-b-0".to_string(), 1)].into(),
+            load: Some(EndpointLoad {
+                threshold: 1.5,
+                endpoints: vec![
+                    EndpointShare {
+                        agent: "srv-b-0".into(),
+                        zone: "b".into(),
+                        answers: 1,
+                        ratio: 2.0,
+                        expected_ratio: Some(2.0),
+                    },
+                    EndpointShare {
+                        agent: "srv-a-0".into(),
+                        zone: "a".into(),
+                        answers: 0,
+                        ratio: 0.0,
+                        expected_ratio: None,
+                    },
+                ],
+                overloaded: vec!["srv-b-0".into()],
+            }),
         }],
         error: None,
         noise: None,

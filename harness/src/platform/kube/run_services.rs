@@ -417,6 +417,9 @@ fn deployed(
         ip: cluster_ip(ns, r, svc)?,
         ports: r.ports.iter().map(|&p| (p, manifests::agent_port(p))).collect(),
         hints,
+        // kube-proxy's choice per node is not read back from a cluster (yet): the group
+        // summary then gives measured shares without the expected ones.
+        routes: BTreeMap::new(),
     })
 }
 

@@ -516,6 +516,13 @@ impl LabPlatform {
                     ip: IpAddr::V4(s.vip),
                     ports: s.ports.clone(),
                     hints: Some(v),
+                    routes: nodes
+                        .iter()
+                        .map(|(node, zone)| {
+                            let chosen = services::endpoints_for_node(node, zone, s);
+                            (node.to_string(), chosen.iter().map(|e| e.agent.clone()).collect())
+                        })
+                        .collect(),
                 })
                 .collect(),
             dataplane: DataplaneName::Lab(self.services.kind()),

@@ -69,6 +69,10 @@ struct ServeArgs {
     /// Highest open-loop HTTP rate the control API accepts.
     #[arg(long, default_value_t = 1_000_000.0)]
     max_qps: f64,
+    /// Answer at most this many HTTP requests per second in all, like an application at
+    /// capacity: answers over the rate wait their turn (none is refused). Default: no limit.
+    #[arg(long, value_parser = parse_positive_rate)]
+    max_answer_qps: Option<f64>,
     /// Most connections or streams one test may open through the control API.
     #[arg(long, default_value_t = 1024)]
     max_connections: u32,
@@ -149,6 +153,13 @@ fn default_control() -> Endpoint {
 
 fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
     s.parse().map_err(|e: control::EndpointError| e.to_string())
+}
+
+fn parse_positive_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(q) if q.is_finite() && q > 0.0 => Ok(q),
+        _ => Err(format!("{s:?} is not a positive number of requests per second")),
+    }
 }
 
 fn parse_cidr(s: &str) -> Result<Cidr, String> {
@@ -260,6 +271,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     // No flood may take every descriptor: each data server gets a bounded share.
     let nofile = crate::sys::raise_fd_limit().context("reading the descriptor limit (RLIMIT_NOFILE)")?;
     ctx.caps = servers::Caps::for_fd_limit(nofile);
+    ctx.pacer = a.max_answer_qps.and_then(servers::pacer::Pacer::new).map(std::sync::Arc::new);
     rt.block_on(async {
         let bound = servers::start_all(
             &ctx,
@@ -280,6 +292,9 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
             ctx.caps.tcp,
             ctx.caps.http,
         );
+        if let Some(q) = a.max_answer_qps {
+            eprintln!("zonebench-agent: answering at most {q} HTTP requests/s (--max-answer-qps)");
+        }
         let control = match token {
             None => {
                 eprintln!("control API off: start with --token-file to enable it");

@@ -171,6 +171,30 @@ fn an_open_loop_run_keeps_the_asked_rate() {
     assert!(r.latency.unwrap().p50_ns < 10 * MS);
 }
 
+#[test]
+fn a_server_limited_by_max_answer_qps_answers_at_that_rate_and_queues_the_rest() {
+    let limited = |ctx: &mut zonebench_agent::servers::ServerCtx| {
+        ctx.pacer = zonebench_agent::servers::pacer::Pacer::new(300.0).map(std::sync::Arc::new);
+    };
+    let agent = common::start_agent_with("web-slow", &[Which::Http], limited);
+    let mut s = spec(agent.http.unwrap());
+    s.connections = 16;
+    // Below the limit: every request at once, at the asked rate.
+    s.qps = Some(150.0);
+    let under = run(&s);
+    let rps = under.metrics.requests_per_sec.unwrap();
+    assert!((120.0..=180.0).contains(&rps), "{rps} of 150/s under a 300/s limit");
+    assert!(under.latency.unwrap().p50_ns < 10 * MS);
+    // Twice the limit: the server answers at its rate (fewer are measured: a request that
+    // began in the window but waits past its end is not counted) and the queue shows in the
+    // latency.
+    s.qps = Some(600.0);
+    let over = run(&s);
+    let rps = over.metrics.requests_per_sec.unwrap();
+    assert!((180.0..=330.0).contains(&rps), "{rps} at 600/s against a 300/s limit");
+    assert!(over.latency.unwrap().p99_ns > 100 * MS, "queued answers wait");
+}
+
 /// What a scripted server does differently from answering `200 ok` to every request.
 #[derive(Clone, Copy, Default)]
 struct Script {

@@ -23,6 +23,8 @@ pub struct Placement {
     pub node: String,
     pub zone: String,
     pub role: Role,
+    /// Servers: `agents.max_answer_qps`, the rate their answers are held to.
+    pub max_answer_qps: Option<f64>,
 }
 
 /// One measurement: `client` runs `spec` against `server`.
@@ -46,6 +48,8 @@ pub struct Step {
     /// The concurrent group this step is one client of ([`group_id`]); a group's steps are
     /// adjacent in the plan and run at once.
     pub group: Option<String>,
+    /// A capacity search (`qps = "max"`): the step runs once per rate the search tries.
+    pub search: Option<crate::model::capacity::SearchSpec>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -62,7 +66,10 @@ pub const SERVICE_NAME: &str = "echo";
 
 impl Plan {
     pub fn agent_requests(&self) -> Vec<AgentRequest> {
-        self.placements.iter().map(|p| AgentRequest { id: p.id.clone(), node: p.node.clone() }).collect()
+        self.placements
+            .iter()
+            .map(|p| AgentRequest { id: p.id.clone(), node: p.node.clone(), max_answer_qps: p.max_answer_qps })
+            .collect()
     }
 
     pub fn placement(&self, id: &str) -> Option<&Placement> {
@@ -112,6 +119,7 @@ pub fn expand(s: &Scenario, cluster: &ClusterTopology) -> Result<Plan, PlanError
                 node: first.to_string(),
                 zone: zone.clone(),
                 role: Role::Server,
+                max_answer_qps: s.agents.max_answer_qps,
             });
         }
         for i in 0..scenario::concurrency::placed_clients(s) {
@@ -120,6 +128,7 @@ pub fn expand(s: &Scenario, cluster: &ClusterTopology) -> Result<Plan, PlanError
                 node: second.unwrap_or(first).to_string(),
                 zone: zone.clone(),
                 role: Role::Client,
+                max_answer_qps: None,
             });
         }
     }
@@ -150,6 +159,7 @@ pub fn expand(s: &Scenario, cluster: &ClusterTopology) -> Result<Plan, PlanError
                     server: String::new(),
                     spec: scenario::spec_for(s, t, "0.0.0.0:0"),
                     group: None,
+                    search: None,
                 };
                 steps.extend(concurrent_steps(&base, t.pairs.unwrap_or(s.defaults.pairs), &shares, &zones, &variants));
                 continue;
@@ -176,6 +186,7 @@ pub fn expand(s: &Scenario, cluster: &ClusterTopology) -> Result<Plan, PlanError
                             server: service.clone(),
                             spec: scenario::spec_for(s, t, "0.0.0.0:0"),
                             group: None,
+                            search: t.search(),
                         });
                     }
                 }
@@ -203,6 +214,7 @@ pub fn expand(s: &Scenario, cluster: &ClusterTopology) -> Result<Plan, PlanError
                         server: format!("srv-{sz}-0"),
                         spec: scenario::spec_for(s, t, "0.0.0.0:0"),
                         group: None,
+                        search: t.search(),
                     });
                 }
             }
@@ -275,6 +287,17 @@ pub fn group_id(step: &Step) -> String {
     if !step.variant.is_empty() {
         parts.push(&step.variant);
     }
+    parts.push(&step.server);
+    format!("{}/r{}", parts.join("/"), step.repeat)
+}
+
+/// A capacity search's id: `name/variant/client/target/rN`, the variant left out when empty.
+pub fn search_id(step: &Step) -> String {
+    let mut parts = vec![step.name.as_str()];
+    if !step.variant.is_empty() {
+        parts.push(&step.variant);
+    }
+    parts.push(&step.client);
     parts.push(&step.server);
     format!("{}/r{}", parts.join("/"), step.repeat)
 }

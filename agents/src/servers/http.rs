@@ -94,7 +94,7 @@ async fn start_guarded(addr: SocketAddr, ctx: ServerCtx, guard_period: Duration)
     })?;
     let listener = bind(addr).map_err(|e| io::Error::new(e.kind(), format!("http server on {addr}: {e}")))?;
     let local = listener.local_addr()?;
-    let answers = Answers { server_id, counters: ctx.counters.clone() };
+    let answers = Answers { server_id, counters: ctx.counters.clone(), pacer: ctx.pacer.clone() };
     let mut builder = http1::Builder::new();
     // hyper's own header_read_timeout boxes and registers a new timer for every request; the
     // connection guard (see `serve_connection`) does that job with one timer per period.
@@ -360,6 +360,7 @@ impl hyper::rt::Write for Watched {
 struct Answers {
     server_id: HeaderValue,
     counters: Arc<Counters>,
+    pacer: Option<Arc<super::pacer::Pacer>>,
 }
 
 impl Answers {
@@ -411,12 +412,36 @@ struct Svc {
 impl Service<Request<Incoming>> for Svc {
     type Response = Response<Full<Bytes>>;
     type Error = Infallible;
-    type Future = Ready<Result<Self::Response, Infallible>>;
+    type Future = Answer;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         Activity::bump(&self.activity.requests);
         self.activity.reads_at_request.store(self.activity.reads.load(Ordering::Relaxed), Ordering::Relaxed);
-        ready(Ok(self.answers.answer(&req)))
+        let resp = self.answers.answer(&req);
+        match self.answers.pacer.as_ref().and_then(|p| p.slot()) {
+            None => Answer::Now(ready(Ok(resp))),
+            Some(at) => Answer::Later(Box::pin(tokio::time::sleep_until(at.into())), Some(resp)),
+        }
+    }
+}
+
+/// An answer now (the hot path: no allocation, no timer), or at its pacer slot.
+enum Answer {
+    Now(Ready<Result<Response<Full<Bytes>>, Infallible>>),
+    Later(Pin<Box<tokio::time::Sleep>>, Option<Response<Full<Bytes>>>),
+}
+
+impl Future for Answer {
+    type Output = Result<Response<Full<Bytes>>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Answer::Now(r) => Pin::new(r).poll(cx),
+            Answer::Later(sleep, resp) => {
+                std::task::ready!(sleep.as_mut().poll(cx));
+                Poll::Ready(Ok(resp.take().expect("an answer is polled to completion once")))
+            }
+        }
     }
 }
 

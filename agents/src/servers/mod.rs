@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::spec::Identity;
 
 pub mod http;
+pub mod pacer;
 pub mod tcp;
 pub mod udp;
 
@@ -68,6 +69,8 @@ pub struct ServerCtx {
     pub counters: Arc<Counters>,
     pub shutdown: CancellationToken,
     pub caps: Caps,
+    /// `--max-answer-qps`: the HTTP server answers at most this rate (see [`pacer`]).
+    pub pacer: Option<Arc<pacer::Pacer>>,
 }
 
 impl ServerCtx {
@@ -77,6 +80,7 @@ impl ServerCtx {
             counters: Arc::new(Counters::default()),
             shutdown: CancellationToken::new(),
             caps: Caps::default(),
+            pacer: None,
         }
     }
 }

@@ -36,8 +36,14 @@ pub enum Which {
 
 /// Starts the named servers, identified as `id`, on loopback with ephemeral ports.
 pub fn start_agent(id: &str, which: &[Which]) -> TestAgent {
+    start_agent_with(id, which, |_| {})
+}
+
+/// As [`start_agent`], with the servers' context changed by `tweak` first.
+pub fn start_agent_with(id: &str, which: &[Which], tweak: impl FnOnce(&mut ServerCtx)) -> TestAgent {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let ctx = ServerCtx::new(Identity { id: id.into(), zone: "zone-a".into(), node: "node-1".into() });
+    let mut ctx = ServerCtx::new(Identity { id: id.into(), zone: "zone-a".into(), node: "node-1".into() });
+    tweak(&mut ctx);
     let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let mut agent = TestAgent { ctx: ctx.clone(), tcp: None, udp: None, http: None, rt: None };
     rt.block_on(async {

@@ -306,6 +306,7 @@ pub(crate) mod fixtures {
             measurements: ms,
             failures: vec![],
             groups: vec![],
+            capacities: vec![],
             error: None,
             noise: None,
             cost: None,

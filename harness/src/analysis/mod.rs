@@ -3,6 +3,7 @@
 //! comparison of a candidate with a baseline ([`compare`]) and its output formats
 //! ([`output`]).
 
+pub mod capacity;
 pub mod compare;
 pub mod group;
 pub mod locality;

@@ -234,9 +234,19 @@ fn report_outcome(outcome: &run::RunOutcome) -> Exit {
         });
         print!("{}", present::locality::render(&outcome.results, &model));
     } else {
-        print!("{}", present::matrix::render(&outcome.results));
+        // A capacity search's rates have their own table below; pooled into the matrix they
+        // would read as one latency.
+        let probes: std::collections::BTreeSet<usize> =
+            outcome.results.capacities.iter().flat_map(|c| c.curve.iter().filter_map(|p| p.measurement)).collect();
+        let mut rest = outcome.results.clone();
+        rest.measurements =
+            rest.measurements.into_iter().enumerate().filter(|(i, _)| !probes.contains(i)).map(|(_, m)| m).collect();
+        if !rest.measurements.is_empty() || probes.is_empty() {
+            print!("{}", present::matrix::render(&rest));
+        }
     }
     print!("{}", present::groups::render(&outcome.results));
+    print!("{}", present::capacity::render(&outcome.results));
     // A run that failed as a whole (before or between steps) says why, not only where.
     if let Some(error) = &outcome.results.error {
         eprintln!("error: {error}");

@@ -69,6 +69,9 @@ pub struct AgentRequest {
     /// Unique agent id (also the identity it stamps on answers), e.g. `srv-a-0`.
     pub id: String,
     pub node: String,
+    /// The agent's servers answer at most this many HTTP requests/s (`--max-answer-qps`):
+    /// an application at capacity, for capacity searches and overload studies.
+    pub max_answer_qps: Option<f64>,
 }
 
 /// How the coordinator reaches an agent's control API.

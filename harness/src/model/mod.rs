@@ -8,6 +8,7 @@
 //! own it; here are only the types, their serde forms (pinned by `results/schema/`) and small
 //! accessors.
 
+pub mod capacity;
 pub mod cluster;
 pub mod cost;
 pub mod group;
@@ -16,6 +17,7 @@ pub mod kinds;
 pub mod noise;
 pub mod results;
 
+pub use capacity::{Capacity, CapacityPoint};
 pub use cluster::*;
 pub use cost::{CostLine, CostModel, CostSection, Locality};
 pub use group::{EndpointLoad, EndpointShare, Group};

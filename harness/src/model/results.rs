@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use zonebench_agent::spec::{LatencySummary, Metrics, TestKind, Window};
 
+use super::capacity::Capacity;
 use super::cluster::Fingerprint;
 use super::cost::{CostSection, Locality};
 use super::group::Group;
@@ -46,6 +47,9 @@ pub struct RunResults {
     /// Concurrent groups: clients of one test that ran at once, and what they add up to.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<Group>,
+    /// Capacity searches (`qps = "max"`): the highest rate meeting the SLO, and the curve.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capacities: Vec<Capacity>,
     /// Why the run stopped early, when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,

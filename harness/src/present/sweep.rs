@@ -67,6 +67,7 @@ mod tests {
             measurements: vec![],
             failures: vec![],
             groups: vec![],
+            capacities: vec![],
             error: None,
             noise: None,
             cost: None,

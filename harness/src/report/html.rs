@@ -105,6 +105,9 @@ pub fn render(p: &Page<'_>) -> String {
     if !r.groups.is_empty() {
         groups(&mut out, r);
     }
+    if !r.capacities.is_empty() {
+        capacities(&mut out, r);
+    }
     if !r.failures.is_empty() {
         let _ = writeln!(out, "<h2>Failed steps</h2><table><tr><th class=\"l\">test</th><th class=\"l\">client → server</th><th class=\"l\">error</th></tr>");
         for f in &r.failures {
@@ -326,6 +329,28 @@ fn groups(out: &mut String, r: &crate::model::RunResults) {
         );
     }
     out.push_str("</table>\n");
+}
+
+fn capacities(out: &mut String, r: &crate::model::RunResults) {
+    out.push_str("<h2 id=\"capacity\">Capacity</h2><p>The highest open-loop rate that met the SLO: at least 99 % of the asked rate achieved, p99 within the SLO, failed requests within the allowance. Rates doubled until one missed, then bisected.</p>\n");
+    for c in &r.capacities {
+        let _ = writeln!(out, "<h3>{}</h3><p>{}</p>", escape(&c.id), escape(&c.verdict));
+        out.push_str("<table><tr><th>asked/s</th><th>achieved/s</th><th>p50</th><th>p99</th><th>errors</th><th class=\"l\">met</th></tr>\n");
+        for p in &c.curve {
+            let _ = writeln!(
+                out,
+                "<tr><td>{:.0}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"l{}\">{}</td></tr>",
+                p.asked_qps,
+                p.achieved_qps.map(|a| format!("{a:.0}")).unwrap_or_default(),
+                p.p50_ns.map(|n| format_ns(n as f64)).unwrap_or_default(),
+                p.p99_ns.map(|n| format_ns(n as f64)).unwrap_or_default(),
+                p.error_pct.map(|e| format!("{e:.2} %")).unwrap_or_default(),
+                if p.met { "" } else { " bad" },
+                if p.met { "yes".to_string() } else { escape(&format!("no: {}", p.why.as_deref().unwrap_or(""))) },
+            );
+        }
+        out.push_str("</table>\n");
+    }
 }
 
 fn topology(out: &mut String, t: &TopologySection, svgs: &std::collections::BTreeMap<String, String>) {

@@ -35,7 +35,9 @@ pub(super) async fn drive<P: Platform>(platform: &mut P, mut session: Session<'_
         let (now, later) = rest.split_at(len);
         rest = later;
         let plan = &session.plan;
-        let flow = if step.group.is_some() {
+        let flow = if step.search.is_some() {
+            session.record_search(step, &services, &bar, |m, plan, s| attach_locality(m, plan, s, &services)).await?
+        } else if step.group.is_some() {
             bar.set_message(format!("{} ×{} → {}", step.name, now.len(), step.server));
             session.record_group(now, &services, &bar, |m, plan, s| attach_locality(m, plan, s, &services)).await?
         } else {

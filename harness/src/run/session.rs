@@ -15,8 +15,9 @@ use super::step::{measurement, run_step, server_down, unanswered, until_cancelle
 use super::{store, RunOptions};
 use zonebench_agent::spec::TestResult;
 
+use crate::analysis::capacity;
 use crate::analysis::group::{self, ServiceShape};
-use crate::model::{DeployedAgent, DeployedService, Endpoint, Failure, Group, Measurement, Via};
+use crate::model::{Capacity, DeployedAgent, DeployedService, Endpoint, Failure, Group, Measurement, Via};
 use crate::plan::{self, Plan, Step};
 use crate::platform::{Capability, Platform, Unsupported};
 use crate::results::store::RunStore;
@@ -134,6 +135,65 @@ impl<'a> Session<'a> {
         let mut group = self.group_summary(first, steps, &members, failed, services);
         group.elapsed_ns = elapsed_ns;
         self.store.results.groups.push(group);
+        self.store.flush()?;
+        Ok(Flow::Continue)
+    }
+
+    /// Runs a capacity search (`step.search`): the step at each open-loop rate the search
+    /// picks, each rate's measurement (or failure) stored as it comes, then the search's
+    /// record (the highest rate meeting the SLO, and the curve) in `capacities`.
+    pub async fn record_search(
+        &mut self,
+        step: &Step,
+        services: &BTreeMap<String, DeployedService>,
+        bar: &ProgressBar,
+        complete: impl Fn(&mut Measurement, &Plan, &Step),
+    ) -> anyhow::Result<Flow> {
+        let Some(spec) = step.search.clone() else { return Ok(Flow::Continue) };
+        let mut search = capacity::Search::new(spec.clone());
+        let mut curve = Vec::new();
+        while let Some(rate) = search.next_rate() {
+            if self.cancel.is_cancelled() {
+                return Ok(Flow::Stop);
+            }
+            bar.set_message(format!("{} {} → {}: {rate:.0} req/s", step.name, step.client, step.server));
+            let mut probe = step.clone();
+            probe.spec.qps = Some(rate);
+            let outcome = run_step(&probe, &self.agents, services, self.cancel, None).await;
+            let Some(outcome) = self.judge(&probe, outcome).await else { return Ok(Flow::Stop) };
+            let error = outcome.as_ref().err().cloned();
+            let what = format!("{} {} → {} at {rate:.0} req/s", step.name, step.client, step.server);
+            let point =
+                match self.keep(&probe, outcome, bar, what, BTreeMap::new(), |m, plan| complete(m, plan, &probe))? {
+                    Some(i) => capacity::point(&spec, rate, &self.store.results.measurements[i], i),
+                    None => capacity::failed_point(rate, error.as_deref().unwrap_or("the step failed")),
+                };
+            search.record(rate, point.met);
+            curve.push(point);
+        }
+        bar.inc(1);
+        let client = self
+            .agents
+            .get(&step.client)
+            .map(|a| Endpoint { agent: a.id.clone(), node: a.node.clone(), zone: a.zone.clone() })
+            .unwrap_or_else(|| Endpoint { agent: step.client.clone(), node: String::new(), zone: String::new() });
+        let record = Capacity {
+            id: plan::search_id(step),
+            test: step.kind,
+            name: step.name.clone(),
+            via: step.via,
+            variant: step.variant.clone(),
+            repeat: step.repeat,
+            client,
+            target: step.server.clone(),
+            slo_p99_ns: spec.slo_p99_ns,
+            slo_error_pct: spec.slo_error_pct,
+            max_qps: search.met(),
+            missed_qps: search.missed(),
+            verdict: search.verdict(&curve),
+            curve,
+        };
+        self.store.results.capacities.push(record);
         self.store.flush()?;
         Ok(Flow::Continue)
     }

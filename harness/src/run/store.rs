@@ -69,6 +69,7 @@ fn new_store(scenario: &Scenario, cluster: &ClusterTopology, opts: &RunOptions) 
         measurements: Vec::new(),
         failures: Vec::new(),
         groups: Vec::new(),
+        capacities: Vec::new(),
         error: None,
         noise: None,
         cost: None,

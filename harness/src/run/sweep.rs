@@ -170,6 +170,7 @@ fn point_step(
         server: plan::service_name(count),
         spec: scenario::spec_for(session.scenario, t, "0.0.0.0:0"),
         group: None,
+        search: None,
     }
 }
 

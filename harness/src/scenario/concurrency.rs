@@ -87,7 +87,7 @@ impl TestEntry {
 /// How many client agents the run places in each zone: `agents.clients_per_zone`, raised to
 /// what any concurrent test asks for.
 pub fn placed_clients(s: &Scenario) -> u32 {
-    let asked = s.tests.iter().map(|t| match (t.clients, &t.zone_weights, t.qps) {
+    let asked = s.tests.iter().map(|t| match (t.clients, &t.zone_weights, t.rate_qps()) {
         (Some(Clients::PerZone(n)), _, _) => n,
         (None, Some(w), None) => w.values().copied().max().unwrap_or(0),
         _ => 0,
@@ -121,7 +121,7 @@ pub fn zone_shares(s: &Scenario, t: &TestEntry, zones: &[String]) -> Result<Opti
         .map(|z| {
             let w = weight(z);
             // Without a rate to split, weights are the client counts themselves.
-            let n = if t.zone_weights.is_some() && t.qps.is_none() {
+            let n = if t.zone_weights.is_some() && t.rate_qps().is_none() {
                 w
             } else if w > 0 {
                 per_zone
@@ -138,7 +138,7 @@ pub fn zone_shares(s: &Scenario, t: &TestEntry, zones: &[String]) -> Result<Opti
         counts
             .into_iter()
             .map(|(zone, w, n)| {
-                let qps_per_client = t.qps.map(|q| match &t.zone_weights {
+                let qps_per_client = t.rate_qps().map(|q| match &t.zone_weights {
                     Some(_) => q * f64::from(w) / f64::from(total_weight) / f64::from(n),
                     None => q / f64::from(total_clients),
                 });
@@ -161,7 +161,7 @@ pub fn validate(t: &TestEntry, lab_zones: Option<&[String]>) -> Result<(), (Stri
     if weights.is_empty() || weights.values().all(|&w| w == 0) {
         return bad("zone_weights", "give at least one zone a weight above 0".into());
     }
-    if t.qps.is_none() {
+    if t.rate_qps().is_none() {
         if t.clients.is_some() {
             return bad(
                 "zone_weights",

@@ -14,6 +14,7 @@ use zonebench_agent::spec::TestKind;
 pub use crate::model::Via;
 
 pub mod builtin;
+pub mod capacity;
 pub mod concurrency;
 pub mod kube;
 pub mod lab;
@@ -23,6 +24,7 @@ pub mod sweep;
 pub mod topology;
 mod values;
 
+pub use capacity::{Qps, SearchSpec};
 pub use concurrency::{Clients, ZoneShare};
 pub use kube::KubeSettings;
 pub use lab::LabConfig;
@@ -95,11 +97,15 @@ pub struct Agents {
     pub servers_per_zone: u32,
     #[serde(default = "one")]
     pub clients_per_zone: u32,
+    /// Server agents answer at most this many HTTP requests/s each (`serve
+    /// --max-answer-qps`): an application at capacity, for capacity searches and overload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_answer_qps: Option<f64>,
 }
 
 impl Default for Agents {
     fn default() -> Self {
-        Agents { servers_per_zone: 1, clients_per_zone: 1 }
+        Agents { servers_per_zone: 1, clients_per_zone: 1, max_answer_qps: None }
     }
 }
 
@@ -198,8 +204,20 @@ pub struct TestEntry {
     pub response_size: Option<Size>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connections: Option<u32>,
+    /// A rate, or `"max"` for a capacity search (see [`capacity`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub qps: Option<f64>,
+    pub qps: Option<Qps>,
+    /// A capacity search's SLO: the highest p99 a rate may have to count as met.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slo_p99: Option<HumanDuration>,
+    /// A capacity search's SLO: the most failed requests (percent) a rate may have.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slo_error_pct: Option<f64>,
+    /// The lowest and highest rates a capacity search tries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub search_min_qps: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub search_max_qps: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connection_close: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -276,6 +294,9 @@ impl Scenario {
         if self.agents.clients_per_zone == 0 || self.agents.clients_per_zone > 16 {
             return bad("agents.clients_per_zone".into(), "must be 1 to 16");
         }
+        if self.agents.max_answer_qps.is_some_and(|q| !(q.is_finite() && q > 0.0)) {
+            return bad("agents.max_answer_qps".into(), "must be a positive number of requests per second");
+        }
         if self.defaults.repeat == 0 || self.defaults.repeat > 100 {
             return bad("defaults.repeat".into(), "must be 1 to 100");
         }
@@ -312,6 +333,10 @@ impl Scenario {
                 }
             }
             concurrency::validate(t, lab_zones).map_err(|(field, m)| (f(&field), m))?;
+            capacity::validate(t).map_err(|(field, m)| (f(&field), m))?;
+            if t.search().is_some() && self.sweep.is_some() {
+                return bad(f("qps"), "a capacity search (qps = \"max\") cannot run inside a [sweep] yet");
+            }
             if t.is_concurrent() && self.sweep.is_some() {
                 return bad(
                     f("clients"),

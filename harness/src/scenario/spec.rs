@@ -29,7 +29,7 @@ pub fn spec_for(s: &Scenario, t: &TestEntry, target: &str) -> TestSpec {
     if let Some(v) = t.connections {
         spec.connections = v;
     }
-    spec.qps = t.qps;
+    spec.qps = t.rate_qps();
     if let Some(v) = t.connection_close {
         spec.connection_close = v;
     }

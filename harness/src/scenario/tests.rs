@@ -221,3 +221,34 @@ fn concurrency_in_a_sweep_and_a_bad_overload_threshold_are_refused() {
     let e = parse("[defaults]\noverload_threshold = 1.0\n[[tests]]\nkind = \"tcp-rr\"\n").unwrap_err();
     assert_eq!(e.field, "defaults.overload_threshold", "{e}");
 }
+
+#[test]
+fn a_capacity_search_needs_an_slo_an_http_test_and_a_sane_range() {
+    let s = parse("[[tests]]\nkind = \"http\"\nqps = \"max\"\nslo_p99 = \"10ms\"\n").unwrap();
+    let search = s.tests[0].search().unwrap();
+    assert_eq!(search.slo_p99_ns, 10_000_000);
+    assert_eq!(s.tests[0].rate_qps(), None, "a search sends no fixed rate");
+    assert_eq!(parse("[[tests]]\nkind = \"http\"\nqps = 250\n").unwrap().tests[0].rate_qps(), Some(250.0));
+    let cases = [
+        ("qps = \"max\"\n", "tests[0].slo_p99", "needs the SLO"),
+        (
+            "qps = \"max\"\nslo_p99 = \"10ms\"\nsearch_min_qps = 500\nsearch_max_qps = 400\n",
+            "tests[0].search_max_qps",
+            "above search_min_qps",
+        ),
+        ("qps = \"max\"\nslo_p99 = \"10ms\"\nslo_error_pct = 120\n", "tests[0].slo_error_pct", "0 to 100"),
+        ("slo_p99 = \"10ms\"\n", "tests[0].slo_p99", "set qps = \"max\""),
+        ("qps = \"max\"\nslo_p99 = \"10ms\"\nclients = 2\n", "tests[0].qps", "concurrent searches"),
+    ];
+    for (body, field, says) in cases {
+        let e = parse(&format!("[[tests]]\nkind = \"http\"\n{body}")).unwrap_err();
+        assert_eq!(e.field, field, "{body}: {e}");
+        assert!(e.message.contains(says), "{body}: {e}");
+    }
+    let e = parse("[[tests]]\nkind = \"tcp-rr\"\nqps = \"max\"\nslo_p99 = \"1ms\"\n").unwrap_err();
+    assert!(e.field == "tests[0].qps" && e.message.contains("only http"), "{e}");
+    let e = parse("[[tests]]\nkind = \"http\"\nqps = \"lots\"\n").unwrap_err();
+    assert!(e.location.starts_with("s.toml:3:") && e.message.contains("\"lots\""), "{e}");
+    let e = parse("[agents]\nmax_answer_qps = -3\n[[tests]]\nkind = \"http\"\n").unwrap_err();
+    assert_eq!(e.field, "agents.max_answer_qps", "{e}");
+}

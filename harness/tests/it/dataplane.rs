@@ -61,8 +61,10 @@ async fn lab_with_agents(kind: DataplaneKind) -> (LabPlatform, BTreeMap<String, 
         ("cli-b", "b-2"),
         ("cli-hairpin", "a-1"),
     ];
-    let requests: Vec<AgentRequest> =
-        want.iter().map(|(id, node)| AgentRequest { id: id.to_string(), node: node.to_string() }).collect();
+    let requests: Vec<AgentRequest> = want
+        .iter()
+        .map(|(id, node)| AgentRequest { id: id.to_string(), node: node.to_string(), max_answer_qps: None })
+        .collect();
     let agents = lab.deploy(&requests).await.unwrap();
     (lab, agents.into_iter().map(|a| (a.id.clone(), a)).collect())
 }

@@ -355,11 +355,15 @@ async fn a_failing_agent_is_reported_with_its_log() {
             .unwrap();
     lab.discover().await.unwrap();
     let t = Instant::now();
-    let e = lab.deploy(&[AgentRequest { id: "srv-a-0".into(), node: "a-1".into() }]).await.unwrap_err();
+    let e = lab
+        .deploy(&[AgentRequest { id: "srv-a-0".into(), node: "a-1".into(), max_answer_qps: None }])
+        .await
+        .unwrap_err();
     let e = format!("{e:#}");
     assert!(e.contains("agent-boom") && e.contains("exited"), "{e}");
     assert!(t.elapsed() < Duration::from_secs(5), "a dead agent is reported at once, not after the health timeout");
-    let unknown = lab.deploy(&[AgentRequest { id: "x".into(), node: "z-9".into() }]).await.unwrap_err();
+    let unknown =
+        lab.deploy(&[AgentRequest { id: "x".into(), node: "z-9".into(), max_answer_qps: None }]).await.unwrap_err();
     assert!(format!("{unknown:#}").contains("no node \"z-9\""), "{unknown:#}");
     lab.teardown().await.unwrap();
 }
@@ -374,8 +378,8 @@ async fn deploy_starts_agents_that_answer_health_checks() {
     lab.discover().await.unwrap();
     let agents = lab
         .deploy(&[
-            AgentRequest { id: "srv-a-0".into(), node: "a-1".into() },
-            AgentRequest { id: "cli-b-0".into(), node: "b-1".into() },
+            AgentRequest { id: "srv-a-0".into(), node: "a-1".into(), max_answer_qps: None },
+            AgentRequest { id: "cli-b-0".into(), node: "b-1".into(), max_answer_qps: None },
         ])
         .await
         .unwrap();

@@ -6,9 +6,7 @@
 //! controller donates endpoints of a and b to zone c, so its load is shared), are not. Needs root (CI runs as root); takes the lab
 //! tests' shared lock.
 
-use std::process::Command;
-
-use crate::support::{lab_lock, scratch, valid_results};
+use crate::support::{lab_lock, run_on_lab};
 
 const SCENARIO: &str = r#"
 name = "concurrent"
@@ -45,18 +43,7 @@ zone_weights = { a = 2, b = 1, c = 1 }
 #[test]
 fn concurrent_clients_start_together_and_skewed_prefer_close_is_flagged_as_overloaded() {
     let _lock = lab_lock(false);
-    let dir = scratch("concurrent");
-    std::fs::write(dir.join("s.toml"), SCENARIO).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_zonebench"))
-        .args(["run", "--platform", "lab"])
-        .arg(dir.join("s.toml"))
-        .arg("--out")
-        .arg(dir.join("out"))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}\n{stdout}", String::from_utf8_lossy(&out.stderr));
-    let r = valid_results(&dir.join("out"));
+    let (dir, r, stdout) = run_on_lab("concurrent", SCENARIO);
     let ms = r["measurements"].as_array().unwrap();
     let groups = r["groups"].as_array().unwrap();
     let group =

@@ -25,6 +25,7 @@ mod kube_manifests;
 mod kube_sweep;
 mod lab;
 mod lab_api_forwarder;
+mod lab_capacity;
 mod lab_concurrent;
 mod lab_kube_control_plane;
 mod lab_kube_oracle;

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use crate::support::scratch;
 use zonebench::model::Fingerprint;
 use zonebench::model::{
-    Endpoint, EndpointLoad, EndpointShare, Failure, Group, Measurement, RunResults, RunStatus, SCHEMA_VERSION,
+    Capacity, CapacityPoint, Endpoint, EndpointLoad, EndpointShare, Failure, Group, Measurement, RunResults, RunStatus,
+    SCHEMA_VERSION,
 };
 use zonebench::results::store;
 use zonebench_agent::histogram;
@@ -120,6 +121,43 @@ fn sample() -> RunResults {
                 ],
                 overloaded: vec!["srv-b-0".into()],
             }),
+        }],
+        capacities: vec![Capacity {
+            id: "http/cli-a-0/srv-b-0/r0".into(),
+            test: TestKind::Http,
+            name: "http".into(),
+            via: zonebench::model::Via::Pod,
+            variant: String::new(),
+            repeat: 0,
+            client: ep("cli-a-0", "a"),
+            target: "srv-b-0".into(),
+            slo_p99_ns: 10_000_000,
+            slo_error_pct: Some(1.0),
+            max_qps: Some(1600.0),
+            missed_qps: Some(3200.0),
+            verdict: "1600 req/s meets the SLO (p99 ≤ 10.00ms); 3200 req/s did not: p99 40ms".into(),
+            curve: vec![
+                CapacityPoint {
+                    asked_qps: 1600.0,
+                    achieved_qps: Some(1598.0),
+                    p50_ns: Some(100_000),
+                    p99_ns: Some(900_000),
+                    error_pct: Some(0.0),
+                    met: true,
+                    why: None,
+                    measurement: Some(0),
+                },
+                CapacityPoint {
+                    asked_qps: 3200.0,
+                    achieved_qps: None,
+                    p50_ns: None,
+                    p99_ns: None,
+                    error_pct: None,
+                    met: false,
+                    why: Some("not measured: boom".into()),
+                    measurement: None,
+                },
+            ],
         }],
         error: None,
         noise: None,

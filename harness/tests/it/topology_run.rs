@@ -5,9 +5,8 @@
 //! (CI runs as root); takes the lab tests' shared lock.
 
 use std::collections::BTreeMap;
-use std::process::Command;
 
-use crate::support::{lab_lock, scratch, valid_results};
+use crate::support::{lab_lock, run_on_lab};
 
 const SCENARIO: &str = r#"
 name = "topology-ab"
@@ -35,18 +34,7 @@ response_size = 100
 #[test]
 fn hints_keep_traffic_in_zone_where_the_controller_writes_them_and_skewed_auto_falls_back_to_cluster_wide() {
     let _lock = lab_lock(false);
-    let dir = scratch("topo-ab");
-    std::fs::write(dir.join("s.toml"), SCENARIO).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_zonebench"))
-        .args(["run", "--platform", "lab"])
-        .arg(dir.join("s.toml"))
-        .arg("--out")
-        .arg(dir.join("out"))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}\n{stdout}", String::from_utf8_lossy(&out.stderr));
-    let r = valid_results(&dir.join("out"));
+    let (_dir, r, stdout) = run_on_lab("topo-ab", SCENARIO);
 
     // (variant, client zone) → (in-zone fraction, measurement).
     let mut by: BTreeMap<(String, String), (f64, &serde_json::Value)> = BTreeMap::new();

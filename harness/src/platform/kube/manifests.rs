@@ -102,6 +102,8 @@ pub struct AgentPod {
     pub id: String,
     pub node: String,
     pub zone: String,
+    /// `--max-answer-qps` (see `AgentRequest`).
+    pub max_answer_qps: Option<f64>,
 }
 
 impl AgentPod {
@@ -284,6 +286,10 @@ pub fn agent_pod(run: &RunMeta, s: &KubeSettings, image: &str, a: &AgentPod) -> 
     for c in &s.allow_cidrs {
         args.push("--allow-cidr".into());
         args.push(c.clone());
+    }
+    if let Some(q) = a.max_answer_qps {
+        args.push("--max-answer-qps".into());
+        args.push(q.to_string());
     }
     let mut limits = BTreeMap::from([("memory".to_string(), quantity(&s.memory))]);
     if let Some(l) = &s.cpu_limit {

@@ -306,7 +306,12 @@ pub fn agent_pods(agents: &[AgentRequest], nodes: &[Node]) -> anyhow::Result<Vec
         .iter()
         .map(|a| {
             let node = nodes.iter().find(|n| n.name == a.node).with_context(|| format!("no node {}", a.node))?;
-            Ok(manifests::AgentPod { id: a.id.clone(), node: a.node.clone(), zone: node.zone.clone() })
+            Ok(manifests::AgentPod {
+                id: a.id.clone(),
+                node: a.node.clone(),
+                zone: node.zone.clone(),
+                max_answer_qps: a.max_answer_qps,
+            })
         })
         .collect()
 }

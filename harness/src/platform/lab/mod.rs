@@ -613,6 +613,9 @@ impl LabPlatform {
         cmd.args(["--id", &req.id, "--zone", &pod.zone, "--node", &pod.node]);
         cmd.args(["--allow-cidr", &topology::POD_SUPERNET.to_string()]);
         cmd.args(["--allow-cidr", &services::SERVICE_CIDR.to_string()]);
+        if let Some(q) = req.max_answer_qps {
+            cmd.args(["--max-answer-qps", &q.to_string()]);
+        }
         cmd.stdin(Stdio::null());
         let log = self.run_dir.join(format!("{}.log", req.id));
         let proc = self.spawn_logged(cmd, &format!("agent:{}", req.id), &pod.netns, &log)?;

@@ -69,6 +69,25 @@ pub fn scratch(tag: &str) -> Scratch {
     Scratch(d)
 }
 
+/// A lab run of scenario `text` with the real binary, in a scratch directory tagged `tag`:
+/// the directory (the run is in `out/`), its results.json checked against the schema, and
+/// what the run printed. Fails unless the run succeeded.
+pub fn run_on_lab(tag: &str, text: &str) -> (Scratch, serde_json::Value, String) {
+    let dir = scratch(tag);
+    std::fs::write(dir.join("s.toml"), text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_zonebench"))
+        .args(["run", "--platform", "lab"])
+        .arg(dir.join("s.toml"))
+        .arg("--out")
+        .arg(dir.join("out"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    let results = valid_results(&dir.join("out"));
+    (dir, results, stdout)
+}
+
 /// A real run recorded on the lab (scenarios/quick.toml: 3 zones, tcp-rr, tcp-crr, http,
 /// tcp-stream, one repeat).
 pub fn recorded_run() -> serde_json::Value {

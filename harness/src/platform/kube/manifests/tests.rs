@@ -7,8 +7,18 @@ fn run() -> RunMeta {
 
 fn agents() -> Vec<AgentPod> {
     vec![
-        AgentPod { id: "srv-us-east-1a-0".into(), node: "ip-10-0-1-5.ec2.internal".into(), zone: "us-east-1a".into() },
-        AgentPod { id: "cli-us-east-1a-0".into(), node: "ip-10-0-1-6.ec2.internal".into(), zone: "us-east-1a".into() },
+        AgentPod {
+            id: "srv-us-east-1a-0".into(),
+            node: "ip-10-0-1-5.ec2.internal".into(),
+            zone: "us-east-1a".into(),
+            max_answer_qps: None,
+        },
+        AgentPod {
+            id: "cli-us-east-1a-0".into(),
+            node: "ip-10-0-1-6.ec2.internal".into(),
+            zone: "us-east-1a".into(),
+            max_answer_qps: None,
+        },
     ]
 }
 
@@ -142,8 +152,8 @@ fn agent_ids_become_dns_names_and_clashes_are_refused() {
     assert_eq!(pod_name("srv-Zone_A-0").unwrap(), "srv-zone-a-0");
     let settings = KubeSettings::default();
     let clash = [
-        AgentPod { id: "srv-a_b-0".into(), node: "n".into(), zone: "a_b".into() },
-        AgentPod { id: "srv-a.b-0".into(), node: "n".into(), zone: "a.b".into() },
+        AgentPod { id: "srv-a_b-0".into(), node: "n".into(), zone: "a_b".into(), max_answer_qps: None },
+        AgentPod { id: "srv-a.b-0".into(), node: "n".into(), zone: "a.b".into(), max_answer_qps: None },
     ];
     let err = run_manifests(&RunInput {
         run: &run(),

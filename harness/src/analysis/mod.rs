@@ -5,6 +5,7 @@
 
 pub mod capacity;
 pub mod compare;
+pub mod datatable;
 pub mod group;
 pub mod locality;
 pub mod metrics;

@@ -243,6 +243,7 @@ fn report_outcome(outcome: &run::RunOutcome) -> Exit {
             rest.measurements.into_iter().enumerate().filter(|(i, _)| !probes.contains(i)).map(|(_, m)| m).collect();
         if !rest.measurements.is_empty() || probes.is_empty() {
             print!("{}", present::matrix::render(&rest));
+            print!("{}", present::datatable::render(&outcome.results));
         }
     }
     print!("{}", present::groups::render(&outcome.results));

@@ -102,6 +102,9 @@ pub fn render(p: &Page<'_>) -> String {
     if let Some(t) = p.topology {
         topology(&mut out, t, p.svgs);
     }
+    if let Some(t) = crate::analysis::datatable::table(r) {
+        data_table(&mut out, &t);
+    }
     if !r.groups.is_empty() {
         groups(&mut out, r);
     }
@@ -327,6 +330,22 @@ fn groups(out: &mut String, r: &crate::model::RunResults) {
             if overloaded { " bad" } else { "" },
             escape(&g.load.as_ref().map(load_words).unwrap_or_else(|| "-".into())),
         );
+    }
+    out.push_str("</table>\n");
+}
+
+fn data_table(out: &mut String, t: &crate::analysis::datatable::DataTable) {
+    out.push_str("<h2 id=\"data\">Detailed data table</h2><p>One column per variant (a context of a run over several clusters). Rates are medians over repeats and pairs; p50 and p99 come from the merged histograms.</p>\n<table><tr><th class=\"l\">figure</th>");
+    for c in &t.columns {
+        let _ = write!(out, "<th>{}</th>", escape(c));
+    }
+    out.push_str("</tr>\n");
+    for row in &t.rows {
+        let _ = write!(out, "<tr><td class=\"l\">{}</td>", escape(&row.label));
+        for c in &row.cells {
+            let _ = write!(out, "<td>{}</td>", escape(c));
+        }
+        out.push_str("</tr>\n");
     }
     out.push_str("</table>\n");
 }

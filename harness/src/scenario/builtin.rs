@@ -12,12 +12,13 @@ use std::path::Path;
 use super::{Scenario, ScenarioError};
 
 /// `(name, text)` of every built-in scenario, in the order `zonebench scenarios` lists them.
-pub const BUILTIN: [(&str, &str); 5] = [
+pub const BUILTIN: [(&str, &str); 6] = [
     ("quick", include_str!("../../../scenarios/quick.toml")),
     ("topology-routing", include_str!("../../../scenarios/topology-routing.toml")),
     ("service-scaling", include_str!("../../../scenarios/service-scaling.toml")),
     ("kube-proxy-sweep", include_str!("../../../scenarios/kube-proxy-sweep.toml")),
     ("nightly", include_str!("../../../scenarios/nightly.toml")),
+    ("cni-benchmark", include_str!("../../../scenarios/cni-benchmark.toml")),
 ];
 
 /// The default scenario of `zonebench run` and `lab up`.
@@ -110,7 +111,10 @@ mod tests {
     #[test]
     fn an_unknown_name_lists_the_builtins() {
         let e = Scenario::resolve("/nonexistent/nope", &[]).unwrap_err().to_string();
-        assert!(e.contains("quick, topology-routing, service-scaling, kube-proxy-sweep, nightly"), "{e}");
+        assert!(
+            e.contains("quick, topology-routing, service-scaling, kube-proxy-sweep, nightly, cni-benchmark"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ use super::{store, RunOptions};
 use zonebench_agent::spec::TestResult;
 
 use crate::analysis::capacity;
+use crate::control_client::ControlClient;
 use crate::analysis::group::{self, ServiceShape};
 use crate::model::{Capacity, DeployedAgent, DeployedService, Endpoint, Failure, Group, Measurement, Via};
 use crate::plan::{self, Plan, Step};
@@ -117,7 +118,8 @@ impl<'a> Session<'a> {
     ) -> anyhow::Result<Flow> {
         let Some(first) = steps.first() else { return Ok(Flow::Continue) };
         let began = std::time::Instant::now();
-        let start_at = zonebench_agent::spec::unix_now_ns() + arm_margin(steps.len()).as_nanos() as u64;
+        let margin = self.arm_margin(steps).await;
+        let start_at = zonebench_agent::spec::unix_now_ns() + margin.as_nanos() as u64;
         let runs = steps.iter().map(|step| run_step(step, &self.agents, services, self.cancel, Some(start_at)));
         let outcomes = futures::future::join_all(runs).await;
         let elapsed_ns = began.elapsed().as_nanos() as u64;
@@ -196,6 +198,22 @@ impl<'a> Session<'a> {
         self.store.results.capacities.push(record);
         self.store.flush()?;
         Ok(Flow::Continue)
+    }
+
+    /// How far ahead a group's start instant lies: long enough for every arming call to
+    /// reach its agent first, short against a test window. The arming calls go out at once,
+    /// so it is measured: a round of health checks to every client at once, its slowest
+    /// answer three times over plus 20 ms (a unix socket on the lab: ~25 ms; port-forward
+    /// to a cluster: a few hundred). A client that does not answer is left to its test call,
+    /// which reports it.
+    async fn arm_margin(&self, steps: &[Step]) -> std::time::Duration {
+        let checks = steps.iter().filter_map(|s| self.agents.get(&s.client)).map(|a| async move {
+            let t = std::time::Instant::now();
+            let _ = ControlClient::new(a.control.clone(), a.token.clone()).healthz_within(MAX_ARM_MARGIN).await;
+            t.elapsed()
+        });
+        let slowest = futures::future::join_all(checks).await.into_iter().max().unwrap_or_default();
+        (slowest * 3 + MIN_ARM_MARGIN).clamp(MIN_ARM_MARGIN, MAX_ARM_MARGIN)
     }
 
     /// A step's outcome as it may be recorded: its result, or why it cannot stand as a
@@ -315,11 +333,9 @@ impl<'a> Session<'a> {
     }
 }
 
-/// How far ahead a group's start instant lies: long enough for every arming call to reach
-/// its agent first (they go out at once), short against a test window.
-fn arm_margin(clients: usize) -> std::time::Duration {
-    std::time::Duration::from_millis(150 + 15 * clients as u64)
-}
+/// The least and most a group's start instant lies ahead.
+const MIN_ARM_MARGIN: std::time::Duration = std::time::Duration::from_millis(20);
+const MAX_ARM_MARGIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The failure a step that did not measure leaves in the results.
 pub(super) fn failure(step: &Step, error: String, params: BTreeMap<String, serde_json::Value>) -> Failure {

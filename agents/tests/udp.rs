@@ -96,6 +96,26 @@ fn a_stream_at_full_speed_reports_consistent_counts() {
     assert_eq!(r.servers["echo-u"], received);
 }
 
+/// A rate far above what the sender reaches (iperf3's `-b 0` asked as 100 Gbit/s through the
+/// control API, which takes no 0) sends as fast as it can, and its datagrams count in the
+/// window they are sent in: once, they all fell behind into the warm-up and nothing counted.
+#[test]
+fn a_rate_beyond_the_sender_sends_at_full_speed_and_counts_its_window() {
+    let agent = common::start_agent("echo-u", &[Which::Udp]);
+    let mut s = spec(TestKind::UdpStream, agent.udp.unwrap());
+    s.rate_bps = Some(100_000_000_000);
+    s.size = Some(1400);
+    s.warmup_ms = 300;
+    s.duration_ms = 500;
+    let r = load::run(&s, &CancellationToken::new()).unwrap();
+    common::check_result(&r);
+    let m = &r.metrics;
+    let (sent, received) = (m.sent_packets.unwrap(), m.received_packets.unwrap());
+    assert!(sent > 1000, "100 Gbit/s asked sent only {sent} in the window");
+    assert!(m.throughput_bps.unwrap() > 0.0);
+    assert_eq!(m.lost_packets, Some(sent - received));
+}
+
 #[test]
 fn the_sink_accounts_gaps_reorders_and_duplicates_of_a_hand_made_flow() {
     let agent = common::start_agent("echo-u", &[Which::Udp]);

@@ -41,6 +41,8 @@ use crate::wire::{FlowStats, UdpHeader, UdpKind, FLAG_WARMUP, UDP_HEADER_LEN};
 
 /// iperf3's datagram size when it cannot learn the path MTU.
 pub const DEFAULT_SIZE: u32 = 1460;
+/// How far a sender may fall behind its schedule before it stops catching up.
+const MAX_LAG: Duration = Duration::from_millis(10);
 /// iperf3's default UDP rate.
 pub const DEFAULT_RATE_BPS: u64 = 1_000_000;
 /// Time allowed after the window for datagrams still in flight before asking for stats.
@@ -159,10 +161,20 @@ impl Sender {
         let mut since_check = 0u32;
         loop {
             let now = Instant::now();
-            let due = match self.interval_ns {
+            let mut due = match self.interval_ns {
                 Some(interval) => p.start + Duration::from_nanos((slot as f64 * interval) as u64),
                 None => now,
             };
+            // A sender more than MAX_LAG behind its schedule (a rate above what it can reach,
+            // iperf3's `-b 0` asked as 100G) does not chase the backlog: its schedule restarts
+            // at now, so it sends as fast as it can and every datagram is counted in the
+            // phase it is sent in.
+            if let Some(interval) = self.interval_ns {
+                if now > due + MAX_LAG {
+                    slot = ((now - p.start).as_nanos() as f64 / interval) as u64;
+                    due = now;
+                }
+            }
             if due >= p.end || p.is_over(now) {
                 break;
             }
@@ -180,7 +192,7 @@ impl Sender {
                     return Err(TestError::Cancelled);
                 }
             }
-            let warm = p.in_warmup(due);
+            let warm = p.in_warmup(now);
             UdpHeader {
                 kind: UdpKind::Data,
                 flags: if warm { FLAG_WARMUP } else { 0 },

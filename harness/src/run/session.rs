@@ -16,8 +16,8 @@ use super::{store, RunOptions};
 use zonebench_agent::spec::TestResult;
 
 use crate::analysis::capacity;
-use crate::control_client::ControlClient;
 use crate::analysis::group::{self, ServiceShape};
+use crate::control_client::ControlClient;
 use crate::model::{Capacity, DeployedAgent, DeployedService, Endpoint, Failure, Group, Measurement, Via};
 use crate::plan::{self, Plan, Step};
 use crate::platform::{Capability, Platform, Unsupported};

@@ -283,23 +283,22 @@ fn concurrent_steps(
 /// A concurrent group's id: `name/variant/target/rN`, the variant left out when empty;
 /// unique in a run, as one test has one group per target, variant and repeat.
 pub fn group_id(step: &Step) -> String {
-    let mut parts = vec![step.name.as_str()];
+    step_id(step, &[&step.server])
+}
+
+/// `name/variant/<parts>/rN`, the variant left out when empty.
+fn step_id(step: &Step, parts: &[&str]) -> String {
+    let mut all = vec![step.name.as_str()];
     if !step.variant.is_empty() {
-        parts.push(&step.variant);
+        all.push(&step.variant);
     }
-    parts.push(&step.server);
-    format!("{}/r{}", parts.join("/"), step.repeat)
+    all.extend_from_slice(parts);
+    format!("{}/r{}", all.join("/"), step.repeat)
 }
 
 /// A capacity search's id: `name/variant/client/target/rN`, the variant left out when empty.
 pub fn search_id(step: &Step) -> String {
-    let mut parts = vec![step.name.as_str()];
-    if !step.variant.is_empty() {
-        parts.push(&step.variant);
-    }
-    parts.push(&step.client);
-    parts.push(&step.server);
-    format!("{}/r{}", parts.join("/"), step.repeat)
+    step_id(step, &[&step.client, &step.server])
 }
 
 /// The ports the scenario's `via = service` tests use (tcp, udp, http), in that order.

@@ -5,8 +5,6 @@
 //! come from the merged histogram, never from averaged percentiles. Capacity-search probes
 //! are left out: their rates have their own table.
 
-use std::collections::BTreeSet;
-
 use zonebench_agent::spec::TestKind;
 use zonebench_agent::units::{format_bps, format_ns};
 
@@ -74,8 +72,7 @@ fn figures(kind: TestKind) -> Vec<Figure> {
 
 /// The table of `r`, or `None` for a run without measurements (besides search probes).
 pub fn table(r: &RunResults) -> Option<DataTable> {
-    let probes: BTreeSet<usize> =
-        r.capacities.iter().flat_map(|c| c.curve.iter().filter_map(|p| p.measurement)).collect();
+    let probes = r.search_probes();
     let ms: Vec<&Measurement> =
         r.measurements.iter().enumerate().filter(|(i, _)| !probes.contains(i)).map(|(_, m)| m).collect();
     let mut columns: Vec<String> = Vec::new();

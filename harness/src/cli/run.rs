@@ -236,8 +236,7 @@ fn report_outcome(outcome: &run::RunOutcome) -> Exit {
     } else {
         // A capacity search's rates have their own table below; pooled into the matrix they
         // would read as one latency.
-        let probes: std::collections::BTreeSet<usize> =
-            outcome.results.capacities.iter().flat_map(|c| c.curve.iter().filter_map(|p| p.measurement)).collect();
+        let probes = outcome.results.search_probes();
         let mut rest = outcome.results.clone();
         rest.measurements =
             rest.measurements.into_iter().enumerate().filter(|(i, _)| !probes.contains(i)).map(|(_, m)| m).collect();

@@ -153,6 +153,14 @@ pub struct Failure {
     pub group: Option<String>,
 }
 
+impl RunResults {
+    /// Indices of the measurements that are capacity-search probes (one rate of a search
+    /// each): tables that pool a test's measurements leave them to the search's own table.
+    pub fn search_probes(&self) -> std::collections::BTreeSet<usize> {
+        self.capacities.iter().flat_map(|c| c.curve.iter().filter_map(|p| p.measurement)).collect()
+    }
+}
+
 /// Now as RFC 3339 UTC with seconds.
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()

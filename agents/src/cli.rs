@@ -73,6 +73,10 @@ struct ServeArgs {
     /// capacity: answers over the rate wait their turn (none is refused). Default: no limit.
     #[arg(long, value_parser = parse_positive_rate)]
     max_answer_qps: Option<f64>,
+    /// Relay service-chain requests (`x-zonebench-relay`) to their next hop, inside the
+    /// `--allow-cidr` blocks only.
+    #[arg(long)]
+    relay: bool,
     /// Most connections or streams one test may open through the control API.
     #[arg(long, default_value_t = 1024)]
     max_connections: u32,
@@ -131,6 +135,10 @@ struct ClientArgs {
     /// http: request path and query (e.g. `/?size=1024`).
     #[arg(long, default_value = "/")]
     path: String,
+    /// http: a service chain: the target relays each request to this hop, which relays it
+    /// to the next (repeatable, `IP:PORT`, in order; each an agent under `serve --relay`).
+    #[arg(long = "relay", value_name = "IP:PORT")]
+    relay: Vec<String>,
     /// Load-generator threads (default: one per flow, up to the cores).
     #[arg(long)]
     threads: Option<u32>,
@@ -214,6 +222,7 @@ fn client(a: ClientArgs) -> anyhow::Result<ExitCode> {
         threads: a.threads,
         timeout_ms: ms(a.timeout),
         start_at_unix_ns: None,
+        relay: a.relay,
     };
     if let Err(e) = spec.validate() {
         eprintln!("error: --{}: {}", e.field.replace('_', "-").trim_end_matches("-ms"), e.message);
@@ -272,6 +281,11 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     let nofile = crate::sys::raise_fd_limit().context("reading the descriptor limit (RLIMIT_NOFILE)")?;
     ctx.caps = servers::Caps::for_fd_limit(nofile);
     ctx.pacer = a.max_answer_qps.and_then(servers::pacer::Pacer::new).map(std::sync::Arc::new);
+    if a.relay {
+        let blocks = allow.clone();
+        ctx.relay =
+            Some(std::sync::Arc::new(servers::relay::Relay::new(move |ip| blocks.iter().any(|c| c.contains(ip)))));
+    }
     rt.block_on(async {
         let bound = servers::start_all(
             &ctx,
@@ -294,6 +308,10 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         );
         if let Some(q) = a.max_answer_qps {
             eprintln!("zonebench-agent: answering at most {q} HTTP requests/s (--max-answer-qps)");
+        }
+        if a.relay {
+            let blocks: Vec<String> = allow.iter().map(ToString::to_string).collect();
+            eprintln!("zonebench-agent: relaying service-chain requests to {} (--relay)", blocks.join(", "));
         }
         let control = match token {
             None => {

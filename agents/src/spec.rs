@@ -117,6 +117,12 @@ pub struct TestSpec {
     /// (the reported [`Window`] shows how late).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_at_unix_ns: Option<u64>,
+    /// http: a service chain. The target relays each request to the first of these
+    /// `IP:PORT` addresses, which relays it to the next, and so on (each hop an agent under
+    /// `serve --relay`); the last one answers, and the answer's `x-zonebench-server` names
+    /// every hop, first to last. At most [`MAX_RELAY_HOPS`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub relay: Vec<String>,
 }
 
 fn default_duration_ms() -> u64 {
@@ -156,6 +162,7 @@ impl TestSpec {
             threads: None,
             timeout_ms: default_timeout_ms(),
             start_at_unix_ns: None,
+            relay: Vec::new(),
         }
     }
 
@@ -205,9 +212,26 @@ impl TestSpec {
         if self.timeout_ms == 0 {
             return bad("timeout_ms", "must be greater than 0".into());
         }
+        if !self.relay.is_empty() {
+            if self.test != TestKind::Http {
+                return bad("relay", format!("service chains are http tests, not {}", self.test));
+            }
+            if self.relay.len() > MAX_RELAY_HOPS {
+                return bad("relay", format!("at most {MAX_RELAY_HOPS} hops after the target"));
+            }
+            if let Some(a) = self.relay.iter().find(|a| a.parse::<std::net::SocketAddr>().is_err()) {
+                return bad("relay", format!("{a:?} is not an IP:PORT address"));
+            }
+        }
         Ok(())
     }
 }
+
+/// Most hops a service chain may add after its target (`relay`).
+pub const MAX_RELAY_HOPS: usize = 8;
+/// The request header that carries a chain's hops still ahead, `IP:PORT` comma-separated:
+/// sent by the http client, read by relays (`servers::relay`).
+pub const RELAY_HEADER: &str = "x-zonebench-relay";
 
 /// Most concurrent flows (connections or streams) one test may open.
 pub const MAX_FLOWS: u32 = 4096;

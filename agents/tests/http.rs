@@ -444,3 +444,76 @@ fn a_kept_alive_connection_the_server_closed_is_retried_not_failed() {
     let connects = r.connect.as_ref().unwrap().count;
     assert!(connects >= n, "{connects} connects for {n} requests");
 }
+
+/// Answers with `code` in `r`.
+fn status(r: &TestResult, code: &str) -> u64 {
+    r.metrics.status_counts.as_ref().and_then(|c| c.get(code)).copied().unwrap_or(0)
+}
+
+/// Relays on loopback: every hop may forward only inside 127.0.0.0/8.
+fn relay_agent(id: &str) -> common::TestAgent {
+    common::start_agent_with(id, &[Which::Http], |ctx| {
+        ctx.relay = Some(Arc::new(zonebench_agent::servers::relay::Relay::new(|ip| ip.is_loopback())));
+    })
+}
+
+#[test]
+fn a_chain_of_relays_answers_with_every_hop_first_to_last() {
+    let hops = [relay_agent("hop-a"), relay_agent("hop-b"), relay_agent("hop-c")];
+    let addr = |i: usize| hops[i].http.unwrap().to_string();
+    let mut s = spec(hops[0].http.unwrap());
+    s.relay = vec![addr(1), addr(2)];
+    s.connections = 4;
+    s.path = "/?size=100".into();
+    let r = run(&s);
+    assert_eq!(r.metrics.errors, Some(0), "{:?}", r.metrics);
+    assert_eq!(r.servers.keys().collect::<Vec<_>>(), ["hop-a,hop-b,hop-c"], "{:?}", r.servers);
+    assert_eq!(status(&r, "200"), one_entry(&r.servers, "hop-a,hop-b,hop-c"));
+    // The last hop's answer comes back whole: 100 bytes per request.
+    let rps = r.metrics.requests_per_sec.unwrap();
+    let bits_per_request = r.metrics.throughput_bps.unwrap() / rps;
+    assert!((bits_per_request - 800.0).abs() < 1.0, "{bits_per_request} bits per request");
+    // Each relay kept one upstream connection per downstream one: 4, not one per request.
+    let relayed = hops[1].ctx.counters.http_connections.load(Ordering::Relaxed);
+    assert!(relayed <= 8, "hop-b accepted {relayed} connections for 4 kept-alive client connections");
+    // Connection: close on the client: every hop reconnects, and the chain still answers.
+    s.connection_close = true;
+    let r = run(&s);
+    assert_eq!(r.metrics.errors, Some(0));
+    assert!(one_entry(&r.servers, "hop-a,hop-b,hop-c") > 0);
+}
+
+#[test]
+fn a_chain_that_loops_is_refused_with_508_naming_the_path() {
+    let a = relay_agent("hop-a");
+    let b = relay_agent("hop-b");
+    let mut s = spec(a.http.unwrap());
+    s.relay = vec![b.http.unwrap().to_string(), a.http.unwrap().to_string()];
+    let r = run(&s);
+    let looped = status(&r, "508");
+    assert!(looped > 0, "{:?}", r.metrics.status_counts);
+    assert_eq!(r.metrics.status_counts.as_ref().map_or(0, |c| c.len()), 1, "only 508s: {:?}", r.metrics.status_counts);
+    // The answer names the relays it went through, the looping one refusing.
+    assert!(r.servers.contains_key("hop-a,hop-b,hop-a"), "{:?}", r.servers);
+    let refused = a.ctx.counters.http_relay_refused.load(Ordering::Relaxed);
+    assert!(refused > 0);
+}
+
+#[test]
+fn a_server_without_relay_mode_refuses_chains_and_a_dead_hop_is_a_502() {
+    let plain = start_agent("plain", &[Which::Http]);
+    let relay = relay_agent("hop-a");
+    let mut s = spec(plain.http.unwrap());
+    s.relay = vec![relay.http.unwrap().to_string()];
+    s.duration_ms = 300;
+    let r = run(&s);
+    assert!(status(&r, "403") > 0, "{:?}", r.metrics.status_counts);
+    // A next hop nobody listens on: the relay answers 502 itself.
+    let dead = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let mut s = spec(relay.http.unwrap());
+    s.relay = vec![dead.to_string()];
+    s.duration_ms = 300;
+    let r = run(&s);
+    assert!(status(&r, "502") > 0, "{:?}", r.metrics.status_counts);
+    assert_eq!(r.servers.keys().collect::<Vec<_>>(), ["hop-a"]);
+}

@@ -25,6 +25,8 @@ pub struct Placement {
     pub role: Role,
     /// Servers: `agents.max_answer_qps`, the rate their answers are held to.
     pub max_answer_qps: Option<f64>,
+    /// Servers: relay service-chain requests (the scenario has a chain).
+    pub relay: bool,
 }
 
 /// One measurement: `client` runs `spec` against `server`.
@@ -50,6 +52,8 @@ pub struct Step {
     pub group: Option<String>,
     /// A capacity search (`qps = "max"`): the step runs once per rate the search tries.
     pub search: Option<crate::model::capacity::SearchSpec>,
+    /// A service chain: every hop's agent id, first (`server`) to last; empty otherwise.
+    pub chain: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -68,7 +72,12 @@ impl Plan {
     pub fn agent_requests(&self) -> Vec<AgentRequest> {
         self.placements
             .iter()
-            .map(|p| AgentRequest { id: p.id.clone(), node: p.node.clone(), max_answer_qps: p.max_answer_qps })
+            .map(|p| AgentRequest {
+                id: p.id.clone(),
+                node: p.node.clone(),
+                max_answer_qps: p.max_answer_qps,
+                relay: p.relay,
+            })
             .collect()
     }
 
@@ -87,6 +96,8 @@ pub enum PlanError {
     PlacementZones { variant: String, counts: usize, zones: usize },
     #[error("tests[{test}] ({name}): {message}")]
     Concurrency { test: usize, name: String, message: String },
+    #[error("tests[{test}] ({name}): hops: {message}")]
+    Chain { test: usize, name: String, message: String },
 }
 
 /// Places agents and orders the steps. Servers go on each zone's first node and clients on
@@ -105,7 +116,12 @@ pub fn expand(s: &Scenario, cluster: &ClusterTopology) -> Result<Plan, PlanError
             zones: zones.len(),
         });
     }
-    let servers_per_zone = s.agents.servers_per_zone.max(s.topology.as_ref().map_or(0, |t| t.servers_per_zone()));
+    let servers_per_zone = s
+        .agents
+        .servers_per_zone
+        .max(s.topology.as_ref().map_or(0, |t| t.servers_per_zone()))
+        .max(scenario::chain::servers_per_zone(s, &zones));
+    let relay = scenario::chain::any(s);
     let mut placements = Vec::new();
     for zone in &zones {
         let nodes: Vec<&str> =
@@ -120,6 +136,7 @@ pub fn expand(s: &Scenario, cluster: &ClusterTopology) -> Result<Plan, PlanError
                 zone: zone.clone(),
                 role: Role::Server,
                 max_answer_qps: s.agents.max_answer_qps,
+                relay,
             });
         }
         for i in 0..scenario::concurrency::placed_clients(s) {
@@ -129,6 +146,7 @@ pub fn expand(s: &Scenario, cluster: &ClusterTopology) -> Result<Plan, PlanError
                 zone: zone.clone(),
                 role: Role::Client,
                 max_answer_qps: None,
+                relay: false,
             });
         }
     }
@@ -145,6 +163,34 @@ pub fn expand(s: &Scenario, cluster: &ClusterTopology) -> Result<Plan, PlanError
                 continue;
             }
             let via = t.via.unwrap_or(s.defaults.via);
+            let chain = scenario::chain::agents(t, &zones).map_err(|message| PlanError::Chain {
+                test: test_index,
+                name: t.label(),
+                message,
+            })?;
+            if let Some(chain) = chain {
+                // One client, one route: the chain names its servers, `from` its client.
+                let from = scenario::chain::client_zone(t, &zones).unwrap_or_default();
+                if !zones.iter().any(|z| z == from) {
+                    let message = format!("from: the cluster has no zone {from:?} (it has {})", zones.join(", "));
+                    return Err(PlanError::Chain { test: test_index, name: t.label(), message });
+                }
+                steps.push(Step {
+                    test_index,
+                    name: t.label(),
+                    kind: t.kind,
+                    via: Via::Pod,
+                    variant: String::new(),
+                    repeat,
+                    client: format!("cli-{from}-0"),
+                    server: chain[0].clone(),
+                    spec: scenario::spec_for(s, t, "0.0.0.0:0"),
+                    group: None,
+                    search: t.search(),
+                    chain,
+                });
+                continue;
+            }
             let shares = scenario::concurrency::zone_shares(s, t, &zones)
                 .map_err(|message| PlanError::Concurrency { test: test_index, name: t.label(), message })?;
             if let Some(shares) = shares {
@@ -160,6 +206,7 @@ pub fn expand(s: &Scenario, cluster: &ClusterTopology) -> Result<Plan, PlanError
                     spec: scenario::spec_for(s, t, "0.0.0.0:0"),
                     group: None,
                     search: None,
+                    chain: Vec::new(),
                 };
                 steps.extend(concurrent_steps(&base, t.pairs.unwrap_or(s.defaults.pairs), &shares, &zones, &variants));
                 continue;
@@ -187,6 +234,7 @@ pub fn expand(s: &Scenario, cluster: &ClusterTopology) -> Result<Plan, PlanError
                             spec: scenario::spec_for(s, t, "0.0.0.0:0"),
                             group: None,
                             search: t.search(),
+                            chain: Vec::new(),
                         });
                     }
                 }
@@ -215,6 +263,7 @@ pub fn expand(s: &Scenario, cluster: &ClusterTopology) -> Result<Plan, PlanError
                         spec: scenario::spec_for(s, t, "0.0.0.0:0"),
                         group: None,
                         search: t.search(),
+                        chain: Vec::new(),
                     });
                 }
             }

@@ -144,7 +144,15 @@ fn build_request(spec: &TestSpec) -> Result<Box<[u8]>, TestError> {
         return Err(bad("target", &spec.target).into());
     }
     let close = if spec.connection_close { "Connection: close\r\n" } else { "" };
-    Ok(format!("GET {} HTTP/1.1\r\nHost: {}\r\n{close}\r\n", spec.path, spec.target).into_bytes().into_boxed_slice())
+    // The hops were checked as IP:PORT literals by the spec's validation.
+    let relay = if spec.relay.is_empty() {
+        String::new()
+    } else {
+        format!("{}: {}\r\n", crate::spec::RELAY_HEADER, spec.relay.join(","))
+    };
+    Ok(format!("GET {} HTTP/1.1\r\nHost: {}\r\n{relay}{close}\r\n", spec.path, spec.target)
+        .into_bytes()
+        .into_boxed_slice())
 }
 
 /// What every connection of the test shares.

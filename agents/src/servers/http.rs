@@ -6,6 +6,8 @@
 //! - `HEAD` answers like `GET` without the body; any other method gets a 405.
 //! - Every answer, errors included, carries `x-zonebench-server: <id>`, so a client behind a
 //!   Service can count which endpoint answered it.
+//! - A request with `x-zonebench-relay` is one hop of a service chain: under `serve
+//!   --relay` it is forwarded to the next hop (see [`relay`](super::relay)), else refused.
 //!
 //! Nothing is allocated per request beyond what hyper itself needs: the id header value is
 //! built once, `ok\n` and the error messages are static, and size answers are slices of one
@@ -52,6 +54,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use super::relay::{self, Relay, Upstream, RELAY_HEADER, VIA_HEADER};
 use super::{Counters, ServerCtx};
 
 /// Largest `size=N` answer (64 MiB).
@@ -62,6 +65,8 @@ pub const GUARD_PERIOD: Duration = Duration::from_secs(30);
 /// The header that names the answering server.
 pub const SERVER_HEADER: &str = "x-zonebench-server";
 const SERVER_HEADER_NAME: HeaderName = HeaderName::from_static(SERVER_HEADER);
+const RELAY_HEADER_NAME: HeaderName = HeaderName::from_static(RELAY_HEADER);
+const VIA_HEADER_NAME: HeaderName = HeaderName::from_static(VIA_HEADER);
 /// The body of a plain `GET`.
 pub const OK_BODY: &[u8] = b"ok\n";
 
@@ -94,7 +99,13 @@ async fn start_guarded(addr: SocketAddr, ctx: ServerCtx, guard_period: Duration)
     })?;
     let listener = bind(addr).map_err(|e| io::Error::new(e.kind(), format!("http server on {addr}: {e}")))?;
     let local = listener.local_addr()?;
-    let answers = Answers { server_id, counters: ctx.counters.clone(), pacer: ctx.pacer.clone() };
+    let answers = Answers {
+        own_id: ctx.identity.id.clone(),
+        server_id,
+        counters: ctx.counters.clone(),
+        pacer: ctx.pacer.clone(),
+        relay: ctx.relay.clone(),
+    };
     let mut builder = http1::Builder::new();
     // hyper's own header_read_timeout boxes and registers a new timer for every request; the
     // connection guard (see `serve_connection`) does that job with one timer per period.
@@ -174,7 +185,9 @@ async fn accept_loop(listener: TcpListener, shared: Shared, shutdown: Cancellati
         Counters::add(&counters.http_connections, 1);
         let activity = Arc::new(Activity::default());
         let io = Watched { io: TokioIo::new(stream), activity: activity.clone() };
-        let conn = builder.serve_connection(io, Svc { answers: answers.clone(), activity: activity.clone() });
+        // Only a relay needs an upstream slot per connection.
+        let upstream = answers.relay.is_some().then(Arc::default);
+        let conn = builder.serve_connection(io, Svc { answers: answers.clone(), activity: activity.clone(), upstream });
         tokio::spawn(serve_connection(conn, activity, guard_period, counters.clone(), shutdown.clone(), permit));
     }
 }
@@ -358,12 +371,49 @@ impl hyper::rt::Write for Watched {
 
 /// What every answer needs, built once per server.
 struct Answers {
+    own_id: String,
     server_id: HeaderValue,
     counters: Arc<Counters>,
     pacer: Option<Arc<super::pacer::Pacer>>,
+    relay: Option<Arc<Relay>>,
 }
 
 impl Answers {
+    /// The answer to a request of a service chain (one with a relay or via header): a
+    /// refusal now, or its forwarding (see [`relay`](super::relay)); `None` for any other
+    /// request.
+    fn chain(&self, req: &Request<Incoming>, upstream: Option<&Arc<Upstream>>) -> Option<Answer> {
+        let next = req.headers().get(RELAY_HEADER_NAME);
+        let via = req.headers().get(VIA_HEADER_NAME);
+        if next.is_none() && via.is_none() {
+            return None;
+        }
+        let refuse = |(status, why): relay::Refusal| {
+            Counters::add(&self.counters.http_requests, 1);
+            Counters::add(&self.counters.http_relay_refused, 1);
+            Some(Answer::Now(ready(Ok(self.respond(status, Bytes::from(why))))))
+        };
+        if let Some(refusal) = relay::check_via(via, &self.own_id) {
+            return refuse(refusal);
+        }
+        let next = next?;
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return None;
+        }
+        let hop = match relay::next_hop(self.relay.as_deref(), next, via, &self.own_id) {
+            Ok(hop) => hop,
+            Err(refusal) => return refuse(refusal),
+        };
+        let upstream = upstream?.clone();
+        Counters::add(&self.counters.http_requests, 1);
+        Counters::add(&self.counters.http_relayed, 1);
+        let own = self.server_id.clone();
+        let (method, uri) = (req.method().clone(), req.uri().clone());
+        Some(Answer::Relayed(Box::pin(async move {
+            Ok(relay::answer(&own, relay::forward(upstream, hop, method, uri).await))
+        })))
+    }
+
     fn answer(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         Counters::add(&self.counters.http_requests, 1);
         if req.method() != Method::GET && req.method() != Method::HEAD {
@@ -403,10 +453,12 @@ fn requested_size(query: Option<&str>) -> Result<Option<usize>, ()> {
     }
 }
 
-/// One connection's service: the shared answers plus the connection's activity.
+/// One connection's service: the shared answers plus the connection's activity (and, for
+/// a relay, its upstream connection).
 struct Svc {
     answers: Arc<Answers>,
     activity: Arc<Activity>,
+    upstream: Option<Arc<Upstream>>,
 }
 
 impl Service<Request<Incoming>> for Svc {
@@ -417,6 +469,9 @@ impl Service<Request<Incoming>> for Svc {
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         Activity::bump(&self.activity.requests);
         self.activity.reads_at_request.store(self.activity.reads.load(Ordering::Relaxed), Ordering::Relaxed);
+        if let Some(answer) = self.answers.chain(&req, self.upstream.as_ref()) {
+            return answer;
+        }
         let resp = self.answers.answer(&req);
         match self.answers.pacer.as_ref().and_then(|p| p.slot()) {
             None => Answer::Now(ready(Ok(resp))),
@@ -425,11 +480,16 @@ impl Service<Request<Incoming>> for Svc {
     }
 }
 
-/// An answer now (the hot path: no allocation, no timer), or at its pacer slot.
+/// An answer now (the hot path: no allocation, no timer), at its pacer slot, or once the
+/// next hop of a chain answered.
 enum Answer {
     Now(Ready<Result<Response<Full<Bytes>>, Infallible>>),
     Later(Pin<Box<tokio::time::Sleep>>, Option<Response<Full<Bytes>>>),
+    Relayed(Pin<Box<dyn Future<Output = Answered> + Send>>),
 }
+
+/// What the service's future yields.
+type Answered = Result<Response<Full<Bytes>>, Infallible>;
 
 impl Future for Answer {
     type Output = Result<Response<Full<Bytes>>, Infallible>;
@@ -441,6 +501,7 @@ impl Future for Answer {
                 std::task::ready!(sleep.as_mut().poll(cx));
                 Poll::Ready(Ok(resp.take().expect("an answer is polled to completion once")))
             }
+            Answer::Relayed(fut) => fut.as_mut().poll(cx),
         }
     }
 }

@@ -24,6 +24,7 @@ use crate::spec::Identity;
 
 pub mod http;
 pub mod pacer;
+pub mod relay;
 pub mod tcp;
 pub mod udp;
 
@@ -71,6 +72,8 @@ pub struct ServerCtx {
     pub caps: Caps,
     /// `--max-answer-qps`: the HTTP server answers at most this rate (see [`pacer`]).
     pub pacer: Option<Arc<pacer::Pacer>>,
+    /// `--relay`: the HTTP server forwards service-chain requests (see [`relay`]).
+    pub relay: Option<Arc<relay::Relay>>,
 }
 
 impl ServerCtx {
@@ -81,6 +84,7 @@ impl ServerCtx {
             shutdown: CancellationToken::new(),
             caps: Caps::default(),
             pacer: None,
+            relay: None,
         }
     }
 }
@@ -102,6 +106,10 @@ pub struct Counters {
     pub http_connections: AtomicU64,
     /// HTTP connections that ended in a protocol error (garbage, truncated request).
     pub http_rejected: AtomicU64,
+    /// HTTP requests forwarded to a chain's next hop (`--relay`).
+    pub http_relayed: AtomicU64,
+    /// Chain requests refused: relaying off, a hop outside the allowed CIDRs, a loop.
+    pub http_relay_refused: AtomicU64,
     /// Times a server stopped accepting because it held its [`Caps`] of connections.
     pub connection_cap_reached: AtomicU64,
 }
@@ -135,6 +143,12 @@ impl Counters {
             ("zonebench_http_requests_total", "HTTP requests answered", v(&self.http_requests)),
             ("zonebench_http_connections_total", "HTTP connections accepted", v(&self.http_connections)),
             ("zonebench_http_rejected_total", "HTTP connections ended by a protocol error", v(&self.http_rejected)),
+            ("zonebench_http_relayed_total", "HTTP requests relayed to a chain's next hop", v(&self.http_relayed)),
+            (
+                "zonebench_http_relay_refused_total",
+                "HTTP chain requests refused (relay off, hop not allowed, loop)",
+                v(&self.http_relay_refused),
+            ),
             (
                 "zonebench_connection_cap_reached_total",
                 "Times a data server held its most connections and stopped accepting",

@@ -282,6 +282,7 @@ pub(crate) mod fixtures {
             servers: BTreeMap::from([(format!("srv-{sz}-0"), 100)]),
             window: None,
             group: None,
+            chain: None,
             service_dataplane: None,
             locality: None,
             hints: None,

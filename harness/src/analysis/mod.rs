@@ -4,6 +4,7 @@
 //! ([`output`]).
 
 pub mod capacity;
+pub mod chain;
 pub mod compare;
 pub mod datatable;
 pub mod group;

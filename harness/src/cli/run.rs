@@ -234,19 +234,26 @@ fn report_outcome(outcome: &run::RunOutcome) -> Exit {
         });
         print!("{}", present::locality::render(&outcome.results, &model));
     } else {
-        // A capacity search's rates have their own table below; pooled into the matrix they
-        // would read as one latency.
+        // A capacity search's rates and the service chains have their own tables below;
+        // pooled into the matrix they would read as one latency, or as a last hop's.
         let probes = outcome.results.search_probes();
         let mut rest = outcome.results.clone();
-        rest.measurements =
-            rest.measurements.into_iter().enumerate().filter(|(i, _)| !probes.contains(i)).map(|(_, m)| m).collect();
-        if !rest.measurements.is_empty() || probes.is_empty() {
+        rest.measurements = rest
+            .measurements
+            .into_iter()
+            .enumerate()
+            .filter(|(i, m)| !probes.contains(i) && m.chain.is_none())
+            .map(|(_, m)| m)
+            .collect();
+        let own_tables = !probes.is_empty() || outcome.results.measurements.iter().any(|m| m.chain.is_some());
+        if !rest.measurements.is_empty() || !own_tables {
             print!("{}", present::matrix::render(&rest));
             print!("{}", present::datatable::render(&outcome.results));
         }
     }
     print!("{}", present::groups::render(&outcome.results));
     print!("{}", present::capacity::render(&outcome.results));
+    print!("{}", present::chains::render(&outcome.results));
     // A run that failed as a whole (before or between steps) says why, not only where.
     if let Some(error) = &outcome.results.error {
         eprintln!("error: {error}");

@@ -72,6 +72,8 @@ pub struct AgentRequest {
     /// The agent's servers answer at most this many HTTP requests/s (`--max-answer-qps`):
     /// an application at capacity, for capacity searches and overload studies.
     pub max_answer_qps: Option<f64>,
+    /// Relay service-chain requests (`serve --relay`).
+    pub relay: bool,
 }
 
 /// How the coordinator reaches an agent's control API.

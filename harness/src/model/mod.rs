@@ -9,6 +9,7 @@
 //! accessors.
 
 pub mod capacity;
+pub mod chain;
 pub mod cluster;
 pub mod cost;
 pub mod group;
@@ -18,6 +19,7 @@ pub mod noise;
 pub mod results;
 
 pub use capacity::{Capacity, CapacityPoint};
+pub use chain::Chain;
 pub use cluster::*;
 pub use cost::{CostLine, CostModel, CostSection, Locality};
 pub use group::{EndpointLoad, EndpointShare, Group};

@@ -100,6 +100,9 @@ pub struct Measurement {
     /// The concurrent group this measurement belongs to (an id in `groups`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
+    /// A service chain (`hops`): its route, the zones it crosses, how many answers made it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<super::chain::Chain>,
     /// Service-scaling sweep points: the dataplane's state when this was measured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_dataplane: Option<ServiceDataplaneStats>,

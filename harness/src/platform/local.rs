@@ -105,6 +105,7 @@ impl Platform for LocalPlatform {
                 .arg(dir.join("token"))
                 .args(["--id", &a.id, "--zone", &zone, "--node", &a.node])
                 .args(a.max_answer_qps.iter().flat_map(|q| ["--max-answer-qps".to_string(), q.to_string()]))
+                .args(a.relay.then_some("--relay"))
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(log);

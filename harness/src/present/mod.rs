@@ -2,10 +2,11 @@
 //! ([`matrix`]), the locality table of a topology-routing run beside each variant's hints
 //! verdict ([`locality`]), the table of a service-scaling sweep ([`sweep`]), the detailed data table of a
 //! zone-matrix run ([`datatable`]), and below any of them the concurrent
-//! groups ([`groups`]) and the capacity searches ([`capacity`]). Pure
+//! groups ([`groups`]), the capacity searches ([`capacity`]) and the service chains ([`chains`]). Pure
 //! functions of the results; the HTML report is `report`'s.
 
 pub mod capacity;
+pub mod chains;
 pub mod datatable;
 pub mod groups;
 pub mod locality;

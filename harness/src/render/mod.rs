@@ -41,7 +41,12 @@ pub fn services(
         .placements
         .iter()
         .filter(|p| p.role == Role::Server)
-        .map(|p| crate::model::AgentRequest { id: p.id.clone(), node: p.node.clone(), max_answer_qps: None })
+        .map(|p| crate::model::AgentRequest {
+            id: p.id.clone(),
+            node: p.node.clone(),
+            max_answer_qps: None,
+            relay: p.relay,
+        })
         .collect();
     let echo: Vec<EchoEndpoint> = agent_pods(&servers, nodes)?
         .into_iter()

@@ -111,6 +111,7 @@ pub fn render(p: &Page<'_>) -> String {
     if !r.capacities.is_empty() {
         capacities(&mut out, r);
     }
+    chains(&mut out, r);
     if !r.failures.is_empty() {
         let _ = writeln!(out, "<h2>Failed steps</h2><table><tr><th class=\"l\">test</th><th class=\"l\">client → server</th><th class=\"l\">error</th></tr>");
         for f in &r.failures {
@@ -348,6 +349,45 @@ fn data_table(out: &mut String, t: &crate::analysis::datatable::DataTable) {
         out.push_str("</tr>\n");
     }
     out.push_str("</table>\n");
+}
+
+/// The service chains: each chain test's route and latency, and what crossing zones added.
+fn chains(out: &mut String, r: &crate::model::RunResults) {
+    let chains = crate::analysis::chain::summarize(r);
+    if chains.is_empty() {
+        return;
+    }
+    out.push_str("<h2 id=\"chains\">Service chains</h2><p>Each request went from the client through every hop in turn (each hop an agent relaying to the next), the last one answering; latency is end to end. Medians over the repeats; <i>complete</i> is the share of answers that named every planned hop.</p>\n");
+    out.push_str("<table><tr><th class=\"l\">test</th><th class=\"l\">zones</th><th>crossed</th><th>p50</th><th>p99</th><th>req/s</th><th>complete</th></tr>\n");
+    let ns = |v: Option<f64>| v.map(format_ns).unwrap_or_default();
+    for c in &chains {
+        let _ = writeln!(
+            out,
+            "<tr><td class=\"l\">{}</td><td class=\"l\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"{}\">{:.1} %</td></tr>",
+            escape(&c.name),
+            escape(&c.zones),
+            c.zones_crossed,
+            ns(c.p50_ns),
+            ns(c.p99_ns),
+            c.requests_per_sec.map(|q| format!("{q:.0}")).unwrap_or_default(),
+            if c.complete_pct < 100.0 { "bad" } else { "" },
+            c.complete_pct,
+        );
+    }
+    out.push_str("</table>\n");
+    for (cross, same, added) in crate::analysis::chain::added_by_crossings(&chains) {
+        let sign = if added < 0.0 { "-" } else { "+" };
+        let _ = writeln!(
+            out,
+            "<p>{} against {}: {sign}{} p50 over {} zone crossing{} ({sign}{} each).</p>",
+            escape(&cross.name),
+            escape(&same.name),
+            format_ns(added.abs()),
+            cross.zones_crossed,
+            if cross.zones_crossed == 1 { "" } else { "s" },
+            format_ns((added / f64::from(cross.zones_crossed)).abs()),
+        );
+    }
 }
 
 fn capacities(out: &mut String, r: &crate::model::RunResults) {

@@ -344,7 +344,8 @@ pub(super) fn failure(step: &Step, error: String, params: BTreeMap<String, serde
         name: step.name.clone(),
         repeat: step.repeat,
         client: step.client.clone(),
-        server: step.server.clone(),
+        // A chain's failure names its whole route.
+        server: if step.chain.is_empty() { step.server.clone() } else { step.chain.join(",") },
         error,
         variant: step.variant.clone(),
         params,

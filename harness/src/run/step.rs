@@ -37,7 +37,17 @@ pub(super) async fn run_step(
             svc.address(port).with_context(|| format!("service {} has no {} port", step.server, port.name()))?
         }
     };
-    let spec = TestSpec { target: target.to_string(), start_at_unix_ns: start_at, ..step.spec.clone() };
+    // A chain's hops after the first are reached through it: their HTTP addresses, in order.
+    let relay = step
+        .chain
+        .iter()
+        .skip(1)
+        .map(|id| {
+            let hop = agents.get(id).with_context(|| format!("chain hop {id} was not deployed"))?;
+            Ok(std::net::SocketAddr::new(hop.ip, plan::port_for(step.kind, hop)).to_string())
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let spec = TestSpec { target: target.to_string(), start_at_unix_ns: start_at, relay, ..step.spec.clone() };
     let control = ControlClient::new(client.control.clone(), client.token.clone());
     let id = control.start_test(&spec).await?;
     if let Some(at) = start_at.filter(|&at| zonebench_agent::spec::unix_now_ns() > at) {
@@ -106,8 +116,16 @@ pub(super) fn measurement(
         }
     };
     // Who answered is read from the answers: the id with the most of them. An id no agent
-    // of this run carries would mean traffic reached something else; record it as is.
-    let answered = r.servers.iter().max_by_key(|(_, n)| **n).map(|(id, _)| id.clone());
+    // of this run carries would mean traffic reached something else; record it as is. A
+    // chain's answers name every hop: the last one answered.
+    let answered = r.servers.iter().max_by_key(|(_, n)| **n).map(|(id, _)| match step.chain.is_empty() {
+        true => id.clone(),
+        false => id.rsplit(',').next().unwrap_or(id).trim().to_string(),
+    });
+    let chain = (!step.chain.is_empty()).then(|| {
+        let hops: Vec<Endpoint> = step.chain.iter().map(|id| endpoint(id)).collect();
+        crate::analysis::chain::route(&endpoint(&step.client), hops, &r.servers)
+    });
     let server = match answered {
         Some(id) => endpoint(&id),
         None => endpoint(&step.server),
@@ -135,6 +153,7 @@ pub(super) fn measurement(
         servers: r.servers,
         window: r.window,
         group: step.group.clone(),
+        chain,
         service_dataplane: None,
         locality: None,
         hints: None,

@@ -171,6 +171,7 @@ fn point_step(
         spec: scenario::spec_for(session.scenario, t, "0.0.0.0:0"),
         group: None,
         search: None,
+        chain: Vec::new(),
     }
 }
 

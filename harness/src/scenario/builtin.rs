@@ -12,13 +12,14 @@ use std::path::Path;
 use super::{Scenario, ScenarioError};
 
 /// `(name, text)` of every built-in scenario, in the order `zonebench scenarios` lists them.
-pub const BUILTIN: [(&str, &str); 6] = [
+pub const BUILTIN: [(&str, &str); 7] = [
     ("quick", include_str!("../../../scenarios/quick.toml")),
     ("topology-routing", include_str!("../../../scenarios/topology-routing.toml")),
     ("service-scaling", include_str!("../../../scenarios/service-scaling.toml")),
     ("kube-proxy-sweep", include_str!("../../../scenarios/kube-proxy-sweep.toml")),
     ("nightly", include_str!("../../../scenarios/nightly.toml")),
     ("cni-benchmark", include_str!("../../../scenarios/cni-benchmark.toml")),
+    ("service-chain", include_str!("../../../scenarios/service-chain.toml")),
 ];
 
 /// The default scenario of `zonebench run` and `lab up`.
@@ -112,7 +113,9 @@ mod tests {
     fn an_unknown_name_lists_the_builtins() {
         let e = Scenario::resolve("/nonexistent/nope", &[]).unwrap_err().to_string();
         assert!(
-            e.contains("quick, topology-routing, service-scaling, kube-proxy-sweep, nightly, cni-benchmark"),
+            e.contains(
+                "quick, topology-routing, service-scaling, kube-proxy-sweep, nightly, cni-benchmark, service-chain"
+            ),
             "{e}"
         );
     }

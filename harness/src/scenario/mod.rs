@@ -15,6 +15,7 @@ pub use crate::model::Via;
 
 pub mod builtin;
 pub mod capacity;
+pub mod chain;
 pub mod concurrency;
 pub mod kube;
 pub mod lab;
@@ -230,6 +231,13 @@ pub struct TestEntry {
     /// Split the clients (or, with `qps`, the rate) over zones in this ratio.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zone_weights: Option<BTreeMap<String, u32>>,
+    /// A service chain: each request goes through these hops, zones or agent ids, in
+    /// order (see [`chain`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hops: Option<Vec<String>>,
+    /// A chain's client zone (default: the first zone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
 }
 
 impl TestEntry {
@@ -334,6 +342,10 @@ impl Scenario {
             }
             concurrency::validate(t, lab_zones).map_err(|(field, m)| (f(&field), m))?;
             capacity::validate(t).map_err(|(field, m)| (f(&field), m))?;
+            chain::validate(t, lab_zones).map_err(|(field, m)| (f(&field), m))?;
+            if t.hops.is_some() && self.sweep.is_some() {
+                return bad(f("hops"), "service chains are not supported in a [sweep] yet");
+            }
             if t.search().is_some() && self.sweep.is_some() {
                 return bad(f("qps"), "a capacity search (qps = \"max\") cannot run inside a [sweep] yet");
             }

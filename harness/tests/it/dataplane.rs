@@ -63,7 +63,12 @@ async fn lab_with_agents(kind: DataplaneKind) -> (LabPlatform, BTreeMap<String, 
     ];
     let requests: Vec<AgentRequest> = want
         .iter()
-        .map(|(id, node)| AgentRequest { id: id.to_string(), node: node.to_string(), max_answer_qps: None })
+        .map(|(id, node)| AgentRequest {
+            id: id.to_string(),
+            node: node.to_string(),
+            max_answer_qps: None,
+            relay: false,
+        })
         .collect();
     let agents = lab.deploy(&requests).await.unwrap();
     (lab, agents.into_iter().map(|a| (a.id.clone(), a)).collect())

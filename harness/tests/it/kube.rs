@@ -98,8 +98,8 @@ async fn deploy_creates_labelled_objects_reaches_agents_through_port_forward_and
     let c = fake_cluster("kube-deploy", Pods::RunAgents, KIND).await;
     let mut p = c.platform("cafe0001").await;
     let agents = [
-        AgentRequest { id: "srv-a-0".into(), node: "zb-worker".into(), max_answer_qps: None },
-        AgentRequest { id: "cli-b-0".into(), node: "zb-worker4".into(), max_answer_qps: None },
+        AgentRequest { id: "srv-a-0".into(), node: "zb-worker".into(), max_answer_qps: None, relay: false },
+        AgentRequest { id: "cli-b-0".into(), node: "zb-worker4".into(), max_answer_qps: None, relay: false },
     ];
     let deployed = p.deploy(&agents).await.unwrap();
     assert_eq!(deployed.len(), 2);
@@ -167,7 +167,7 @@ async fn an_image_that_cannot_be_pulled_fails_the_deploy_at_once_and_teardown_le
     let mut p = c.platform("cafe0002").await;
     let started = Instant::now();
     let err = p
-        .deploy(&[AgentRequest { id: "srv-a-0".into(), node: "zb-worker".into(), max_answer_qps: None }])
+        .deploy(&[AgentRequest { id: "srv-a-0".into(), node: "zb-worker".into(), max_answer_qps: None, relay: false }])
         .await
         .unwrap_err();
     let msg = format!("{err:#}");
@@ -718,7 +718,9 @@ async fn variant_services_are_deployed_with_the_agents_and_their_hints_read_back
     let mut options = c.options("feed0001");
     options.variants = vec![manifests::RoutingVariant::TopologyAuto];
     let mut p = discovered(options).await;
-    p.deploy(&[AgentRequest { id: "srv-a-0".into(), node: "zb-worker".into(), max_answer_qps: None }]).await.unwrap();
+    p.deploy(&[AgentRequest { id: "srv-a-0".into(), node: "zb-worker".into(), max_answer_qps: None, relay: false }])
+        .await
+        .unwrap();
     let svc = c.api.object("zonebench-feed0001", "services", "zb-echo-topology-auto").unwrap();
     assert_eq!(svc["metadata"]["annotations"]["service.kubernetes.io/topology-mode"], "Auto");
     // The EndpointSlice controller's work, as recorded.
@@ -740,9 +742,9 @@ async fn apply_services_creates_a_routed_clusterip_service_per_request_over_labe
     let mut p = c.platform("feed0002").await;
     let deployed = p
         .deploy(&[
-            AgentRequest { id: "srv-a-0".into(), node: "zb-worker".into(), max_answer_qps: None },
-            AgentRequest { id: "srv-b-0".into(), node: "zb-worker3".into(), max_answer_qps: None },
-            AgentRequest { id: "cli-a-0".into(), node: "zb-worker2".into(), max_answer_qps: None },
+            AgentRequest { id: "srv-a-0".into(), node: "zb-worker".into(), max_answer_qps: None, relay: false },
+            AgentRequest { id: "srv-b-0".into(), node: "zb-worker3".into(), max_answer_qps: None, relay: false },
+            AgentRequest { id: "cli-a-0".into(), node: "zb-worker2".into(), max_answer_qps: None, relay: false },
         ])
         .await
         .unwrap();

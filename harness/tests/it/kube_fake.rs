@@ -85,8 +85,8 @@ async fn a_selectorless_services_clusterip_forwards_to_its_slices_agents_only_af
     let mut p = c.platform("feed0003").await;
     let deployed = p
         .deploy(&[
-            AgentRequest { id: "srv-a-0".into(), node: "zb-worker".into(), max_answer_qps: None },
-            AgentRequest { id: "srv-b-0".into(), node: "zb-worker3".into(), max_answer_qps: None },
+            AgentRequest { id: "srv-a-0".into(), node: "zb-worker".into(), max_answer_qps: None, relay: false },
+            AgentRequest { id: "srv-b-0".into(), node: "zb-worker3".into(), max_answer_qps: None, relay: false },
         ])
         .await
         .unwrap();

@@ -101,8 +101,13 @@ fn later_objects() -> Vec<Value> {
         &echo,
     )));
     let settings = KubeSettings { cpu_limit: Some("2".into()), ..Default::default() };
-    let agents =
-        [manifests::AgentPod { id: "srv-a-0".into(), node: "n1".into(), zone: "a".into(), max_answer_qps: None }];
+    let agents = [manifests::AgentPod {
+        id: "srv-a-0".into(),
+        node: "n1".into(),
+        zone: "a".into(),
+        max_answer_qps: None,
+        relay: false,
+    }];
     let m = manifests::run_manifests(&manifests::RunInput {
         run: &run,
         settings: &settings,

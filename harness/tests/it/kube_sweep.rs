@@ -266,8 +266,8 @@ async fn applying_a_table_adds_only_what_is_new_recovers_from_failures_and_delet
     let ns = "zonebench-feed0005";
     let mut p = c.platform("feed0005").await;
     p.deploy(&[
-        AgentRequest { id: "srv-a-0".into(), node: "zb-worker".into(), max_answer_qps: None },
-        AgentRequest { id: "cli-a-0".into(), node: "zb-worker2".into(), max_answer_qps: None },
+        AgentRequest { id: "srv-a-0".into(), node: "zb-worker".into(), max_answer_qps: None, relay: false },
+        AgentRequest { id: "cli-a-0".into(), node: "zb-worker2".into(), max_answer_qps: None, relay: false },
     ])
     .await
     .unwrap();

@@ -356,14 +356,16 @@ async fn a_failing_agent_is_reported_with_its_log() {
     lab.discover().await.unwrap();
     let t = Instant::now();
     let e = lab
-        .deploy(&[AgentRequest { id: "srv-a-0".into(), node: "a-1".into(), max_answer_qps: None }])
+        .deploy(&[AgentRequest { id: "srv-a-0".into(), node: "a-1".into(), max_answer_qps: None, relay: false }])
         .await
         .unwrap_err();
     let e = format!("{e:#}");
     assert!(e.contains("agent-boom") && e.contains("exited"), "{e}");
     assert!(t.elapsed() < Duration::from_secs(5), "a dead agent is reported at once, not after the health timeout");
-    let unknown =
-        lab.deploy(&[AgentRequest { id: "x".into(), node: "z-9".into(), max_answer_qps: None }]).await.unwrap_err();
+    let unknown = lab
+        .deploy(&[AgentRequest { id: "x".into(), node: "z-9".into(), max_answer_qps: None, relay: false }])
+        .await
+        .unwrap_err();
     assert!(format!("{unknown:#}").contains("no node \"z-9\""), "{unknown:#}");
     lab.teardown().await.unwrap();
 }
@@ -378,8 +380,8 @@ async fn deploy_starts_agents_that_answer_health_checks() {
     lab.discover().await.unwrap();
     let agents = lab
         .deploy(&[
-            AgentRequest { id: "srv-a-0".into(), node: "a-1".into(), max_answer_qps: None },
-            AgentRequest { id: "cli-b-0".into(), node: "b-1".into(), max_answer_qps: None },
+            AgentRequest { id: "srv-a-0".into(), node: "a-1".into(), max_answer_qps: None, relay: false },
+            AgentRequest { id: "cli-b-0".into(), node: "b-1".into(), max_answer_qps: None, relay: false },
         ])
         .await
         .unwrap();

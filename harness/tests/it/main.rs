@@ -26,6 +26,7 @@ mod kube_sweep;
 mod lab;
 mod lab_api_forwarder;
 mod lab_capacity;
+mod lab_chain;
 mod lab_concurrent;
 mod lab_kube_control_plane;
 mod lab_kube_oracle;

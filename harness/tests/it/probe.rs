@@ -14,8 +14,10 @@ async fn one_agent() -> (LocalPlatform, ControlClient, SocketAddr, SocketAddr) {
     let program = AgentProgram { path: env!("CARGO_BIN_EXE_zonebench").into(), args: vec!["agent".into()] };
     let mut p = LocalPlatform::new(vec!["a".into()], 1, program).unwrap();
     p.discover().await.unwrap();
-    let agents =
-        p.deploy(&[AgentRequest { id: "cli-a".into(), node: "a-1".into(), max_answer_qps: None }]).await.unwrap();
+    let agents = p
+        .deploy(&[AgentRequest { id: "cli-a".into(), node: "a-1".into(), max_answer_qps: None, relay: false }])
+        .await
+        .unwrap();
     let a = &agents[0];
     let client = ControlClient::new(a.control.clone(), a.token.clone());
     (p, client, SocketAddr::new(a.ip, a.tcp_port), SocketAddr::new(a.ip, a.udp_port))

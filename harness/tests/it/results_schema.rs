@@ -68,6 +68,7 @@ fn sample() -> RunResults {
             servers: [("srv-b-0".to_string(), 1)].into(),
             window: Some(Window { start_ns: 1_700_000_000_000_000_000, end_ns: 1_700_000_001_000_000_000 }),
             group: Some("tcp-rr/echo/r0".into()),
+            chain: None,
             service_dataplane: None,
             locality: None,
             hints: None,

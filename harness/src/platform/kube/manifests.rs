@@ -104,6 +104,8 @@ pub struct AgentPod {
     pub zone: String,
     /// `--max-answer-qps` (see `AgentRequest`).
     pub max_answer_qps: Option<f64>,
+    /// `--relay` (see `AgentRequest`).
+    pub relay: bool,
 }
 
 impl AgentPod {
@@ -290,6 +292,9 @@ pub fn agent_pod(run: &RunMeta, s: &KubeSettings, image: &str, a: &AgentPod) -> 
     if let Some(q) = a.max_answer_qps {
         args.push("--max-answer-qps".into());
         args.push(q.to_string());
+    }
+    if a.relay {
+        args.push("--relay".into());
     }
     let mut limits = BTreeMap::from([("memory".to_string(), quantity(&s.memory))]);
     if let Some(l) = &s.cpu_limit {

@@ -311,6 +311,7 @@ pub fn agent_pods(agents: &[AgentRequest], nodes: &[Node]) -> anyhow::Result<Vec
                 node: a.node.clone(),
                 zone: node.zone.clone(),
                 max_answer_qps: a.max_answer_qps,
+                relay: a.relay,
             })
         })
         .collect()

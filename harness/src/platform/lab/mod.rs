@@ -616,6 +616,9 @@ impl LabPlatform {
         if let Some(q) = req.max_answer_qps {
             cmd.args(["--max-answer-qps", &q.to_string()]);
         }
+        if req.relay {
+            cmd.arg("--relay");
+        }
         cmd.stdin(Stdio::null());
         let log = self.run_dir.join(format!("{}.log", req.id));
         let proc = self.spawn_logged(cmd, &format!("agent:{}", req.id), &pod.netns, &log)?;

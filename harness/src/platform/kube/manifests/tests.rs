@@ -12,12 +12,14 @@ fn agents() -> Vec<AgentPod> {
             node: "ip-10-0-1-5.ec2.internal".into(),
             zone: "us-east-1a".into(),
             max_answer_qps: None,
+            relay: false,
         },
         AgentPod {
             id: "cli-us-east-1a-0".into(),
             node: "ip-10-0-1-6.ec2.internal".into(),
             zone: "us-east-1a".into(),
             max_answer_qps: None,
+            relay: false,
         },
     ]
 }
@@ -152,8 +154,8 @@ fn agent_ids_become_dns_names_and_clashes_are_refused() {
     assert_eq!(pod_name("srv-Zone_A-0").unwrap(), "srv-zone-a-0");
     let settings = KubeSettings::default();
     let clash = [
-        AgentPod { id: "srv-a_b-0".into(), node: "n".into(), zone: "a_b".into(), max_answer_qps: None },
-        AgentPod { id: "srv-a.b-0".into(), node: "n".into(), zone: "a.b".into(), max_answer_qps: None },
+        AgentPod { id: "srv-a_b-0".into(), node: "n".into(), zone: "a_b".into(), max_answer_qps: None, relay: false },
+        AgentPod { id: "srv-a.b-0".into(), node: "n".into(), zone: "a.b".into(), max_answer_qps: None, relay: false },
     ];
     let err = run_manifests(&RunInput {
         run: &run(),

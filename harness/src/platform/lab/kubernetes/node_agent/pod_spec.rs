@@ -392,7 +392,8 @@ mod tests {
 
     fn the_kube_platforms_agent_pod() -> Pod {
         let run = RunMeta { run_id: "abcd1234".into(), scenario: "quick".into() };
-        let a = AgentPod { id: "s-a-1".into(), node: "a-1".into(), zone: "a".into(), max_answer_qps: None };
+        let a =
+            AgentPod { id: "s-a-1".into(), node: "a-1".into(), zone: "a".into(), max_answer_qps: None, relay: false };
         agent_pod(&run, &KubeSettings::default(), &crate::scenario::kube::default_image(), &a).unwrap()
     }
 

@@ -66,11 +66,12 @@ struct ServeArgs {
     /// Highest UDP send rate (bits/s) the control API accepts; 0 (unlimited) is refused.
     #[arg(long, default_value = "100G", value_parser = units::parse_rate_bps)]
     max_rate: u64,
-    /// Highest open-loop HTTP rate the control API accepts.
+    /// Highest open-loop rate (http, tcp-rr, udp-rr) the control API accepts.
     #[arg(long, default_value_t = 1_000_000.0)]
     max_qps: f64,
-    /// Answer at most this many HTTP requests per second in all, like an application at
-    /// capacity: answers over the rate wait their turn (none is refused). Default: no limit.
+    /// Answer at most this many requests per second in all (HTTP requests, TCP echo and UDP
+    /// request transactions), like an application at capacity: answers over the rate wait
+    /// their turn (none is refused). Default: no limit.
     #[arg(long, value_parser = parse_positive_rate)]
     max_answer_qps: Option<f64>,
     /// Relay service-chain requests (`x-zonebench-relay`) to their next hop, inside the
@@ -126,7 +127,7 @@ struct ClientArgs {
     /// http: concurrent connections; rr tests: concurrent flows.
     #[arg(long, short = 'c', default_value_t = 1)]
     connections: u32,
-    /// http: total requests/s, open loop (latency from the intended send time).
+    /// http, tcp-rr, udp-rr: total requests/s, open loop (latency from the intended send time).
     #[arg(long, short = 'q')]
     qps: Option<f64>,
     /// http: `Connection: close`, one connection per request.
@@ -307,7 +308,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
             ctx.caps.http,
         );
         if let Some(q) = a.max_answer_qps {
-            eprintln!("zonebench-agent: answering at most {q} HTTP requests/s (--max-answer-qps)");
+            eprintln!("zonebench-agent: answering at most {q} requests/s (--max-answer-qps)");
         }
         if a.relay {
             let blocks: Vec<String> = allow.iter().map(ToString::to_string).collect();

@@ -96,7 +96,8 @@ pub struct TestSpec {
     /// http: concurrent connections (wrk `-c`); rr tests: concurrent flows.
     #[serde(default = "one")]
     pub connections: u32,
-    /// http: total requests/s for an open-loop run; absent = closed loop at max rate.
+    /// http, tcp-rr, udp-rr: total requests (transactions) per second for an open-loop run,
+    /// shared by the `connections` flows; absent = closed loop at max rate.
     #[serde(default)]
     pub qps: Option<f64>,
     /// http: send `Connection: close` and reconnect for every request.
@@ -204,6 +205,9 @@ impl TestSpec {
         if let Some(q) = self.qps {
             if !q.is_finite() || q <= 0.0 {
                 return bad("qps", "must be a positive number of requests per second".into());
+            }
+            if !matches!(self.test, TestKind::Http | TestKind::TcpRr | TestKind::UdpRr) {
+                return bad("qps", format!("an open-loop rate is for http, tcp-rr and udp-rr, not {}", self.test));
             }
         }
         if !self.path.starts_with('/') {

@@ -374,3 +374,41 @@ fn the_client_cli_names_an_unreachable_target() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&closed.to_string()) && err.contains("refused"), "{err}");
 }
+
+#[test]
+fn tcp_rr_in_the_open_loop_keeps_the_asked_rate() {
+    let agent = agent();
+    let mut s = spec(TestKind::TcpRr, tcp(&agent));
+    s.qps = Some(400.0);
+    s.connections = 2;
+    let r = run(&s);
+    let n = transactions(&r);
+    assert!((340..=460).contains(&n), "{n} transactions at 400/s for 1 s");
+    assert_eq!(r.metrics.errors, Some(0));
+    // Latency counts from the intended send time; on loopback that is still far below a
+    // millisecond (the bound leaves room for a busy test machine).
+    assert!(r.latency.unwrap().p50_ns < 10_000_000);
+}
+
+#[test]
+fn tcp_rr_against_an_echo_server_limited_by_max_answer_qps_is_held_to_that_rate() {
+    let limited = |ctx: &mut zonebench_agent::servers::ServerCtx| {
+        ctx.pacer = zonebench_agent::servers::pacer::Pacer::new(300.0).map(std::sync::Arc::new);
+    };
+    let agent = common::start_agent_with("echo-slow", &[Which::Tcp], limited);
+    let mut s = spec(TestKind::TcpRr, tcp(&agent));
+    // Flows sharing one thread: the tokio path of the open loop.
+    s.connections = 4;
+    s.threads = Some(1);
+    s.qps = Some(150.0);
+    let under = run(&s);
+    let tps = under.metrics.transactions_per_sec.unwrap();
+    assert!((120.0..=180.0).contains(&tps), "{tps} of 150/s under a 300/s limit");
+    // Twice the limit: the server answers at its rate and the open loop's lag shows in the
+    // latency (from the intended send times), not as a quietly lower rate.
+    s.qps = Some(600.0);
+    let over = run(&s);
+    let tps = over.metrics.transactions_per_sec.unwrap();
+    assert!((180.0..=330.0).contains(&tps), "{tps} at 600/s against a 300/s limit");
+    assert!(over.latency.unwrap().p99_ns > 100_000_000, "queued answers wait");
+}

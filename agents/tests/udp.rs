@@ -423,3 +423,29 @@ fn a_late_answer_is_never_credited_to_the_next_transaction() {
     assert!(answered.abs_diff(lost) <= 1, "answered {answered}, lost {lost}");
     assert_eq!(r.servers, [("prompt".to_string(), answered)].into());
 }
+
+#[test]
+fn udp_rr_in_the_open_loop_keeps_the_asked_rate_and_a_limited_server_caps_it() {
+    let agent = common::start_agent("echo-u", &[Which::Udp]);
+    let mut s = spec(TestKind::UdpRr, agent.udp.unwrap());
+    s.qps = Some(400.0);
+    let r = load::run(&s, &CancellationToken::new()).unwrap();
+    common::check_result(&r);
+    let tps = r.metrics.transactions_per_sec.unwrap();
+    assert!((340.0..=460.0).contains(&tps), "{tps} of 400/s");
+    assert!(r.latency.unwrap().p50_ns < 10_000_000);
+
+    let limited = |ctx: &mut zonebench_agent::servers::ServerCtx| {
+        ctx.pacer = zonebench_agent::servers::pacer::Pacer::new(300.0).map(std::sync::Arc::new);
+    };
+    let slow = common::start_agent_with("echo-slow", &[Which::Udp], limited);
+    let mut s = spec(TestKind::UdpRr, slow.udp.unwrap());
+    s.connections = 2;
+    s.threads = Some(1);
+    s.qps = Some(600.0);
+    let over = load::run(&s, &CancellationToken::new()).unwrap();
+    common::check_result(&over);
+    let tps = over.metrics.transactions_per_sec.unwrap();
+    assert!((180.0..=330.0).contains(&tps), "{tps} at 600/s against a 300/s limit");
+    assert!(over.latency.unwrap().p99_ns > 50_000_000, "queued answers wait");
+}

@@ -6,11 +6,9 @@
 //!   a `Host` header built once from the spec, and reads each answer's body to the end.
 //! - Closed loop (no `qps`): each connection sends its next request when the previous answer
 //!   is complete; latency is send → last body byte.
-//! - Open loop (`qps`): the connections share the rate evenly, connection `k` of `n` sending
-//!   at `start + (k + i·n)/qps`, so the combined schedule is uniform. Latency is measured
-//!   from the *intended* send time: a request that could not go out on time (the previous
-//!   answer was late) is sent at once and its wait is part of its latency, so a server stall
-//!   shows in every request scheduled during it (no coordinated omission).
+//! - Open loop (`qps`): the connections share the rate on one uniform schedule and latency
+//!   is measured from each request's *intended* send time, so a server stall shows in every
+//!   request scheduled during it (no coordinated omission); see [`super::schedule`].
 //! - `connection_close`: every request carries `Connection: close` on a new TCP connection;
 //!   connecting is part of the latency, and connect times are also reported as `connect`.
 //! - A kept-alive connection that the server closed while it idled (the request fails before
@@ -57,6 +55,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::http_answer::{AnswerParser, ServerTally};
 pub use super::http_answer::{NO_SERVER_HEADER, SERVER_HEADER};
+use super::schedule::Schedule;
 use super::{per_sec, run_workers, thread_count, until, wait_until, Phases, TestError};
 use crate::histogram;
 use crate::spec::{Metrics, SpecError, TestKind, TestResult, TestSpec};
@@ -86,7 +85,7 @@ pub fn run(spec: &TestSpec, target: SocketAddr, cancel: &CancellationToken) -> R
         timeout,
         connection_close: spec.connection_close,
         connections,
-        qps: spec.qps,
+        schedule: Schedule::new(spec.qps, connections, phases.start),
     });
     let parts = run_workers(threads, threads, |t| {
         let plan = plan.clone();
@@ -163,17 +162,8 @@ struct Plan {
     timeout: Duration,
     connection_close: bool,
     connections: usize,
-    qps: Option<f64>,
-}
-
-impl Plan {
-    /// Connection `k`'s `i`-th intended send time in the open loop, `None` in the closed loop.
-    #[inline]
-    fn scheduled(&self, k: usize, i: u64) -> Option<Instant> {
-        let qps = self.qps?;
-        let slot = k as f64 + i as f64 * self.connections as f64;
-        Some(self.phases.start + Duration::from_nanos((slot * 1e9 / qps) as u64))
-    }
+    /// The open loop's send times; `None` in the closed loop.
+    schedule: Option<Schedule>,
 }
 
 /// One thread's share of the results; merged across threads at the end.
@@ -285,7 +275,7 @@ async fn drive(plan: Arc<Plan>, k: usize, local: Rc<Local>, cancel: Cancellation
     let work = async {
         let mut i: u64 = 0;
         loop {
-            let intended = match plan.scheduled(k, i) {
+            let intended = match plan.schedule.map(|s| s.at(k, i)) {
                 Some(at) => {
                     wait_until(at).await;
                     at
@@ -299,7 +289,7 @@ async fn drive(plan: Arc<Plan>, k: usize, local: Rc<Local>, cancel: Cancellation
             let measured = !phases.in_warmup(intended);
             // In the closed loop on an open connection the request goes out now: one clock read
             // serves both as intended and as actual send time.
-            let mut sent = if plan.qps.is_some() { Instant::now() } else { intended };
+            let mut sent = if plan.schedule.is_some() { Instant::now() } else { intended };
             // A kept-alive connection the server closed while it idled fails before any answer
             // byte; like browsers and hyper's pool, resend once on a new connection (the
             // reconnect is part of this request's latency).
@@ -365,7 +355,7 @@ async fn drive(plan: Arc<Plan>, k: usize, local: Rc<Local>, cancel: Cancellation
                         local.stats.borrow_mut().error(&e);
                     }
                     conn = None;
-                    if plan.qps.is_none() && matches!(e, Failure::Connect(_) | Failure::ConnectTimeout) {
+                    if plan.schedule.is_none() && matches!(e, Failure::Connect(_) | Failure::ConnectTimeout) {
                         tokio::time::sleep(CONNECT_RETRY_PAUSE).await;
                     }
                 }
@@ -460,29 +450,5 @@ mod unit {
         assert!(build_request(&spec).unwrap().ends_with(b"Connection: close\r\n\r\n"));
         spec.path = "/ HTTP/1.1\r\nX-Evil: 1".into();
         assert!(matches!(build_request(&spec), Err(TestError::Spec(e)) if e.field == "path"));
-    }
-
-    #[test]
-    fn open_loop_connections_interleave_into_one_uniform_schedule() {
-        let mut spec = TestSpec::new(TestKind::Http, "127.0.0.1:1");
-        spec.qps = Some(1000.0);
-        let phases = Phases::new(&spec);
-        let plan = Plan {
-            target: "127.0.0.1:1".parse().unwrap(),
-            request: Box::new([]),
-            phases,
-            timeout: Duration::from_secs(1),
-            connection_close: false,
-            connections: 4,
-            qps: spec.qps,
-        };
-        let mut times: Vec<Duration> = (0..4)
-            .flat_map(|k| (0..25).map(move |i| (k, i)))
-            .map(|(k, i)| plan.scheduled(k, i).unwrap() - phases.start)
-            .collect();
-        times.sort();
-        for (n, t) in times.iter().enumerate() {
-            assert_eq!(*t, Duration::from_millis(n as u64), "slot {n}");
-        }
     }
 }

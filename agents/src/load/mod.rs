@@ -1,6 +1,6 @@
 //! Load generators, one module per test kind, and what they share: the warm-up/measure
-//! clock ([`Phases`]), the thread layout ([`run_workers`]), precise pacing ([`wait_until`])
-//! and target resolution.
+//! clock ([`Phases`]), the thread layout ([`run_workers`]), the open loop's schedule
+//! ([`schedule`]), precise pacing ([`wait_until`]) and target resolution.
 //!
 //! A test is a blocking call, [`run`], that builds its own runtimes: the standalone client
 //! calls it directly and the control API calls it on a dedicated thread, so a load generator
@@ -17,6 +17,7 @@ use crate::spec::{SpecError, TestKind, TestResult, TestSpec, Window};
 
 pub mod http;
 pub mod http_answer;
+pub mod schedule;
 mod tcp_client;
 pub mod tcp_crr;
 pub mod tcp_rr;

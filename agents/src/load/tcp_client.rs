@@ -133,6 +133,19 @@ impl Waiter {
         }
     }
 
+    /// Waits until `at` (the open loop's next send time), cut short by cancellation:
+    /// precisely, by spinning the last moments, as the latency counts from `at`.
+    pub(crate) async fn until(&mut self, at: Instant, blocking: bool) {
+        if blocking {
+            super::schedule::sleep_until(at, &self.cancel);
+        } else {
+            tokio::select! {
+                () = self.cancel.cancelled() => {}
+                () = super::wait_until(at) => {}
+            }
+        }
+    }
+
     /// Sleeps `d` (cut short by cancellation).
     pub(crate) async fn pause(&mut self, d: Duration, blocking: bool) {
         if blocking {

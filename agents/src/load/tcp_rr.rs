@@ -8,6 +8,9 @@
 //! counted (netperf's definition): every flow connects, sends its preamble and reads the
 //! server's hello before the clock starts.
 //!
+//! With `qps` the flows run an open loop instead (see [`super::schedule`]): each
+//! transaction starts at its intended time, and its latency counts from then.
+//!
 //! A failed transaction (timeout after `timeout_ms`, reset, a server that closed or broke
 //! the protocol) counts one error and the flow reconnects after a short pause; errors are
 //! counted when the failed transaction started inside the measured window. `servers` counts
@@ -23,6 +26,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use tokio_util::sync::CancellationToken;
 
+use super::schedule::Schedule;
 use super::tcp_client::{Conn, FlowOut, Gate, Limit, OpError, PerThread, Servers, Waiter, ERROR_BACKOFF, RECV_BUF_MAX};
 use super::{per_sec, run_workers, thread_count, Phases, TestError};
 use crate::histogram;
@@ -113,12 +117,23 @@ async fn flow_main(t: Arc<Test>, flow: usize) -> FlowOut {
     let request = vec![0u8; t.spec.request_size as usize];
     let response_size = t.spec.response_size as usize;
     let mut answer = vec![0u8; (response_size + 1).min(RECV_BUF_MAX)];
+    let schedule = Schedule::new(t.spec.qps, t.spec.connections.max(1) as usize, phases.start);
+    let mut i: u64 = 0;
     loop {
-        let t0 = Instant::now();
+        // The transaction's start: now in the closed loop, its intended time in the open one.
+        let t0 = match schedule {
+            Some(s) => {
+                let at = s.at(flow, i);
+                i += 1;
+                w.until(at, t.blocking).await;
+                at
+            }
+            None => Instant::now(),
+        };
         if phases.is_over(t0) || w.is_cancelled() {
             break;
         }
-        let limit = Limit::new(t0, timeout, Some(phases.end));
+        let limit = Limit::new(t0.max(Instant::now()), timeout, Some(phases.end));
         let done = match conn.write_all(&request, &mut w, limit).await {
             Ok(()) => conn.read_answer(response_size, &mut answer, &mut w, limit).await,
             Err(e) => Err(e),

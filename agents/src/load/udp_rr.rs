@@ -15,6 +15,8 @@
 //!   lost datagram from eating a visible part of the window (netperf's UDP_RR instead waits
 //!   forever). Near the end of the window the wait is cut to the time left, and a
 //!   transaction cut that way is not counted either way, so the run ends on time.
+//! - **Open loop.** With `qps`, each transaction goes out at its intended time and its
+//!   latency counts from then (see [`super::schedule`]); a lost one still takes its wait.
 //! - **Errors.** `errors` counts every failed transaction: timeouts (also `lost_packets`;
 //!   an ICMP "port unreachable" only ends the wait early), failed sends, and malformed
 //!   answers (which are otherwise ignored). `loss_pct` is lost / (answered + lost).
@@ -33,6 +35,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use tokio_util::sync::CancellationToken;
 
+use super::schedule::{self, Schedule};
 use super::udp_stream::{connected_socket, random_flow_id};
 use super::{per_sec, thread_count, Phases, TestError};
 use crate::histogram;
@@ -46,11 +49,13 @@ pub fn run(spec: &TestSpec, target: SocketAddr, cancel: &CancellationToken) -> R
     let flows = spec.connections as usize;
     let threads = thread_count(spec, spec.connections);
     let sockets = (0..flows).map(|_| connected_socket(target)).collect::<Result<Vec<_>, _>>()?;
+    let phases = Phases::new(spec);
     let cfg = FlowConfig {
         request_size: (spec.request_size as usize).clamp(UDP_HEADER_LEN, MAX_UDP_PAYLOAD as usize),
         response_size: spec.response_size,
         wait: ANSWER_WAIT_MAX.min(Duration::from_millis(spec.timeout_ms)),
-        phases: Phases::new(spec),
+        phases,
+        schedule: Schedule::new(spec.qps, flows, phases.start),
     };
     let tallies = if threads >= flows {
         run_blocking(&cfg, sockets, cancel)?
@@ -83,6 +88,7 @@ struct FlowConfig {
     response_size: u32,
     wait: Duration,
     phases: Phases,
+    schedule: Option<Schedule>,
 }
 
 /// What one flow measured.
@@ -101,12 +107,13 @@ impl Tally {
         Tally { latency: histogram::new(), answered: 0, lost: 0, errors: 0, servers: Vec::new() }
     }
 
+    /// An answer to the transaction that began at `began` (its intended time in the open loop).
     #[inline]
-    fn answered(&mut self, p: &Phases, sent: Instant, done: Instant, id: &str) {
-        if !p.counts(sent, done) {
+    fn answered(&mut self, p: &Phases, began: Instant, done: Instant, id: &str) {
+        if !p.counts(began, done) {
             return;
         }
-        histogram::record(&mut self.latency, (done - sent).as_nanos() as u64);
+        histogram::record(&mut self.latency, (done - began).as_nanos() as u64);
         self.answered += 1;
         match self.servers.iter_mut().find(|(s, _)| s == id) {
             Some((_, n)) => *n += 1,
@@ -221,21 +228,27 @@ fn blocking_flow(
     socket.set_read_timeout(Some(armed))?;
     let mut seq: u64 = 0;
     loop {
+        // The open loop's intended send time, which the latency counts from.
+        let intended = cfg.schedule.map(|s| s.at(index, seq));
+        if let Some(at) = intended {
+            schedule::sleep_until(at, cancel);
+        }
         if cancel.is_cancelled() {
             return Err(TestError::Cancelled);
         }
         let now = Instant::now();
-        if p.is_over(now) {
+        if p.is_over(intended.unwrap_or(now)) {
             break;
         }
         // Never wait past the end of the window (1 µs floor: a zero timeout means "forever").
-        let wait = cfg.wait.min(p.end - now).max(Duration::from_micros(1));
+        let wait = cfg.wait.min(p.end.saturating_duration_since(now)).max(Duration::from_micros(1));
         if wait != armed {
             socket.set_read_timeout(Some(wait))?;
             armed = wait;
         }
         encode_request(&mut request, cfg, flow, seq, now);
         let sent = Instant::now();
+        let began = intended.unwrap_or(sent);
         let deadline = sent + wait;
         if socket.send(&request).is_err() {
             // Nothing is in flight: wait out the slot rather than spin on a failing socket.
@@ -248,7 +261,7 @@ fn blocking_flow(
             match socket.recv(&mut buf) {
                 Ok(n) => match classify(&buf[..n], flow, seq) {
                     Answer::Ours(id) => {
-                        tally.answered(p, sent, Instant::now(), id);
+                        tally.answered(p, began, Instant::now(), id);
                         break;
                     }
                     other => {
@@ -302,16 +315,24 @@ async fn async_flow(
     let mut buf = vec![0u8; MAX_UDP_PAYLOAD as usize + 1];
     let mut seq: u64 = 0;
     loop {
+        let intended = cfg.schedule.map(|s| s.at(index, seq));
+        if let Some(at) = intended {
+            tokio::select! {
+                () = cancel.cancelled() => {}
+                () = super::wait_until(at) => {}
+            }
+        }
         if cancel.is_cancelled() {
             return Err(TestError::Cancelled);
         }
         let now = Instant::now();
-        if p.is_over(now) {
+        if p.is_over(intended.unwrap_or(now)) {
             break;
         }
-        let wait = cfg.wait.min(p.end - now);
+        let wait = cfg.wait.min(p.end.saturating_duration_since(now));
         encode_request(&mut request, cfg, flow, seq, now);
         let sent = Instant::now();
+        let began = intended.unwrap_or(sent);
         let deadline = sent + wait;
         if socket.send(&request).await.is_err() {
             tally.failed(p, sent, wait, false);
@@ -323,7 +344,7 @@ async fn async_flow(
             match tokio::time::timeout_at(deadline.into(), socket.recv(&mut buf)).await {
                 Ok(Ok(n)) => match classify(&buf[..n], flow, seq) {
                     Answer::Ours(id) => {
-                        tally.answered(p, sent, Instant::now(), id);
+                        tally.answered(p, began, Instant::now(), id);
                         break;
                     }
                     Answer::Late => {}

@@ -70,7 +70,8 @@ pub struct ServerCtx {
     pub counters: Arc<Counters>,
     pub shutdown: CancellationToken,
     pub caps: Caps,
-    /// `--max-answer-qps`: the HTTP server answers at most this rate (see [`pacer`]).
+    /// `--max-answer-qps`: the HTTP, TCP echo and UDP request servers together answer at
+    /// most this rate (see [`pacer`]).
     pub pacer: Option<Arc<pacer::Pacer>>,
     /// `--relay`: the HTTP server forwards service-chain requests (see [`relay`]).
     pub relay: Option<Arc<relay::Relay>>,

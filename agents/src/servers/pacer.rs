@@ -1,5 +1,6 @@
 //! An answer-rate limit for the servers (`serve --max-answer-qps`): the agent then behaves
-//! like an application at capacity, answering at most that many requests per second in all.
+//! like an application at capacity, answering at most that many requests per second in all
+//! (HTTP requests, TCP echo transactions and UDP requests share the one rate).
 //! Answers over the rate are not refused but wait their turn, as requests queue in front of
 //! a saturated service, so an open-loop client above the rate sees its latency grow and its
 //! achieved rate fall short: what a capacity search must find by measuring.

@@ -62,9 +62,10 @@ impl Relay {
 #[derive(Default)]
 pub(super) struct Upstream(tokio::sync::Mutex<Option<(SocketAddr, SendRequest<Empty<Bytes>>)>>);
 
-/// Where a relayed request goes next.
+/// Where a relayed request goes next. Public, with [`check_via`] and [`next_hop`], for the
+/// `relay_headers` fuzz target: both read headers anyone can send.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) struct Hop {
+pub struct Hop {
     pub next: SocketAddr,
     /// The relay header for the next hop; empty when it is the last.
     pub rest: String,
@@ -73,11 +74,11 @@ pub(super) struct Hop {
 }
 
 /// A request refused before it was forwarded: its status and why.
-pub(super) type Refusal = (StatusCode, String);
+pub type Refusal = (StatusCode, String);
 
 /// Checks a request's via list against `own_id` (a loop, or too long a chain): the 508
 /// such a request gets. `None` for a request that may be served.
-pub(super) fn check_via(via: Option<&HeaderValue>, own_id: &str) -> Option<Refusal> {
+pub fn check_via(via: Option<&HeaderValue>, own_id: &str) -> Option<Refusal> {
     let via = via?.to_str().unwrap_or("");
     let hops: Vec<&str> = via.split(',').map(str::trim).filter(|h| !h.is_empty()).collect();
     if hops.contains(&own_id) {
@@ -97,7 +98,7 @@ pub(super) fn check_via(via: Option<&HeaderValue>, own_id: &str) -> Option<Refus
 
 /// Parses a relay request's headers into its next hop, checking the relay mode, the list,
 /// its length and the allowed CIDRs.
-pub(super) fn next_hop(
+pub fn next_hop(
     relay: Option<&Relay>,
     header: &HeaderValue,
     via: Option<&HeaderValue>,

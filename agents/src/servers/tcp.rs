@@ -49,6 +49,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use super::pacer::Pacer;
 use super::{Counters, ServerCtx};
 use crate::wire::{self, Preamble, TcpMode, WireError, PREAMBLE_LEN};
 
@@ -104,6 +105,8 @@ struct Shared {
     /// One permit per connection served on the loops; `cap` of them.
     slots: Arc<Semaphore>,
     cap: usize,
+    /// `--max-answer-qps`: each echo answer waits for its slot (see [`super::pacer`]).
+    pacer: Option<Arc<Pacer>>,
 }
 
 /// Binds `addr`, starts the server and returns the bound address. The server stops
@@ -139,6 +142,7 @@ pub async fn start(addr: SocketAddr, ctx: ServerCtx) -> io::Result<SocketAddr> {
         blocking_max: std::thread::available_parallelism().map_or(1, |n| n.get()),
         slots: Arc::new(Semaphore::new(ctx.caps.tcp)),
         cap: ctx.caps.tcp,
+        pacer: ctx.pacer.clone(),
     });
     for (i, listener) in listeners.into_iter().enumerate() {
         if let Err(e) = start_loop(i, listener, shared.clone()) {
@@ -452,6 +456,9 @@ async fn echo(
     loop {
         while pending >= request_size {
             pending -= request_size;
+            if let Some(at) = shared.pacer.as_ref().and_then(|p| p.slot()) {
+                tokio::time::sleep_until(at.into()).await;
+            }
             let mut left = response_size;
             while left > 0 {
                 let chunk = left.min(ZEROS.len());
@@ -636,6 +643,9 @@ fn blocking_serve(stream: std::net::TcpStream, state: Handoff, shared: &Shared) 
             loop {
                 while pending >= request_size {
                     pending -= request_size;
+                    if let Some(at) = shared.pacer.as_ref().and_then(|p| p.slot()) {
+                        std::thread::sleep(at.saturating_duration_since(Instant::now()));
+                    }
                     let mut left = response_size;
                     while left > 0 {
                         let chunk = left.min(ZEROS.len());

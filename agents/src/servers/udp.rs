@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
+use super::pacer::Pacer;
 use super::{Counters, ServerCtx};
 use crate::spec::MAX_UDP_PAYLOAD;
 use crate::wire::{truncate_id, FlowStats, UdpHeader, UdpKind, FLAG_WARMUP, FLOW_STATS_LEN, UDP_HEADER_LEN};
@@ -113,7 +114,7 @@ impl Server {
         loop {
             match socket.recv_from(&mut buf) {
                 Ok((n, peer)) => {
-                    self.handle(&buf[..n], peer, socket, counters);
+                    self.handle(&buf[..n], peer, socket, counters, ctx.pacer.as_deref());
                     since_check += 1;
                     if since_check >= SHUTDOWN_CHECK_EVERY {
                         since_check = 0;
@@ -144,7 +145,14 @@ impl Server {
     }
 
     #[inline]
-    fn handle(&mut self, datagram: &[u8], peer: SocketAddr, socket: &UdpSocket, counters: &Counters) {
+    fn handle(
+        &mut self,
+        datagram: &[u8],
+        peer: SocketAddr,
+        socket: &UdpSocket,
+        counters: &Counters,
+        pacer: Option<&Pacer>,
+    ) {
         let Ok(h) = UdpHeader::decode(datagram) else {
             Counters::add(&counters.udp_rejected, 1);
             return;
@@ -157,6 +165,11 @@ impl Server {
                 }
             }
             UdpKind::Request => {
+                // `--max-answer-qps`: the answer waits for its slot, and requests queue in
+                // the socket meanwhile, as in front of a saturated service.
+                if let Some(at) = pacer.and_then(Pacer::slot) {
+                    std::thread::sleep(at.saturating_duration_since(Instant::now()));
+                }
                 let size = (h.response_size as usize).clamp(UDP_HEADER_LEN + self.id_len, self.answer.len());
                 UdpHeader { kind: UdpKind::Response, flags: 0, id_len: self.id_len as u8, ..h }
                     .encode_into(&mut self.answer);

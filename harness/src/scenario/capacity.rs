@@ -105,13 +105,10 @@ pub fn validate(t: &TestEntry) -> Result<(), (String, String)> {
         }
         return Ok(());
     }
-    if t.kind != TestKind::Http {
+    if !matches!(t.kind, TestKind::Http | TestKind::TcpRr | TestKind::UdpRr) {
         return bad(
             "qps",
-            format!(
-                "\"max\" searches open-loop rates, which only http has so far ({} has no open-loop rate yet)",
-                t.kind
-            ),
+            format!("\"max\" searches open-loop rates, which http, tcp-rr and udp-rr have ({} has none)", t.kind),
         );
     }
     let Some(slo) = t.slo_p99 else {

@@ -245,8 +245,15 @@ fn a_capacity_search_needs_an_slo_an_http_test_and_a_sane_range() {
         assert_eq!(e.field, field, "{body}: {e}");
         assert!(e.message.contains(says), "{body}: {e}");
     }
-    let e = parse("[[tests]]\nkind = \"tcp-rr\"\nqps = \"max\"\nslo_p99 = \"1ms\"\n").unwrap_err();
-    assert!(e.field == "tests[0].qps" && e.message.contains("only http"), "{e}");
+    // tcp-rr and udp-rr have open-loop rates too; the other kinds do not.
+    for kind in ["tcp-rr", "udp-rr"] {
+        let s = parse(&format!("[[tests]]\nkind = \"{kind}\"\nqps = \"max\"\nslo_p99 = \"1ms\"\n")).unwrap();
+        assert!(s.tests[0].search().is_some(), "{kind}");
+    }
+    let e = parse("[[tests]]\nkind = \"tcp-crr\"\nqps = \"max\"\nslo_p99 = \"1ms\"\n").unwrap_err();
+    assert!(e.field == "tests[0].qps" && e.message.contains("tcp-crr has none"), "{e}");
+    let e = parse("[[tests]]\nkind = \"tcp-stream\"\nqps = 500\n").unwrap_err();
+    assert!(e.field == "tests[0].qps" && e.message.contains("not tcp-stream"), "{e}");
     let e = parse("[[tests]]\nkind = \"http\"\nqps = \"lots\"\n").unwrap_err();
     assert!(e.location.starts_with("s.toml:3:") && e.message.contains("\"lots\""), "{e}");
     let e = parse("[agents]\nmax_answer_qps = -3\n[[tests]]\nkind = \"http\"\n").unwrap_err();

@@ -52,7 +52,8 @@ pub struct Step {
     pub group: Option<String>,
     /// A capacity search (`qps = "max"`): the step runs once per rate the search tries.
     pub search: Option<crate::model::capacity::SearchSpec>,
-    /// A service chain: every hop's agent id, first (`server`) to last; empty otherwise.
+    /// A service chain: every hop's agent id (or [`SERVICE_NAME`] for a hop through the
+    /// Service), first (`server`) to last; empty otherwise.
     pub chain: Vec<String>,
 }
 
@@ -168,7 +169,11 @@ pub fn expand(s: &Scenario, cluster: &ClusterTopology) -> Result<Plan, PlanError
                 name: t.label(),
                 message,
             })?;
-            if let Some(chain) = chain {
+            if let Some(mut chain) = chain {
+                // A Service hop is the run's Service (its name is the plan's to give).
+                for hop in chain.iter_mut().filter(|h| *h == scenario::chain::SERVICE_HOP) {
+                    *hop = SERVICE_NAME.to_string();
+                }
                 // One client, one route: the chain names its servers, `from` its client.
                 let from = scenario::chain::client_zone(t, &zones).unwrap_or_default();
                 if !zones.iter().any(|z| z == from) {
@@ -179,7 +184,7 @@ pub fn expand(s: &Scenario, cluster: &ClusterTopology) -> Result<Plan, PlanError
                     test_index,
                     name: t.label(),
                     kind: t.kind,
-                    via: Via::Pod,
+                    via: if chain[0] == SERVICE_NAME { Via::Service } else { Via::Pod },
                     variant: String::new(),
                     repeat,
                     client: format!("cli-{from}-0"),
@@ -355,7 +360,7 @@ pub fn service_ports(s: &Scenario) -> Vec<AgentPort> {
     let mut ports: Vec<AgentPort> = s
         .tests
         .iter()
-        .filter(|t| t.via.unwrap_or(s.defaults.via) == Via::Service)
+        .filter(|t| t.via.unwrap_or(s.defaults.via) == Via::Service || scenario::chain::uses_service(t))
         .map(|t| AgentPort::of_test(t.kind))
         .collect();
     ports.sort();

@@ -21,4 +21,8 @@ pub struct Chain {
     /// Answers whose path was exactly the planned one, percent of all answers; the rest were
     /// cut short (a hop refused or failed: their status says why).
     pub complete_pct: f64,
+    /// The hops (by index) that went through the Service: their agent and zone are those of
+    /// the complete path most answers took (`servers` has every path).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<u32>,
 }

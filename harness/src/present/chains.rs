@@ -52,7 +52,11 @@ pub fn render(r: &RunResults) -> String {
             format_ns(per.abs()),
         );
     }
-    for c in chains.iter().filter(|c| c.complete_pct < 100.0) {
+    let answered = |c: &&chain::ChainSummary| c.requests_per_sec.is_some_and(|q| q > 0.0);
+    for c in chains.iter().filter(|c| !answered(c)) {
+        let _ = writeln!(out, "  {}: no answer within the measured window (a hop that never answers?)", c.name);
+    }
+    for c in chains.iter().filter(answered).filter(|c| c.complete_pct < 100.0) {
         let _ = writeln!(
             out,
             "  {}: {:.1}% of answers were cut short by a hop (see the measurement's status_counts)",

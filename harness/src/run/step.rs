@@ -37,12 +37,17 @@ pub(super) async fn run_step(
             svc.address(port).with_context(|| format!("service {} has no {} port", step.server, port.name()))?
         }
     };
-    // A chain's hops after the first are reached through it: their HTTP addresses, in order.
+    // A chain's hops after the first are reached through it: their HTTP addresses (an agent's,
+    // or the Service's virtual one), in order.
     let relay = step
         .chain
         .iter()
         .skip(1)
         .map(|id| {
+            if let Some(svc) = services.get(id) {
+                let addr = svc.address(AgentPort::Http).with_context(|| format!("service {id} has no http port"))?;
+                return Ok(addr.to_string());
+            }
             let hop = agents.get(id).with_context(|| format!("chain hop {id} was not deployed"))?;
             Ok(std::net::SocketAddr::new(hop.ip, plan::port_for(step.kind, hop)).to_string())
         })
@@ -123,8 +128,10 @@ pub(super) fn measurement(
         false => id.rsplit(',').next().unwrap_or(id).trim().to_string(),
     });
     let chain = (!step.chain.is_empty()).then(|| {
-        let hops: Vec<Endpoint> = step.chain.iter().map(|id| endpoint(id)).collect();
-        crate::analysis::chain::route(&endpoint(&step.client), hops, &r.servers)
+        // A hop through the Service is not an agent of the plan: the answers tell which it was.
+        let planned: Vec<Option<Endpoint>> =
+            step.chain.iter().map(|id| (id != plan::SERVICE_NAME).then(|| endpoint(id))).collect();
+        crate::analysis::chain::route(&endpoint(&step.client), &planned, &r.servers, endpoint)
     });
     let server = match answered {
         Some(id) => endpoint(&id),
@@ -169,7 +176,8 @@ pub(super) fn attach_locality(
     step: &Step,
     services: &BTreeMap<String, DeployedService>,
 ) {
-    if step.via != Via::Service {
+    // A chain's answers name paths, not agents; its record is the chain's own.
+    if step.via != Via::Service || !step.chain.is_empty() {
         return;
     }
     let zone_of = |id: &str| plan.placement(id).map(|p| p.zone.clone());

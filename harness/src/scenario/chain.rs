@@ -2,11 +2,15 @@
 //! server agents, as a request through a line of services that each call the next. This
 //! module owns what `hops` and `from` mean, so plan only asks "which agents, in which order".
 //!
-//! - `hops = ["b", "c", "a"]`: each entry a zone (one of its server agents) or an agent id
-//!   (`"srv-b-1"`). A zone's entries take its server agents in order (`srv-b-0`, then
-//!   `srv-b-1`, …), skipping agents the chain names itself, so `["a", "a", "a"]` is three
-//!   distinct agents of zone a; the run places as many server agents per zone as a chain
-//!   needs.
+//! - `hops = ["b", "c", "a"]`: each entry a zone (one of its server agents), an agent id
+//!   (`"srv-b-1"`) or `"service"`, the run's Service in front of every server agent. A zone's
+//!   entries take its server agents in order (`srv-b-0`, then `srv-b-1`, …), skipping agents
+//!   the chain names itself, so `["a", "a", "a"]` is three distinct agents of zone a; the run
+//!   places as many server agents per zone as a chain needs.
+//! - A `"service"` hop goes to the Service's virtual IP, and the dataplane picks the agent,
+//!   as a service calling another through its ClusterIP: which agent (and zone) it was is
+//!   read from the answers, never assumed. A pick of an agent the request already passed is
+//!   a loop the agents refuse with a 508, counted as failed requests.
 //! - `from = "a"`: the client's zone (default: the first zone).
 //! - The first hop is the client's target; every other hop is reached through the one
 //!   before it (the agents' relay mode), and the last one answers.
@@ -22,14 +26,21 @@ use super::{Scenario, TestEntry, Via};
 /// Most hops a chain may have: the target and the relays after it.
 pub const MAX_HOPS: usize = MAX_RELAY_HOPS + 1;
 
-/// A hop as written: a zone, or one server agent.
+/// The hop entry that names the run's Service.
+pub const SERVICE_HOP: &str = "service";
+
+/// A hop as written: a zone, one server agent, or the Service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Hop<'a> {
     Zone(&'a str),
     Agent { id: &'a str, zone: &'a str, index: u32 },
+    Service,
 }
 
 fn hop(entry: &str) -> Hop<'_> {
+    if entry == SERVICE_HOP {
+        return Hop::Service;
+    }
     if let Some(rest) = entry.strip_prefix("srv-") {
         if let Some((zone, n)) = rest.rsplit_once('-') {
             if let (false, Ok(index)) = (zone.is_empty(), n.parse::<u32>()) {
@@ -58,7 +69,8 @@ pub fn validate(t: &TestEntry, lab_zones: Option<&[String]>) -> Result<(), (Stri
     if t.via == Some(Via::Service) {
         return bad(
             "via",
-            "a chain's hops are server agents (zones or agent ids); via = \"service\" does not apply".into(),
+            "a chain's hops are zones, agent ids or \"service\"; via = \"service\" does not apply (make a hop \"service\")"
+                .into(),
         );
     }
     if t.is_concurrent() {
@@ -73,6 +85,7 @@ pub fn validate(t: &TestEntry, lab_zones: Option<&[String]>) -> Result<(), (Stri
             let zone = match hop(h) {
                 Hop::Zone(z) => z,
                 Hop::Agent { zone, .. } => zone,
+                Hop::Service => continue,
             };
             if !known(zone) {
                 return bad(
@@ -96,7 +109,7 @@ fn looped(hops: &[String]) -> Option<String> {
         .iter()
         .map(|h| match hop(h) {
             Hop::Agent { id, .. } => Some(id),
-            Hop::Zone(_) => None,
+            Hop::Zone(_) | Hop::Service => None,
         })
         .collect();
     for (j, id) in ids.iter().enumerate() {
@@ -113,7 +126,8 @@ fn looped(hops: &[String]) -> Option<String> {
     None
 }
 
-/// A chain's hops as server agent ids, in order; `Err` names a zone the cluster lacks.
+/// A chain's hops as server agent ids, in order, [`SERVICE_HOP`] for a Service hop; `Err`
+/// names a zone the cluster lacks.
 pub fn agents(t: &TestEntry, zones: &[String]) -> Result<Option<Vec<String>>, String> {
     let Some(hops) = &t.hops else { return Ok(None) };
     if let Some(m) = looped(hops) {
@@ -123,13 +137,17 @@ pub fn agents(t: &TestEntry, zones: &[String]) -> Result<Option<Vec<String>>, St
         .iter()
         .filter_map(|h| match hop(h) {
             Hop::Agent { zone, index, .. } => Some((zone, index)),
-            Hop::Zone(_) => None,
+            Hop::Zone(_) | Hop::Service => None,
         })
         .collect();
     let mut next: std::collections::BTreeMap<&str, u32> = Default::default();
     let mut out = Vec::new();
     for (i, h) in hops.iter().enumerate() {
         let (zone, index) = match hop(h) {
+            Hop::Service => {
+                out.push(SERVICE_HOP.to_string());
+                continue;
+            }
             Hop::Agent { zone, index, .. } => (zone, index),
             Hop::Zone(zone) => {
                 let n = next.entry(zone).or_default();
@@ -175,6 +193,11 @@ pub fn any(s: &Scenario) -> bool {
     s.tests.iter().any(|t| t.hops.is_some())
 }
 
+/// Whether a test's chain goes through the Service (so the run needs it, with its HTTP port).
+pub fn uses_service(t: &TestEntry) -> bool {
+    t.hops.iter().flatten().any(|h| hop(h) == Hop::Service)
+}
+
 #[cfg(test)]
 mod unit {
     use super::*;
@@ -210,6 +233,14 @@ mod unit {
         assert_eq!(field, "hops");
         assert!(m.contains("hop 2 (\"x\"): no zone \"x\"; the lab's zones are a, b, c"), "{m}");
         assert!(agents(&entry(&["a", "x"]), &zones()).unwrap_err().contains("no zone \"x\""));
+    }
+
+    #[test]
+    fn a_service_hop_stays_a_service_takes_no_agent_and_never_loops() {
+        let e = entry(&["a", "service", "service", "a"]);
+        assert!(validate(&e, Some(&zones())).is_ok());
+        assert_eq!(agents(&e, &zones()).unwrap().unwrap(), ["srv-a-0", "service", "service", "srv-a-1"]);
+        assert!(uses_service(&e) && !uses_service(&entry(&["a", "b"])));
     }
 
     #[test]

@@ -343,6 +343,12 @@ impl Scenario {
             concurrency::validate(t, lab_zones).map_err(|(field, m)| (f(&field), m))?;
             capacity::validate(t).map_err(|(field, m)| (f(&field), m))?;
             chain::validate(t, lab_zones).map_err(|(field, m)| (f(&field), m))?;
+            if chain::uses_service(t) && self.topology.is_some() {
+                return bad(
+                    f("hops"),
+                    "a \"service\" hop goes through the run's one Service; [topology] variants are not supported in chains yet",
+                );
+            }
             if t.hops.is_some() && self.sweep.is_some() {
                 return bad(f("hops"), "service chains are not supported in a [sweep] yet");
             }

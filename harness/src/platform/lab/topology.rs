@@ -613,6 +613,11 @@ impl Plan {
             Cmd::ip(&node.netns, &["link", "add", &pod.host_ifname, "mtu", &mtu, "type", "veth",
                 "peer", "name", &pod.ifname, "mtu", &mtu, "netns", ns]),
             Cmd::ip(&node.netns, &["link", "set", &pod.host_ifname, "master", &node.pod_bridge, "up"]),
+            // Hairpin, as kubelet's default hairpin-veth and the CNI bridge plugin's
+            // hairpinMode: a pod reaching itself through a Service VIP has its frame DNATed on
+            // the bridge (br_netfilter) and sent back out the port it came in on, which a
+            // bridge does only for a hairpin port.
+            Cmd::ip(&node.netns, &["link", "set", &pod.host_ifname, "type", "bridge_slave", "hairpin", "on"]),
             Cmd::ip(ns, &["addr", "add", &addr, "dev", &pod.ifname]),
             Cmd::ip(ns, &["link", "set", &pod.ifname, "up"]),
             Cmd::ip(ns, &["route", "add", "default", "via", &gw, "dev", &pod.ifname]),
@@ -856,6 +861,7 @@ mod tests {
         ));
         assert!(has(&c, "zb3f2a-pod3", "addr add 198.19.16.2/24 dev zb3f2a-eth"));
         assert!(has(&c, "zb3f2a-pod3", "route add default via 198.19.16.1 dev zb3f2a-eth"));
+        assert!(has(&c, "zb3f2a-b-1", "link set zb3f2a-v0 type bridge_slave hairpin on"));
         assert!(c.iter().any(|c| c.program == "sysctl" && c.args.contains(&"net.ipv4.tcp_tw_reuse=1".to_string())));
     }
 }

@@ -13,11 +13,14 @@
 //!   which the agent's UDP echo server answers with a `Response` echoing flow and sequence
 //!   number; success is that answer arriving within `attempt_timeout_ms`. Anything else that
 //!   arrives is ignored (and mentioned in the error), so a stray datagram never counts.
-//! - **A fresh socket per attempt.** Before a Service's rules exist, a datagram to its
-//!   address leaves a conntrack entry without DNAT; later datagrams of the same 5-tuple would
-//!   follow that entry even after the rules appear and never be answered. A new socket gets a
-//!   new source port, so every attempt meets the rules as they are at that moment (TCP gets
-//!   that for free).
+//! - **A fresh source port per attempt, outside the ephemeral range.** Before a Service's
+//!   rules exist, a SYN or datagram to its address leaves a conntrack entry without DNAT (a
+//!   black-holed SYN's lives 120 s); a later packet of the same 5-tuple follows that entry
+//!   even after the rules appear and is never answered. So each attempt binds the next port
+//!   of [`SourcePorts`], a range above (else below) `ip_local_port_range`: every attempt
+//!   meets the rules as they are at that moment, and the tests that follow, whose ports the
+//!   kernel picks from the ephemeral range, never inherit an entry the probe left (with
+//!   kube-proxy's iptables mode a reused port hung a tcp-rr connect past its timeout).
 //! - **Bounded.** Attempts stop when one succeeds, when `within_ms` has passed (no attempt
 //!   runs past it: the last one's wait is cut to the time left), after [`MAX_ATTEMPTS`], or
 //!   when the agent shuts down. Between attempts the probe pauses `interval_ms`; with 0 it
@@ -224,7 +227,7 @@ async fn attempt(
     seq: u64,
 ) -> Result<(), String> {
     match protocol {
-        ProbeProtocol::Tcp => match tokio::time::timeout(wait, TcpStream::connect(target)).await {
+        ProbeProtocol::Tcp => match tokio::time::timeout(wait, tcp_connect(target)).await {
             Err(_) => Err(timed_out(wait)),
             Ok(Err(e)) => Err(describe(&e)),
             // Connected is all a probe needs: dropping the stream closes it at once.
@@ -237,13 +240,98 @@ async fn attempt(
     }
 }
 
+/// A TCP connect from the next probe source port.
+async fn tcp_connect(target: SocketAddr) -> io::Result<TcpStream> {
+    let socket = match target {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // The attempt that succeeds closes first, leaving TIME_WAIT on its port: reusable by
+    // the next probe's bind.
+    socket.set_reuseaddr(true)?;
+    SourcePorts::bind(target.is_ipv4(), |addr| socket.bind(addr))?;
+    socket.connect(target).await
+}
+
+/// The probe's source ports: a range outside the kernel's ephemeral one, taken in turn by
+/// every attempt of every probe of this process, so a port comes back only after the whole
+/// range (thousands of attempts) and never is one a load generator's connect gets.
+pub struct SourcePorts;
+
+/// How the range is found: `/proc/sys/net/ipv4/ip_local_port_range`, Linux's default
+/// 32768–60999 when it cannot be read.
+const LOCAL_PORT_RANGE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
+/// A range this small is not worth having: use the kernel's choice instead.
+const MIN_RANGE: u16 = 512;
+/// Ports below this are left alone (privileged, and where servers listen).
+const LOWEST: u16 = 10_000;
+
+impl SourcePorts {
+    /// The range for an ephemeral range of `lo..=hi`: above it if there is room, else below.
+    pub fn range_for(lo: u16, hi: u16) -> Option<(u16, u16)> {
+        if u32::from(hi) + u32::from(MIN_RANGE) <= 65_535 {
+            return Some((hi + 1, 65_535));
+        }
+        (lo >= LOWEST + MIN_RANGE).then(|| (LOWEST, lo - 1))
+    }
+
+    fn range() -> Option<(u16, u16)> {
+        static RANGE: std::sync::OnceLock<Option<(u16, u16)>> = std::sync::OnceLock::new();
+        *RANGE.get_or_init(|| {
+            let text = std::fs::read_to_string(LOCAL_PORT_RANGE).unwrap_or_default();
+            let mut it = text.split_whitespace().filter_map(|w| w.parse::<u16>().ok());
+            let (lo, hi) = (it.next().unwrap_or(32_768), it.next().unwrap_or(60_999));
+            SourcePorts::range_for(lo, hi)
+        })
+    }
+
+    fn next(lo: u16, hi: u16) -> u16 {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        lo + (n % (u32::from(hi - lo) + 1)) as u16
+    }
+
+    /// Binds with `bind` to the next free port of the range (skipping ports in use); to
+    /// port 0, the kernel's choice, when there is no range or no free port in a few tries.
+    fn bind(v4: bool, mut bind: impl FnMut(SocketAddr) -> io::Result<()>) -> io::Result<()> {
+        let any = |port| -> SocketAddr {
+            if v4 {
+                (Ipv4Addr::UNSPECIFIED, port).into()
+            } else {
+                (Ipv6Addr::UNSPECIFIED, port).into()
+            }
+        };
+        if let Some((lo, hi)) = SourcePorts::range() {
+            for _ in 0..16 {
+                if bind(any(SourcePorts::next(lo, hi))).is_ok() {
+                    return Ok(());
+                }
+            }
+        }
+        bind(any(0))
+    }
+
+    /// A UDP socket on the next port of the range (see [`SourcePorts::bind`]).
+    fn bind_udp(any: SocketAddr) -> io::Result<UdpSocket> {
+        let mut bound = None;
+        SourcePorts::bind(any.is_ipv4(), |addr| {
+            let s = std::net::UdpSocket::bind(addr)?;
+            bound = Some(s);
+            Ok(())
+        })?;
+        let s = bound.ok_or_else(|| io::Error::other("no UDP socket bound"))?;
+        s.set_nonblocking(true)?;
+        UdpSocket::from_std(s)
+    }
+}
+
 async fn udp_attempt(target: SocketAddr, wait: Duration, flow: u64, seq: u64) -> Result<(), String> {
     let deadline = Instant::now() + wait;
     let any: SocketAddr = match target {
         SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
         SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
     };
-    let socket = UdpSocket::bind(any).await.map_err(|e| format!("cannot open a UDP socket: {}", describe(&e)))?;
+    let socket = SourcePorts::bind_udp(any).map_err(|e| format!("cannot open a UDP socket: {}", describe(&e)))?;
     // Connected, so an ICMP port unreachable comes back as an error on the receive and ends
     // the attempt early, and only the target's datagrams are delivered.
     socket.connect(target).await.map_err(|e| format!("connect: {}", describe(&e)))?;
@@ -300,6 +388,34 @@ fn describe(e: &io::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn probe_ports_lie_outside_the_ephemeral_range() {
+        assert_eq!(SourcePorts::range_for(32_768, 60_999), Some((61_000, 65_535)));
+        // A range reaching the top leaves room below it, above the servers' ports.
+        assert_eq!(SourcePorts::range_for(20_000, 65_535), Some((10_000, 19_999)));
+        assert_eq!(SourcePorts::range_for(1_024, 65_535), None);
+        // Successive ports are distinct and stay in the range.
+        let ports: Vec<u16> = (0..100).map(|_| SourcePorts::next(61_000, 61_049)).collect();
+        assert!(ports.iter().all(|p| (61_000..=61_049).contains(p)));
+        assert!(ports.windows(2).all(|w| w[0] != w[1]));
+    }
+
+    #[tokio::test]
+    async fn a_tcp_attempt_comes_from_a_probe_port_not_an_ephemeral_one() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let target = listener.local_addr().unwrap();
+        let stream = tcp_connect(target).await.unwrap();
+        let port = stream.local_addr().unwrap().port();
+        if let Some((lo, hi)) = SourcePorts::range() {
+            assert!((lo..=hi).contains(&port), "{port} outside {lo}..={hi}");
+        }
+        let udp = SourcePorts::bind_udp("0.0.0.0:0".parse().unwrap()).unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if let Some((lo, hi)) = SourcePorts::range() {
+            assert!((lo..=hi).contains(&port), "{port} outside {lo}..={hi}");
+        }
+    }
 
     fn spec(json: &str) -> Result<ProbeSpec, serde_json::Error> {
         serde_json::from_str(json)

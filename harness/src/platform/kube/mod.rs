@@ -457,9 +457,17 @@ impl Platform for KubePlatform {
                 p.message(format!("kube: {m}"));
             }
         };
-        let (deployed, latency) =
+        let (mut deployed, latency) =
             run_services::apply(&cluster, &self.run, &self.nodes, services, &mut self.services, probe, &mut progress)
                 .await?;
+        // Routes come back as the endpoints' pod IPs: name the agents behind them.
+        let agent_at: BTreeMap<String, String> =
+            self.agents.values().map(|a| (a.ip.to_string(), a.id.clone())).collect();
+        for route in deployed.iter_mut().flat_map(|d| d.routes.values_mut()).flatten() {
+            if let Some(id) = agent_at.get(route.as_str()) {
+                *route = id.clone();
+            }
+        }
         // Each node's rules and sync time come from the nodes themselves where the coordinator
         // reaches them, else from the node inspector, when it runs.
         let after = if let Some(access) = &self.options.nodes {

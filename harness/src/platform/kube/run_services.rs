@@ -254,7 +254,7 @@ async fn apply_inner(
         })
         .await?;
         for (r, svc) in batch.iter().zip(&created) {
-            let deployed = deployed(&ns, r, svc, None)?;
+            let deployed = deployed(&ns, r, svc, None, BTreeMap::new())?;
             applied.insert(r.name.clone(), Applied { request: (*r).clone(), deployed });
         }
     }
@@ -276,7 +276,7 @@ async fn apply_inner(
                         .await?
                         .pop()
                         .context("the API server created no Service")?;
-                    let d = deployed(&ns, r, &svc, None)?;
+                    let d = deployed(&ns, r, &svc, None, BTreeMap::new())?;
                     (svc, Some(d))
                 }
                 EndpointsBy::Controller => {
@@ -411,16 +411,49 @@ fn deployed(
     r: &ServiceRequest,
     svc: &Service,
     hints: Option<HintsVerdict>,
+    routes: BTreeMap<String, Vec<String>>,
 ) -> anyhow::Result<DeployedService> {
     Ok(DeployedService {
         name: r.name.clone(),
         ip: cluster_ip(ns, r, svc)?,
         ports: r.ports.iter().map(|&p| (p, manifests::agent_port(p))).collect(),
         hints,
-        // kube-proxy's choice per node is not read back from a cluster (yet): the group
-        // summary then gives measured shares without the expected ones.
-        routes: BTreeMap::new(),
+        routes,
     })
+}
+
+/// What each node's kube-proxy does with a Service's live endpoints and the hints the
+/// cluster's controller wrote on them ([`topology::proxy`], kube-proxy's own filtering
+/// ported): the endpoint addresses each node routes ClusterIP traffic to, the expected load
+/// an overload verdict weighs the measured one against. The platform names the agents
+/// behind the addresses. Empty for `PreferSameNode`, whose node hints are not read back.
+pub fn routes(nodes: &[Node], routing: RoutingMode, live: &ServiceHints) -> BTreeMap<String, Vec<String>> {
+    if routing == RoutingMode::PreferSameNode {
+        return BTreeMap::new();
+    }
+    let eps: Vec<topology::Endpoint> = live
+        .endpoints
+        .iter()
+        .map(|e| topology::Endpoint {
+            address: e.address.clone(),
+            node: e.node.clone(),
+            zone: e.zone.clone(),
+            ready: Some(e.ready),
+            serving: Some(e.ready),
+            terminating: Some(false),
+            hints: (!e.for_zones.is_empty())
+                .then(|| topology::Hints { for_zones: e.for_zones.clone(), for_nodes: Vec::new() }),
+        })
+        .collect();
+    let cluster: Vec<topology::Node> = nodes
+        .iter()
+        .map(|n| topology::Node::new(n.name.clone(), &n.zone, topology::Cpu::from_millis(n.cpu_millis)))
+        .collect();
+    let svc = topology::ServiceConfig::with_mode(routing);
+    topology::proxy::routing_by_node(&eps, &svc, &cluster, &topology::proxy::ProxyOptions::default())
+        .into_iter()
+        .map(|(node, c)| (node, c.internal().iter().map(|&i| eps[i].address.clone()).collect()))
+        .collect()
 }
 
 /// Waits for the controller to publish a Service's endpoints (and hints, when its routing
@@ -436,13 +469,14 @@ async fn await_controller(
     let live =
         services::wait_for_endpoints(cluster, ns, &r.name, r.backends.len(), want_hints, ENDPOINTS_WITHIN).await?;
     let mut v = verdict(ns, nodes, r.routing, &live)?;
+    let routes = routes(nodes, r.routing, &live);
     // What the controller wrote against what the doctor predicts for the same objects: the
     // verdict `zonebench hints -n` would give now (a failed reading is said, not guessed).
     match hints_check::check(cluster, ns, &r.name).await {
         Ok(check) => v.live = Some(check),
         Err(e) => v.explanation.push(format!("the live comparison with the controller's hints failed: {e}")),
     }
-    deployed(ns, r, svc, Some(v))
+    deployed(ns, r, svc, Some(v), routes)
 }
 
 /// Asks the client agent to connect to `target` until it answers; the latency counts from
@@ -551,4 +585,54 @@ pub fn verdict(ns: &str, nodes: &[Node], routing: RoutingMode, live: &ServiceHin
         written.join(", ")
     ));
     Ok(verdict)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::platform::kube::services::EndpointHint;
+
+    fn node(name: &str, zone: &str) -> Node {
+        Node { name: name.into(), zone: zone.into(), cpu_millis: 2000, ready: true }
+    }
+
+    fn ep(address: &str, node: &str, zone: &str, for_zones: &[&str]) -> EndpointHint {
+        EndpointHint {
+            address: address.into(),
+            node: Some(node.into()),
+            zone: Some(zone.into()),
+            ready: true,
+            for_zones: for_zones.iter().map(|z| z.to_string()).collect(),
+        }
+    }
+
+    fn live(endpoints: Vec<EndpointHint>) -> ServiceHints {
+        ServiceHints {
+            namespace: "zb".into(),
+            service: "echo".into(),
+            topology_mode: None,
+            traffic_distribution: Some("PreferClose".into()),
+            endpoints,
+        }
+    }
+
+    #[test]
+    fn each_node_routes_as_its_kube_proxy_reads_the_controllers_hints() {
+        let nodes = [node("a-1", "a"), node("b-1", "b"), node("c-1", "c")];
+        // Zone c has no endpoint; the controller gave it b's second one.
+        let hinted = live(vec![
+            ep("10.0.0.1", "a-1", "a", &["a"]),
+            ep("10.0.1.1", "b-1", "b", &["b"]),
+            ep("10.0.1.2", "b-1", "b", &["c"]),
+        ]);
+        let r = routes(&nodes, RoutingMode::PreferClose, &hinted);
+        assert_eq!(r["a-1"], ["10.0.0.1"]);
+        assert_eq!(r["b-1"], ["10.0.1.1"]);
+        assert_eq!(r["c-1"], ["10.0.1.2"]);
+        // One endpoint without a hint turns filtering off for every node.
+        let partial = live(vec![ep("10.0.0.1", "a-1", "a", &["a"]), ep("10.0.1.1", "b-1", "b", &[])]);
+        let r = routes(&nodes, RoutingMode::PreferClose, &partial);
+        assert!(r.values().all(|eps| eps.len() == 2), "{r:?}");
+        assert!(routes(&nodes, RoutingMode::PreferSameNode, &hinted).is_empty());
+    }
 }

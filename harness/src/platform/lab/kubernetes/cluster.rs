@@ -149,24 +149,6 @@ impl KubeCluster {
             let child = spawner.spawn(cmd).with_context(|| format!("starting the node agent of {}", n.name))?;
             node_agents.push(NodeAgentProc { node: n.name.clone(), netns: n.netns.clone(), child, log });
         }
-        let mut proxies = Vec::new();
-        for n in &plan.nodes {
-            proxies.push(KubeProxy::start(
-                KubeProxySpec {
-                    netns: n.netns.clone(),
-                    node: n.name.clone(),
-                    node_ip: n.underlay_ip,
-                    mode,
-                    cluster_cidr: POD_SUPERNET.to_string(),
-                    kubeconfig: kube_proxy.clone(),
-                    dir: dir.join("kube-proxy"),
-                    bin: bin.clone(),
-                    attached,
-                },
-                spawner,
-            )?);
-        }
-
         // As kubeadm publishes it, so the kube platform's discovery finds the mode.
         publish_proxy_config(&bin, &cp_plan.netns, &admin, &dir, mode, false)?;
 
@@ -201,18 +183,38 @@ impl KubeCluster {
         let kubeconfig = write("kubeconfig", "admin", &pki.admin, &format!("https://127.0.0.1:{port}"))?;
         let mut cluster = KubeCluster {
             control_plane,
-            proxies,
+            proxies: Vec::new(),
             node_agents,
             forwarder,
             forwarder_log,
             kubeconfig,
             admin_kubeconfig: admin,
             ready_after: Duration::ZERO,
-            bin,
+            bin: bin.clone(),
             dir: dir.clone(),
             control_plane_netns: cp_plan.netns.clone(),
         };
         cluster.wait_node_agents(&dir)?;
+        // kube-proxy only once its Node exists, as a DaemonSet pod is only scheduled to a
+        // registered node: started earlier, it can miss the node's zone label and route
+        // every Service cluster-wide whatever its hints.
+        for n in &plan.nodes {
+            cluster.proxies.push(KubeProxy::start(
+                KubeProxySpec {
+                    netns: n.netns.clone(),
+                    node: n.name.clone(),
+                    node_ip: n.underlay_ip,
+                    mode,
+                    cluster_cidr: POD_SUPERNET.to_string(),
+                    kubeconfig: kube_proxy.clone(),
+                    dir: dir.join("kube-proxy"),
+                    bin: bin.clone(),
+                    attached,
+                },
+                spawner,
+            )?);
+        }
+
         cluster.ready_after = started.elapsed();
         Ok(cluster)
     }

@@ -59,6 +59,15 @@ pub fn sleep_until(deadline: Instant, cancel: &CancellationToken) {
     }
 }
 
+/// The same for a flow on a tokio runtime: precise to the deadline ([`super::wait_until`]),
+/// cut short by `cancel`.
+pub async fn wait_until(deadline: Instant, cancel: &CancellationToken) {
+    tokio::select! {
+        () = cancel.cancelled() => {}
+        () = super::wait_until(deadline) => {}
+    }
+}
+
 #[cfg(test)]
 mod unit {
     use super::*;

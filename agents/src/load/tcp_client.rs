@@ -139,10 +139,7 @@ impl Waiter {
         if blocking {
             super::schedule::sleep_until(at, &self.cancel);
         } else {
-            tokio::select! {
-                () = self.cancel.cancelled() => {}
-                () = super::wait_until(at) => {}
-            }
+            super::schedule::wait_until(at, &self.cancel).await;
         }
     }
 

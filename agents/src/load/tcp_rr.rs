@@ -133,7 +133,10 @@ async fn flow_main(t: Arc<Test>, flow: usize) -> FlowOut {
         if phases.is_over(t0) || w.is_cancelled() {
             break;
         }
-        let limit = Limit::new(t0.max(Instant::now()), timeout, Some(phases.end));
+        // The timeout runs from the actual send (the open loop may be behind its schedule);
+        // the closed loop's t0 is that already, so it reads the clock once.
+        let sent = if schedule.is_some() { Instant::now() } else { t0 };
+        let limit = Limit::new(sent, timeout, Some(phases.end));
         let done = match conn.write_all(&request, &mut w, limit).await {
             Ok(()) => conn.read_answer(response_size, &mut answer, &mut w, limit).await,
             Err(e) => Err(e),

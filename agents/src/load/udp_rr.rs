@@ -317,10 +317,7 @@ async fn async_flow(
     loop {
         let intended = cfg.schedule.map(|s| s.at(index, seq));
         if let Some(at) = intended {
-            tokio::select! {
-                () = cancel.cancelled() => {}
-                () = super::wait_until(at) => {}
-            }
+            schedule::wait_until(at, cancel).await;
         }
         if cancel.is_cancelled() {
             return Err(TestError::Cancelled);

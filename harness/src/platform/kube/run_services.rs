@@ -445,12 +445,8 @@ pub fn routes(nodes: &[Node], routing: RoutingMode, live: &ServiceHints) -> BTre
                 .then(|| topology::Hints { for_zones: e.for_zones.clone(), for_nodes: Vec::new() }),
         })
         .collect();
-    let cluster: Vec<topology::Node> = nodes
-        .iter()
-        .map(|n| topology::Node::new(n.name.clone(), &n.zone, topology::Cpu::from_millis(n.cpu_millis)))
-        .collect();
     let svc = topology::ServiceConfig::with_mode(routing);
-    topology::proxy::routing_by_node(&eps, &svc, &cluster, &topology::proxy::ProxyOptions::default())
+    topology::proxy::routing_by_node(&eps, &svc, &topology_nodes(nodes), &topology::proxy::ProxyOptions::default())
         .into_iter()
         .map(|(node, c)| (node, c.internal().iter().map(|&i| eps[i].address.clone()).collect()))
         .collect()
@@ -547,14 +543,19 @@ async fn wait_slices_gone(cluster: &Cluster, ns: &str, service: &str, within: Du
     }
 }
 
+/// The cluster's nodes as the topology module takes them.
+fn topology_nodes(nodes: &[Node]) -> Vec<topology::Node> {
+    nodes
+        .iter()
+        .map(|n| topology::Node::new(n.name.clone(), &n.zone, topology::Cpu::from_millis(n.cpu_millis)))
+        .collect()
+}
+
 /// The doctor's prediction for the endpoints the cluster published (one fresh sync of one
 /// slice, in address order, as the lab predicts), with a line comparing it to the hints the
 /// controller actually wrote: `HintsVerdict` has no field for them, so its explanation says.
 pub fn verdict(ns: &str, nodes: &[Node], routing: RoutingMode, live: &ServiceHints) -> anyhow::Result<HintsVerdict> {
-    let cluster: Vec<topology::Node> = nodes
-        .iter()
-        .map(|n| topology::Node::new(n.name.clone(), &n.zone, topology::Cpu::from_millis(n.cpu_millis)))
-        .collect();
+    let cluster = topology_nodes(nodes);
     let ready: Vec<_> = live.endpoints.iter().filter(|e| e.ready).collect();
     let slice = topology::Slice::new(
         format!("{}-live", live.service),
